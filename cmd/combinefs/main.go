@@ -1,0 +1,122 @@
+// Command combinefs takes, mounts, flattens and verifies PostgreSQL 17+
+// block-level incremental backups. Invoked through a link named
+// pg_combinebackup it behaves as that program (see flatten.go).
+//
+// This package is the only one that prints to the user or chooses exit codes.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/pflag"
+)
+
+// command is one subcommand: its flags are bound to a fresh FlagSet by setup,
+// which returns the function that runs it with the remaining arguments.
+type command struct {
+	name  string
+	usage string
+	short string
+	setup func(f *pflag.FlagSet) func(ctx context.Context, args []string) error
+}
+
+// commands lists the subcommands in the order the help shows them.
+var commands = []command{
+	{"capture", "capture [flags] (-D OUTDIR [-i PRIOR_MANIFEST] | --repo DIR)", "take a full or incremental base backup over the replication protocol", setupCapture},
+	{"list", "list --repo DIR", "show the backups of a repository and check its chains", setupList},
+	{"mount", "mount [flags] (BACKUP... | --repo DIR --point NAME) MOUNTPOINT", "present a chain point as a data directory through FUSE", setupMount},
+	{"umount", "umount MOUNTPOINT", "unmount a combinefs mount", setupUmount},
+	{"flatten", "flatten [flags] -o OUTDIR BACKUP...", "combine a chain into a full backup, like pg_combinebackup", setupFlatten},
+	{"verify", "verify BACKUP...", "check backups against their manifests, like pg_verifybackup", setupVerify},
+}
+
+// usageError marks a bad command line: exit status 2 and a usage hint.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, filepath.Base(os.Args[0]), os.Args[1:], os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run dispatches on the program name (pg_combinebackup) or the first argument
+// and turns the outcome into an exit status.
+func run(ctx context.Context, prog string, args []string, stderr io.Writer) int {
+	if prog == "pg_combinebackup" {
+		return runPgCombinebackup(ctx, args, stderr)
+	}
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		printUsage(stderr)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	if args[0] == "--version" || args[0] == "version" {
+		fmt.Fprintln(stderr, "combinefs", version)
+		return 0
+	}
+	for _, c := range commands {
+		if c.name != args[0] {
+			continue
+		}
+		f := pflag.NewFlagSet(c.name, pflag.ContinueOnError)
+		f.SetOutput(stderr)
+		f.SortFlags = false
+		f.Usage = func() {
+			fmt.Fprintf(stderr, "%s\n\nUsage:\n  combinefs %s\n\nFlags:\n%s", c.short, c.usage, f.FlagUsages())
+		}
+		runFn := c.setup(f)
+		if err := f.Parse(args[1:]); err != nil {
+			if errors.Is(err, pflag.ErrHelp) {
+				return 0
+			}
+			fmt.Fprintf(stderr, "combinefs %s: %v\nTry \"combinefs %s --help\".\n", c.name, err, c.name)
+			return 2
+		}
+		return exitCode(stderr, c.name, runFn(ctx, f.Args()))
+	}
+	fmt.Fprintf(stderr, "combinefs: unknown command %q\nTry \"combinefs --help\".\n", args[0])
+	return 2
+}
+
+// exitCode prints err (one line) and maps it to an exit status.
+func exitCode(stderr io.Writer, name string, err error) int {
+	if err == nil {
+		return 0
+	}
+	msg := strings.TrimSpace(err.Error())
+	var ue usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(stderr, "combinefs %s: %s\nTry \"combinefs %s --help\".\n", name, msg, name)
+		return 2
+	}
+	if errors.Is(err, context.Canceled) {
+		fmt.Fprintf(stderr, "combinefs %s: interrupted\n", name)
+		return 130
+	}
+	fmt.Fprintf(stderr, "combinefs %s: %s\n", name, msg)
+	return 1
+}
+
+func printUsage(w io.Writer) {
+	fmt.Fprintf(w, "combinefs: PostgreSQL 17+ incremental backups: capture, mount, flatten, verify\n\nUsage:\n")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  combinefs %-9s %s\n", c.name, c.short)
+	}
+	fmt.Fprintf(w, "\nRun \"combinefs COMMAND --help\" for the flags of a command.\n")
+}
+
+// version is stamped by the Makefile.
+var version = "dev"
