@@ -38,6 +38,9 @@ var commands = []command{
 	{"verify", "verify BACKUP...", "check backups against their manifests, like pg_verifybackup", setupVerify},
 }
 
+// stderr is where commands report; run sets it.
+var stderr io.Writer = os.Stderr
+
 // usageError marks a bad command line: exit status 2 and a usage hint.
 type usageError struct{ msg string }
 
@@ -52,7 +55,8 @@ func main() {
 
 // run dispatches on the program name (pg_combinebackup) or the first argument
 // and turns the outcome into an exit status.
-func run(ctx context.Context, prog string, args []string, stderr io.Writer) int {
+func run(ctx context.Context, prog string, args []string, w io.Writer) int {
+	stderr = w
 	if prog == "pg_combinebackup" {
 		return runPgCombinebackup(ctx, args, stderr)
 	}

@@ -1,0 +1,562 @@
+// Package flatten writes the full backup of a chain point to a directory, as
+// pg_combinebackup does: the same files with the same bytes, the same
+// backup_label and a backup_manifest equal to pg_combinebackup's but for the
+// Last-Modified times. Files are written in parallel; whole files and runs of
+// blocks use copy_file_range, clones or links where the copy method allows.
+package flatten
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/combinefs/combinefs/format"
+	"github.com/combinefs/combinefs/resolver"
+)
+
+// Mapping relocates a tablespace: the one whose symlink points at Old is
+// written to New (-T OLD=NEW).
+type Mapping struct{ Old, New string }
+
+// Options mirror pg_combinebackup's.
+type Options struct {
+	Output            string
+	DryRun            bool
+	NoSync            bool
+	Mappings          []Mapping
+	ManifestChecksums format.ChecksumType
+	NoManifest        bool
+	SyncMethod        string // "fsync" (default) or "syncfs"
+	CopyMethod        CopyMethod
+	// Jobs is how many files are written at once (0: a default).
+	Jobs int
+	// Progress, if set, is called with bytes written so far and the total.
+	Progress func(done, total int64)
+	// Log receives pg_combinebackup's debug, info and warning messages.
+	Log func(level Level, msg string)
+}
+
+// Level of a log message.
+type Level int
+
+// Log levels, as pg_combinebackup's.
+const (
+	Debug Level = iota
+	Info
+	Warning
+)
+
+// ParseMapping parses OLDDIR=NEWDIR as pg_combinebackup does (\= is a
+// literal =, both sides absolute, canonicalized).
+func ParseMapping(arg string) (Mapping, error) {
+	var old, nw strings.Builder
+	dst := &old
+	seenEq := false
+	for i := 0; i < len(arg); i++ {
+		switch {
+		case arg[i] == '\\' && i+1 < len(arg) && arg[i+1] == '=':
+			// skip the backslash escaping =
+		case arg[i] == '=' && (i == 0 || arg[i-1] != '\\'):
+			if seenEq {
+				return Mapping{}, errors.New(`multiple "=" signs in tablespace mapping`)
+			}
+			seenEq = true
+			dst = &nw
+		default:
+			dst.WriteByte(arg[i])
+		}
+	}
+	m := Mapping{Old: old.String(), New: nw.String()}
+	if m.Old == "" || m.New == "" {
+		return Mapping{}, fmt.Errorf("invalid tablespace mapping format %q, must be \"OLDDIR=NEWDIR\"", arg)
+	}
+	// pg_combinebackup says "old directory" for both sides; so do we.
+	if !filepath.IsAbs(m.Old) {
+		return Mapping{}, fmt.Errorf("old directory is not an absolute path in tablespace mapping: %s", m.Old)
+	}
+	if !filepath.IsAbs(m.New) {
+		return Mapping{}, fmt.Errorf("old directory is not an absolute path in tablespace mapping: %s", m.New)
+	}
+	m.Old, m.New = filepath.Clean(m.Old), filepath.Clean(m.New)
+	return m, nil
+}
+
+// Result summarizes a flatten.
+type Result struct {
+	Files, Reconstructed, WholeFromOlder int
+	Bytes                                int64
+}
+
+// job is one output file.
+type job struct {
+	path     string // manifest path
+	out      string // output file
+	file     *resolver.File
+	noSum    bool // under pg_wal: no checksum
+	sum      []byte
+	size     int64
+	mtime    time.Time
+	reusable bool
+}
+
+type target struct {
+	ts      *resolver.Tablespace
+	dir     string // where its contents go
+	outLink string // pg_tblspc/<oid> in the output, for symlinked ones
+}
+
+// Run writes the full backup of p to opts.Output. On failure (or when ctx is
+// cancelled) everything it created is removed again.
+func Run(ctx context.Context, p *resolver.Point, opts Options) (res Result, err error) {
+	logf := func(l Level, format string, args ...any) {
+		if opts.Log != nil {
+			opts.Log(l, fmt.Sprintf(format, args...))
+		}
+	}
+	if opts.NoManifest {
+		opts.ManifestChecksums = format.ChecksumNone
+	}
+	c := p.Chain
+	final := c.Final()
+
+	// Work out where each tablespace goes before creating anything.
+	var targets []target
+	for _, ts := range p.Tablespaces {
+		t := target{ts: ts}
+		if ts.InPlace {
+			t.dir = filepath.Join(opts.Output, "pg_tblspc", ts.Root.Name)
+		} else {
+			found := false
+			for _, m := range opts.Mappings {
+				if m.Old == ts.Target {
+					t.dir, found = m.New, true
+					break
+				}
+			}
+			if !found {
+				return res, fmt.Errorf("tablespace at %q has no tablespace mapping", ts.Target)
+			}
+			t.outLink = filepath.Join(opts.Output, "pg_tblspc", ts.Root.Name)
+		}
+		for _, o := range targets {
+			if o.dir == t.dir {
+				return res, fmt.Errorf("tablespaces with OIDs %d and %d both point at directory %q", o.ts.OID, ts.OID, t.dir)
+			}
+		}
+		targets = append(targets, t)
+	}
+	writeManifest := !opts.DryRun && !opts.NoManifest
+	if writeManifest && final.Manifest == nil {
+		return res, errors.New("cannot generate a manifest because no manifest is available for the final input backup")
+	}
+
+	var cl cleanup
+	defer func() {
+		if err != nil {
+			cl.run(logf)
+		}
+	}()
+	if err := cl.prepare(opts.Output, opts.DryRun, p.DirMode, logf); err != nil {
+		return res, err
+	}
+	for _, t := range targets {
+		if !t.ts.InPlace {
+			if err := cl.prepare(t.dir, opts.DryRun, p.DirMode, logf); err != nil {
+				return res, err
+			}
+		}
+	}
+
+	// backup_label first: it is the first manifest entry.
+	var jobs []*job
+	var dirs []string // every directory written, for the final sync
+	dirs = append(dirs, opts.Output)
+	labelPath := filepath.Join(opts.Output, "backup_label")
+	if opts.DryRun {
+		logf(Debug, "would generate %q", labelPath)
+	} else {
+		logf(Debug, "generating %q", labelPath)
+		if err := writeFile(labelPath, p.Label, p.FileMode); err != nil {
+			return res, err
+		}
+		lj := &job{path: "backup_label", out: labelPath}
+		if h := opts.ManifestChecksums.New(); h != nil {
+			h.Write(p.Label)
+			lj.sum = h.Sum(nil)
+		}
+		if err := lj.stat(); err != nil {
+			return res, err
+		}
+		jobs = append(jobs, lj)
+	}
+
+	// Create directories in walk order and collect the files.
+	collect := func(root *resolver.Entry, outDir, manifestPrefix string) error {
+		var walk func(e *resolver.Entry, out, rel string) error
+		walk = func(e *resolver.Entry, out, rel string) error {
+			for _, ch := range e.Children {
+				o := filepath.Join(out, ch.Name)
+				r := ch.Name
+				if rel != "" {
+					r = rel + "/" + ch.Name
+				}
+				if ch.Kind == resolver.KindDir {
+					if !opts.DryRun {
+						if err := os.Mkdir(o, p.DirMode); err != nil {
+							return fmt.Errorf("could not create directory %q: %w", o, unwrapPathErr(err))
+						}
+					}
+					dirs = append(dirs, o)
+					if err := walk(ch, o, r); err != nil {
+						return err
+					}
+					continue
+				}
+				noSum := manifestPrefix == "" && (r == "pg_wal" || strings.HasPrefix(r, "pg_wal/"))
+				jobs = append(jobs, &job{path: ch.File.Path, out: o, file: ch.File, noSum: noSum})
+			}
+			return nil
+		}
+		return walk(root, outDir, "")
+	}
+	logf(Debug, "processing backup directory %q", final.Dir)
+	if err := collect(p.Root, opts.Output, ""); err != nil {
+		return res, err
+	}
+	for _, t := range targets {
+		if !opts.DryRun {
+			if t.ts.InPlace {
+				if err := os.MkdirAll(t.dir, p.DirMode); err != nil {
+					return res, fmt.Errorf("could not create directory %q: %w", t.dir, unwrapPathErr(err))
+				}
+			} else if err := os.Symlink(t.dir, t.outLink); err != nil {
+				return res, fmt.Errorf("could not create symbolic link from %q to %q: %w", t.outLink, t.dir, unwrapPathErr(err))
+			}
+		}
+		dirs = append(dirs, t.dir)
+		if err := collect(t.ts.Root, t.dir, "pg_tblspc/"+t.ts.Root.Name+"/"); err != nil {
+			return res, err
+		}
+	}
+
+	// Write the files in parallel.
+	var total int64
+	for _, j := range jobs {
+		if j.file != nil {
+			total += j.file.Size()
+		}
+	}
+	var done atomic.Int64
+	if err := runJobs(ctx, jobs, opts.Jobs, func(j *job) error {
+		if j.file == nil {
+			return nil
+		}
+		if err := j.write(p, opts, logf); err != nil {
+			return err
+		}
+		d := done.Add(j.file.Size())
+		if opts.Progress != nil {
+			opts.Progress(d, total)
+		}
+		return nil
+	}); err != nil {
+		return res, err
+	}
+	for _, j := range jobs {
+		if j.file == nil {
+			continue
+		}
+		res.Files++
+		res.Bytes += j.file.Size()
+		if j.file.Incremental() {
+			if pl, _ := j.file.Plan(); pl != nil && pl.Whole {
+				res.WholeFromOlder++
+			} else {
+				res.Reconstructed++
+			}
+		}
+	}
+
+	if writeManifest {
+		mpath := filepath.Join(opts.Output, "backup_manifest")
+		f, err := os.OpenFile(mpath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, p.FileMode)
+		if err != nil {
+			return res, err
+		}
+		mw := format.NewManifestWriter(f, c.SystemIdentifier)
+		for _, j := range jobs {
+			algo := opts.ManifestChecksums
+			if j.noSum {
+				algo = format.ChecksumNone
+			}
+			mw.AddFile(j.path, j.size, j.mtime, algo, j.sum)
+		}
+		err = mw.Finish(final.Manifest.WALRanges)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return res, fmt.Errorf("could not write %q: %w", mpath, err)
+		}
+	}
+
+	if !opts.NoSync {
+		if opts.DryRun {
+			logf(Debug, "would recursively fsync %q", opts.Output)
+		} else {
+			logf(Debug, "recursively fsyncing %q", opts.Output)
+			if err := syncOutput(ctx, opts, jobs, dirs); err != nil {
+				return res, err
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	cl.disarm()
+	if opts.CopyMethod == Link && !opts.DryRun {
+		logf(Warning, "--link mode was used; any modifications to the output directory may destructively modify input directories")
+	}
+	return res, nil
+}
+
+// write produces one output file and records what its manifest entry needs.
+func (j *job) write(p *resolver.Point, opts Options, logf func(Level, string, ...any)) error {
+	plan, err := j.file.Plan()
+	if err != nil {
+		return err
+	}
+	algo := opts.ManifestChecksums
+	if j.noSum {
+		algo = format.ChecksumNone
+	}
+	// Reuse the checksum of a whole copy from the manifest of the backup it
+	// comes from, as pg_combinebackup does.
+	if plan.Whole && algo != format.ChecksumNone {
+		b := p.Chain.Backups[plan.WholeLayer]
+		if b.Manifest != nil {
+			if mf, ok := b.Manifest.Lookup(j.path); !ok {
+				mp := filepath.Join(b.Dir, "backup_manifest")
+				if plan.WholeLayer == len(p.Chain.Backups)-1 || p.Chain.Major >= 18 {
+					logf(Warning, "manifest file %q contains no entry for file %q", mp, j.path)
+				} else {
+					logf(Warning, "%q contains no entry for %q", mp, j.path)
+				}
+			} else if mf.Algorithm == algo {
+				j.sum = mf.Checksum
+				algo = format.ChecksumNone
+			}
+		}
+	}
+	if opts.DryRun {
+		return nil
+	}
+	var h hash.Hash
+	if algo != format.ChecksumNone {
+		h = algo.New()
+	}
+	if plan.Whole {
+		err = copyWhole(plan.WholeSrc, j.out, j.file.Size(), p.FileMode, opts.CopyMethod, h)
+	} else {
+		m := opts.CopyMethod
+		if m == Link {
+			m = Copy
+		}
+		err = writeReconstructed(plan, j.out, p.FileMode, m, h)
+	}
+	if err != nil {
+		return err
+	}
+	if h != nil {
+		j.sum = h.Sum(nil)
+	}
+	return j.stat()
+}
+
+func (j *job) stat() error {
+	st, err := os.Stat(j.out)
+	if err != nil {
+		return err
+	}
+	j.size, j.mtime = st.Size(), st.ModTime()
+	return nil
+}
+
+// runJobs runs fn over jobs with n workers, stopping at the first error.
+func runJobs(ctx context.Context, jobs []*job, n int, fn func(*job) error) error {
+	if n <= 0 {
+		n = 8
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch := make(chan *job)
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range ch {
+				if err := fn(j); err != nil {
+					once.Do(func() { first = err; cancel() })
+				}
+			}
+		}()
+	}
+feed:
+	for _, j := range jobs {
+		select {
+		case ch <- j:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(ch)
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	return ctx.Err()
+}
+
+func writeFile(path string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return fmt.Errorf("could not open file %q: %w", path, unwrapPathErr(err))
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("could not write file %q: %w", path, err)
+	}
+	return f.Close()
+}
+
+// syncOutput makes the output durable: every file and directory fsynced in
+// parallel, or one syncfs per filesystem.
+func syncOutput(ctx context.Context, opts Options, jobs []*job, dirs []string) error {
+	if opts.SyncMethod == "syncfs" {
+		seen := map[string]bool{}
+		for _, d := range dirs {
+			if seen[d] {
+				continue
+			}
+			seen[d] = true
+			f, err := os.Open(d)
+			if err != nil {
+				return err
+			}
+			err = unix.Syncfs(int(f.Fd()))
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("could not synchronize file system for file %q: %w", d, err)
+			}
+		}
+		return nil
+	}
+	var all []*job
+	all = append(all, jobs...)
+	for _, d := range dirs {
+		all = append(all, &job{out: d})
+	}
+	return runJobs(ctx, all, 16, func(j *job) error {
+		f, err := os.Open(j.out)
+		if err != nil {
+			return err
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("could not fsync file %q: %w", j.out, err)
+		}
+		return nil
+	})
+}
+
+// cleanup removes what a failed run created: directories it made, or the
+// contents of empty directories it was given.
+type cleanup struct {
+	dirs []struct {
+		path  string
+		rmTop bool
+	}
+}
+
+// prepare checks an output directory as pg_combinebackup's
+// create_output_directory does and remembers how to clean it up.
+func (c *cleanup) prepare(dir string, dryRun bool, mode fs.FileMode, logf func(Level, string, ...any)) error {
+	ents, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if dryRun {
+			logf(Debug, "would create directory %q", dir)
+			return nil
+		}
+		logf(Debug, "creating directory %q", dir)
+		if err := os.MkdirAll(dir, mode); err != nil {
+			return fmt.Errorf("could not create directory %q: %w", dir, unwrapPathErr(err))
+		}
+		c.add(dir, true)
+	case err != nil:
+		return fmt.Errorf("could not access directory %q: %w", dir, unwrapPathErr(err))
+	case len(ents) > 0:
+		return fmt.Errorf("directory %q exists but is not empty", dir)
+	default:
+		logf(Debug, "using existing directory %q", dir)
+		if !dryRun {
+			c.add(dir, false)
+		}
+	}
+	return nil
+}
+
+func (c *cleanup) add(path string, rmTop bool) {
+	c.dirs = append(c.dirs, struct {
+		path  string
+		rmTop bool
+	}{path, rmTop})
+}
+
+func (c *cleanup) disarm() { c.dirs = nil }
+
+// run removes newest first, like pg_combinebackup's atexit handler.
+func (c *cleanup) run(logf func(Level, string, ...any)) {
+	for i := len(c.dirs) - 1; i >= 0; i-- {
+		d := c.dirs[i]
+		if d.rmTop {
+			logf(Info, "removing output directory %q", d.path)
+			if err := os.RemoveAll(d.path); err != nil {
+				logf(Warning, "failed to remove output directory: %v", err)
+			}
+			continue
+		}
+		logf(Info, "removing contents of output directory %q", d.path)
+		ents, _ := os.ReadDir(d.path)
+		for _, e := range ents {
+			if err := os.RemoveAll(filepath.Join(d.path, e.Name())); err != nil {
+				logf(Warning, "failed to remove contents of output directory: %v", err)
+			}
+		}
+	}
+	c.dirs = nil
+}
+
+// unwrapPathErr drops the op and path Go adds, since our messages name the
+// path themselves.
+func unwrapPathErr(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}

@@ -1,0 +1,285 @@
+package resolver
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/combinefs/combinefs/format"
+)
+
+// Kind is the type of a tree entry.
+type Kind int
+
+// The kinds of entries in a point's tree.
+const (
+	KindDir Kind = iota
+	KindFile
+)
+
+// Entry is one node of a point's tree.
+type Entry struct {
+	Name    string
+	Kind    Kind
+	ModTime time.Time // of the entry in the final backup
+	// Children of a directory, in the final backup's readdir order (the
+	// order pg_combinebackup processes and lists them in).
+	Children []*Entry
+	File     *File // for KindFile
+}
+
+// Child finds a direct child by name.
+func (e *Entry) Child(name string) *Entry {
+	for _, c := range e.Children {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// Tablespace is a user tablespace of the point (an entry of the final
+// backup's pg_tblspc that is a symlink or a directory named by an OID).
+type Tablespace struct {
+	OID uint32
+	// InPlace tablespaces are directories inside pg_tblspc; the others are
+	// symlinks to Target (absolute and canonical).
+	InPlace bool
+	Target  string
+	Root    *Entry // its contents
+}
+
+// Point is the virtual data directory of a chain's last backup.
+type Point struct {
+	Chain *Chain
+	// Label is the backup_label of the output: the final one without its
+	// INCREMENTAL lines.
+	Label []byte
+	// Root is the main tree, without the top-level backup_label and
+	// backup_manifest (handled separately) and without the tablespace
+	// entries of pg_tblspc.
+	Root *Entry
+	// Tablespaces in the order pg_combinebackup processes them (reverse
+	// readdir order of pg_tblspc).
+	Tablespaces []*Tablespace
+	// DirMode and FileMode are the permissions pg_combinebackup gives new
+	// directories and files: group access follows the final backup.
+	DirMode, FileMode fs.FileMode
+	// Warnings are pg_combinebackup's non-fatal findings about the tree
+	// (skipped symlinks and special files).
+	Warnings []string
+}
+
+// NewPoint builds the tree of the chain's final backup. It reads directory
+// entries and the headers of the final backup's INCREMENTAL files, never
+// block data, so its cost does not grow with the size of the database.
+func NewPoint(c *Chain) (*Point, error) {
+	final := c.Final()
+	st, err := os.Stat(final.Dir)
+	if err != nil {
+		return nil, err
+	}
+	p := &Point{Chain: c, Label: format.StripIncrementalLines(final.LabelBytes), DirMode: 0o700, FileMode: 0o600}
+	if st.Mode().Perm()&0o750 == 0o750 {
+		p.DirMode, p.FileMode = 0o750, 0o640
+	}
+	b := &treeBuilder{p: p, final: len(c.Backups) - 1}
+	p.Root = &Entry{Kind: KindDir, ModTime: st.ModTime()}
+	if err := b.walk(p.Root, final.Dir, "", "", false); err != nil {
+		return nil, err
+	}
+	if err := b.scanTablespaces(final.Dir); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+type treeBuilder struct {
+	p     *Point
+	final int
+}
+
+// walk fills dir from the directory src. rel is the path relative to the
+// walk's top, manifestPrefix what turns a name in it into a manifest path;
+// inTablespace marks a walk inside a user tablespace, where every directory
+// may hold INCREMENTAL files.
+func (b *treeBuilder) walk(dir *Entry, src, rel, manifestPrefix string, inTablespace bool) error {
+	isPgTblspc := !inTablespace && rel == "pg_tblspc"
+	incrementalDir := inTablespace || strings.HasPrefix(rel, "base/") || rel == "global" || strings.HasPrefix(rel, "pg_tblspc/")
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	ents, err := f.ReadDir(-1) // directory order, unlike os.ReadDir
+	f.Close()
+	if err != nil {
+		return err
+	}
+	for _, de := range ents {
+		name := de.Name()
+		path := filepath.Join(src, name)
+		typ := de.Type()
+		if isPgTblspc {
+			if _, ok := parseOID(name); ok && (typ&fs.ModeSymlink != 0 || typ.IsDir()) {
+				continue // a tablespace, see scanTablespaces
+			}
+		}
+		childRel := name
+		if rel != "" {
+			childRel = rel + "/" + name
+		}
+		info, err := os.Lstat(path)
+		if err != nil {
+			return err
+		}
+		switch {
+		case info.IsDir():
+			child := &Entry{Name: name, Kind: KindDir, ModTime: info.ModTime()}
+			dir.Children = append(dir.Children, child)
+			if err := b.walk(child, path, childRel, manifestPrefix, inTablespace); err != nil {
+				return err
+			}
+			continue
+		case info.Mode()&fs.ModeSymlink != 0:
+			b.p.Warnings = append(b.p.Warnings, fmt.Sprintf("skipping symbolic link %q", path))
+			continue
+		case !info.Mode().IsRegular():
+			b.p.Warnings = append(b.p.Warnings, fmt.Sprintf("skipping special file %q", path))
+			continue
+		case rel == "" && !inTablespace && (name == "backup_label" || name == "backup_manifest"):
+			continue
+		}
+		file := &File{chain: b.p.Chain, src: path, size: info.Size()}
+		outName := name
+		if base, ok := format.IsIncrementalName(name); ok && incrementalDir {
+			outName = base
+			inc, err := parseIncrementalFile(path)
+			if err != nil {
+				return wrapFormat(b.p.Chain.Final().Dir, err)
+			}
+			file.inc = inc
+			file.size = int64(inc.BlockLength()) * format.BlockSize
+		}
+		file.Path = manifestPrefix + dirPrefix(rel) + outName
+		dir.Children = append(dir.Children, &Entry{Name: outName, Kind: KindFile, ModTime: info.ModTime(), File: file})
+	}
+	return nil
+}
+
+func dirPrefix(rel string) string {
+	if rel == "" {
+		return ""
+	}
+	return rel + "/"
+}
+
+// scanTablespaces finds the tablespaces of the final backup as
+// pg_combinebackup's scan_for_existing_tablespaces does, and walks each.
+func (b *treeBuilder) scanTablespaces(finalDir string) error {
+	tblspc := filepath.Join(finalDir, "pg_tblspc")
+	f, err := os.Open(tblspc)
+	if err != nil {
+		return err
+	}
+	ents, err := f.ReadDir(-1)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	for _, de := range ents {
+		oid, ok := parseOID(de.Name())
+		if !ok {
+			continue
+		}
+		path := filepath.Join(tblspc, de.Name())
+		info, err := os.Lstat(path)
+		if err != nil {
+			return err
+		}
+		ts := &Tablespace{OID: oid, Root: &Entry{Name: de.Name(), Kind: KindDir, ModTime: info.ModTime()}}
+		switch {
+		case info.Mode()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(path)
+			if err != nil {
+				return err
+			}
+			if !filepath.IsAbs(target) {
+				return chainErr(finalDir, fmt.Sprintf("target of symbolic link %q is relative", path), fmt.Sprintf("target of symbolic link %q is relative", path))
+			}
+			ts.Target = filepath.Clean(target)
+			if st, err := os.Stat(path); err == nil {
+				ts.Root.ModTime = st.ModTime()
+			}
+		case info.IsDir():
+			ts.InPlace = true
+		default:
+			continue
+		}
+		prefix := "pg_tblspc/" + de.Name() + "/"
+		if err := b.walk(ts.Root, path, "", prefix, true); err != nil {
+			return err
+		}
+		// pg_combinebackup prepends to its list: reverse readdir order.
+		b.p.Tablespaces = append([]*Tablespace{ts}, b.p.Tablespaces...)
+	}
+	return nil
+}
+
+// parseOID accepts what pg_combinebackup's parse_oid does: a decimal in
+// 1..2^32-1 (strtoul also allows leading blanks and a sign).
+func parseOID(s string) (uint32, bool) {
+	t := strings.TrimLeft(s, " \t\n\v\f\r")
+	t = strings.TrimPrefix(t, "+")
+	if t == "" || t[0] < '0' || t[0] > '9' {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(t, 10, 32)
+	if err != nil || v == 0 {
+		return 0, false
+	}
+	return uint32(v), true
+}
+
+func parseIncrementalFile(path string) (*format.Incremental, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	return format.ParseIncremental(f, st.Size(), path)
+}
+
+// Walk calls fn for every entry of the main tree and then of each tablespace,
+// depth first in pg_combinebackup's order, with the entry's manifest-relative
+// path ("" for the root).
+func (p *Point) Walk(fn func(path string, e *Entry) error) error {
+	var walk func(prefix string, e *Entry) error
+	walk = func(path string, e *Entry) error {
+		if err := fn(path, e); err != nil {
+			return err
+		}
+		for _, c := range e.Children {
+			if err := walk(dirPrefix(path)+c.Name, c); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := walk("", p.Root); err != nil {
+		return err
+	}
+	for _, ts := range p.Tablespaces {
+		if err := walk("pg_tblspc/"+ts.Root.Name, ts.Root); err != nil {
+			return err
+		}
+	}
+	return nil
+}
