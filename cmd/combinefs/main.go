@@ -35,7 +35,7 @@ var commands = []command{
 	{"mount", "mount [flags] (BACKUP... | --repo DIR --point NAME) MOUNTPOINT", "present a chain point as a data directory through FUSE", setupMount},
 	{"umount", "umount MOUNTPOINT", "unmount a combinefs mount", setupUmount},
 	{"flatten", "flatten [flags] -o OUTDIR BACKUP...", "combine a chain into a full backup, like pg_combinebackup", setupFlatten},
-	{"verify", "verify BACKUP...", "check backups against their manifests, like pg_verifybackup", setupVerify},
+	{"verify", "verify [--chain] BACKUP...", "check backups against their manifests, like pg_verifybackup", setupVerify},
 }
 
 // stderr is where commands report; run sets it.
