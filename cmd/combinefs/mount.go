@@ -1,15 +1,521 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/combinefs/combinefs/capture"
+	"github.com/combinefs/combinefs/fusefs"
+	"github.com/combinefs/combinefs/resolver"
 )
 
-// setupMount is a placeholder until the mount command lands.
+type mountOptions struct {
+	repo, point   string
+	cacheSize     string
+	owner         string
+	allowOther    bool
+	defaultPerms  bool
+	daemon        bool
+	logFile       string
+	debugFUSE     bool
+	noPassthrough bool
+}
+
+func (o *mountOptions) addFlags(f *pflag.FlagSet) {
+	root := os.Geteuid() == 0
+	f.StringVar(&o.repo, "repo", "", "backup repository `DIR` (with --point)")
+	f.StringVar(&o.point, "point", "", "`NAME` of the repository point to mount")
+	f.StringVar(&o.cacheSize, "cache-size", "256MiB", "block cache `SIZE` (e.g. 64MiB, 1GiB)")
+	f.StringVar(&o.owner, "owner", "", "`USER[:GROUP]` (or UID:GID) owning the presented files (default: owner of the final backup)")
+	f.BoolVar(&o.allowOther, "allow-other", root, "let other users (the server's) reach the mount (default on as root)")
+	f.BoolVar(&o.defaultPerms, "default-permissions", root, "let the kernel enforce the presented owners and modes (default on as root)")
+	f.BoolVar(&o.daemon, "daemon", false, "return once the mount is ready and keep serving in the background")
+	f.StringVar(&o.logFile, "log", "", "append the mount's log to `FILE` (default: stderr; none with --daemon)")
+	f.BoolVar(&o.debugFUSE, "debug-fuse", false, "log every FUSE request")
+	f.BoolVar(&o.noPassthrough, "no-passthrough", false, "serve whole files through combinefs instead of FUSE passthrough")
+}
+
 func setupMount(f *pflag.FlagSet) func(ctx context.Context, args []string) error {
+	var o mountOptions
+	o.addFlags(f)
 	return func(ctx context.Context, args []string) error {
-		return errors.New("not implemented yet")
+		return runMount(ctx, &o, args)
 	}
+}
+
+// mountArgs splits the command line into the backup chain and the mount point.
+func (o *mountOptions) chainDirs(args []string) ([]string, string, error) {
+	if o.repo != "" || o.point != "" {
+		if o.repo == "" || o.point == "" {
+			return nil, "", usageError{"--repo and --point go together"}
+		}
+		if len(args) != 1 {
+			return nil, "", usageError{"with --repo, give only the mount point"}
+		}
+		repo, err := capture.OpenRepo(o.repo, false)
+		if err != nil {
+			return nil, "", err
+		}
+		points, err := repo.Points()
+		if err != nil {
+			return nil, "", err
+		}
+		for _, p := range points {
+			if p.Name != o.point {
+				continue
+			}
+			if p.Problem != "" {
+				return nil, "", fmt.Errorf("point %s of %s cannot be mounted: %s", p.Name, repo.Dir, p.Problem)
+			}
+			dirs := make([]string, len(p.Chain))
+			for i, n := range p.Chain {
+				dirs[i] = filepath.Join(repo.Dir, n)
+			}
+			return dirs, args[0], nil
+		}
+		return nil, "", fmt.Errorf("repository %s has no point named %q (see combinefs list --repo %s)", repo.Dir, o.point, o.repo)
+	}
+	if len(args) < 2 {
+		return nil, "", usageError{"give the backups of the chain, oldest first, and the mount point"}
+	}
+	return args[:len(args)-1], args[len(args)-1], nil
+}
+
+func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
+	child := os.Getenv(daemonEnv) != ""
+	if child {
+		// The parent reports our errors; ours would only repeat them.
+		defer func() {
+			if err != nil {
+				notifyReady(err.Error())
+			}
+		}()
+	}
+	dirs, mp, err := o.chainDirs(args)
+	if err != nil {
+		return err
+	}
+	cacheBytes, err := parseSize(o.cacheSize)
+	if err != nil {
+		return usageError{fmt.Sprintf("--cache-size: %v", err)}
+	}
+	mp, err = checkMountpoint(mp)
+	if err != nil {
+		return err
+	}
+	if o.daemon && !child {
+		return startDaemon(ctx)
+	}
+	lg, closeLog, err := openLog(o.logFile, child)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+
+	// Validate the whole chain before mounting anything.
+	start := time.Now()
+	chain, err := resolver.OpenChain(dirs, resolver.ChainOptions{RequireV2Manifests: true})
+	if err != nil {
+		return err
+	}
+	for _, w := range chain.Warnings {
+		lg.Printf("warning: %s", w)
+	}
+	point, err := resolver.NewPoint(chain)
+	if err != nil {
+		return err
+	}
+	uid, gid, err := resolveOwner(o.owner, chain.Final().Dir)
+	if err != nil {
+		return err
+	}
+	m, err := fusefs.MountReadOnly(mp, point, fusefs.Options{
+		UID: uid, GID: gid, AllowOther: o.allowOther, DefaultPermissions: o.defaultPerms,
+		CacheBytes: cacheBytes, NoPassthrough: o.noPassthrough, Debug: o.debugFUSE,
+		Log:    func(msg string) { lg.Print(msg) },
+		FsName: "combinefs:" + filepath.Base(chain.Final().Dir),
+	})
+	if err != nil {
+		return err
+	}
+	st := &mountState{PID: os.Getpid(), Mountpoint: mp, Backups: dirs, Stats: statePath(mp, ".stats.json")}
+	if err := st.write(); err != nil {
+		m.Unmount()
+		return err
+	}
+	defer os.Remove(statePath(mp, ".json"))
+	lg.Printf("mounted %s (%d backups, PostgreSQL %d) at %s in %.0f ms", chain.Final().Dir, len(dirs), chain.Major, mp, float64(time.Since(start).Microseconds())/1000)
+	notifyReady("")
+	if !child {
+		fmt.Fprintf(stderr, "combinefs mount: %s mounted at %s (read-only); Ctrl-C or combinefs umount %s to stop\n", chain.Final().Dir, mp, mp)
+	}
+	return serveUntilDone(ctx, m, st, lg)
+}
+
+// serveUntilDone serves until the mount goes away (combinefs umount,
+// umount(8)) or a signal asks for a clean unmount. SIGUSR1 writes stats.
+func serveUntilDone(ctx context.Context, m *fusefs.Mount, st *mountState, lg *logWriter) error {
+	done := make(chan struct{})
+	go func() { m.Wait(); close(done) }()
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
+	writeStats := func() {
+		s := m.Stats()
+		if err := writeJSON(st.Stats, s); err != nil {
+			lg.Printf("writing stats: %v", err)
+		}
+		lg.Printf("stats: cache %d hits, %d misses (%.1f%% hits), %d evictions, %s cached; %d reconstructed and %d whole-file opens; %s served, %d read errors",
+			s.Cache.Hits, s.Cache.Misses, 100*s.Cache.HitRate(), s.Cache.Evictions, humanBytes(s.Cache.Bytes), s.ReconOpens, s.WholeOpens, humanBytes(int64(s.BytesServed)), s.IOErrors)
+	}
+	for {
+		select {
+		case <-usr1:
+			writeStats()
+		case <-done:
+			writeStats()
+			lg.Printf("unmounted %s", m.Dir())
+			return nil
+		case <-ctx.Done():
+			lg.Printf("unmounting %s", m.Dir())
+			if err := m.Unmount(); err != nil {
+				return fmt.Errorf("%w (is something still using it?)", err)
+			}
+			<-done
+			writeStats()
+			return nil
+		}
+	}
+}
+
+func setupUmount(f *pflag.FlagSet) func(ctx context.Context, args []string) error {
+	var lazy bool
+	var timeout time.Duration
+	f.BoolVarP(&lazy, "lazy", "l", false, "detach now even if the mount is busy (umount -l)")
+	f.DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait for the mount's process to finish")
+	return func(ctx context.Context, args []string) error {
+		if len(args) != 1 {
+			return usageError{"give one mount point"}
+		}
+		mp, err := filepath.Abs(args[0])
+		if err != nil {
+			return err
+		}
+		st, _ := readState(mp)
+		if !isMounted(mp) {
+			if st != nil {
+				os.Remove(statePath(mp, ".json"))
+			}
+			return fmt.Errorf("%s is not mounted", mp)
+		}
+		if err := unmount(mp, lazy); err != nil {
+			return err
+		}
+		if st == nil {
+			fmt.Fprintf(stderr, "combinefs umount: unmounted %s\n", mp)
+			return nil
+		}
+		// Wait for the serving process so nothing is left behind.
+		deadline := time.Now().Add(timeout)
+		for processAlive(st.PID) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("unmounted %s, but its process %d is still running after %s", mp, st.PID, timeout)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		fmt.Fprintf(stderr, "combinefs umount: unmounted %s\n", mp)
+		var s fusefs.Stats
+		if data, err := os.ReadFile(st.Stats); err == nil && json.Unmarshal(data, &s) == nil {
+			fmt.Fprintf(stderr, "combinefs umount: block cache %.1f%% hits (%d of %d), %s read from backups\n",
+				100*s.Cache.HitRate(), s.Cache.Hits, s.Cache.Hits+s.Cache.Misses, humanBytes(int64(s.SourceBytes)))
+		}
+		os.Remove(st.Stats)
+		return nil
+	}
+}
+
+// checkMountpoint requires an existing directory that is not mounted yet.
+func checkMountpoint(mp string) (string, error) {
+	abs, err := filepath.Abs(mp)
+	if err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return "", fmt.Errorf("mount point %s: %w", abs, errors.Unwrap(err))
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("mount point %s is not a directory", abs)
+	}
+	if isMounted(abs) {
+		return "", fmt.Errorf("%s is already a mount point", abs)
+	}
+	return abs, nil
+}
+
+// isMounted looks mp up in /proc/self/mounts.
+func isMounted(mp string) bool {
+	data, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) > 1 && unescapeMount(fields[1]) == mp {
+			return true
+		}
+	}
+	return false
+}
+
+func unescapeMount(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func unmount(mp string, lazy bool) error {
+	if os.Geteuid() == 0 {
+		flags := 0
+		if lazy {
+			flags = syscall.MNT_DETACH
+		}
+		if err := syscall.Unmount(mp, flags); err != nil {
+			if errors.Is(err, syscall.EBUSY) {
+				return fmt.Errorf("%s is busy (a server or shell still uses it); stop it first or use --lazy", mp)
+			}
+			return fmt.Errorf("unmount %s: %w", mp, err)
+		}
+		return nil
+	}
+	args := []string{"-u", mp}
+	if lazy {
+		args = []string{"-u", "-z", mp}
+	}
+	out, err := exec.Command("fusermount3", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("fusermount3 -u %s: %s", mp, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func processAlive(pid int) bool {
+	return pid > 0 && syscall.Kill(pid, 0) == nil
+}
+
+// resolveOwner picks the presented owner: --owner, else the owner of the
+// final backup directory.
+func resolveOwner(spec, finalDir string) (uint32, uint32, error) {
+	if spec == "" {
+		fi, err := os.Stat(finalDir)
+		if err != nil {
+			return 0, 0, err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		return st.Uid, st.Gid, nil
+	}
+	name, group, hasGroup := strings.Cut(spec, ":")
+	var uid, gid uint64
+	if n, err := strconv.ParseUint(name, 10, 32); err == nil {
+		uid, gid = n, n
+	} else {
+		u, err := user.Lookup(name)
+		if err != nil {
+			return 0, 0, usageError{fmt.Sprintf("--owner: %v", err)}
+		}
+		uid, _ = strconv.ParseUint(u.Uid, 10, 32)
+		gid, _ = strconv.ParseUint(u.Gid, 10, 32)
+	}
+	if hasGroup {
+		if n, err := strconv.ParseUint(group, 10, 32); err == nil {
+			gid = n
+		} else {
+			g, err := user.LookupGroup(group)
+			if err != nil {
+				return 0, 0, usageError{fmt.Sprintf("--owner: %v", err)}
+			}
+			gid, _ = strconv.ParseUint(g.Gid, 10, 32)
+		}
+	}
+	return uint32(uid), uint32(gid), nil
+}
+
+// parseSize reads 268435456, 256MiB, 256M, 1GiB, 1G (binary units).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		m      int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}, {"B", 1}} {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSuffix(t, u.suffix), u.m
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(t), 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	return n * mult, nil
+}
+
+// mountState is what combinefs umount needs to know about a mount.
+type mountState struct {
+	PID        int      `json:"pid"`
+	Mountpoint string   `json:"mountpoint"`
+	Backups    []string `json:"backups"`
+	Stats      string   `json:"stats"` // written on SIGUSR1 and at unmount
+}
+
+func stateDir() string {
+	if os.Geteuid() == 0 {
+		return "/run/combinefs"
+	}
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "combinefs")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("combinefs-%d", os.Geteuid()))
+}
+
+func statePath(mp, suffix string) string {
+	h := sha256.Sum256([]byte(mp))
+	return filepath.Join(stateDir(), "mnt-"+hex.EncodeToString(h[:8])+suffix)
+}
+
+func (s *mountState) write() error {
+	if err := os.MkdirAll(stateDir(), 0o700); err != nil {
+		return err
+	}
+	return writeJSON(statePath(s.Mountpoint, ".json"), s)
+}
+
+func readState(mp string) (*mountState, error) {
+	data, err := os.ReadFile(statePath(mp, ".json"))
+	if err != nil {
+		return nil, err
+	}
+	var s mountState
+	return &s, json.Unmarshal(data, &s)
+}
+
+// writeJSON writes v atomically (temp file, rename).
+func writeJSON(path string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// Daemon mode: the parent re-executes itself with daemonEnv set and a pipe
+// as fd 3; the child reports "ok" or the error on it once the mount is
+// ready (or failed), and the parent exits accordingly.
+const daemonEnv = "COMBINEFS_DAEMON_CHILD"
+
+func startDaemon(ctx context.Context) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd.Args[0] = os.Args[0]
+	cmd.Env = append(os.Environ(), daemonEnv+"=1")
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// The child writes nothing to our terminal: it reports through the
+	// pipe, and logs to --log.
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, nil
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return err
+	}
+	w.Close()
+	line, _ := bufio.NewReader(r).ReadString('\n')
+	line = strings.TrimSpace(line)
+	if line == "ok" {
+		cmd.Process.Release()
+		return nil
+	}
+	cmd.Wait()
+	if line == "" {
+		return errors.New("the mount process exited before the mount was ready")
+	}
+	return errors.New(strings.TrimPrefix(line, "error: "))
+}
+
+// notifyReady tells a waiting parent (daemon mode) how the mount went.
+func notifyReady(errMsg string) {
+	if os.Getenv(daemonEnv) == "" {
+		return
+	}
+	f := os.NewFile(3, "ready")
+	if f == nil {
+		return
+	}
+	if errMsg == "" {
+		fmt.Fprintln(f, "ok")
+	} else {
+		fmt.Fprintln(f, "error: "+strings.ReplaceAll(errMsg, "\n", " "))
+	}
+	f.Close()
+	os.Unsetenv(daemonEnv)
+}
+
+// logWriter timestamps the mount's log lines.
+type logWriter struct{ w io.Writer }
+
+func (l *logWriter) Print(msg string) {
+	fmt.Fprintf(l.w, "%s combinefs mount: %s\n", time.Now().Format("2006-01-02 15:04:05.000"), msg)
+}
+
+func (l *logWriter) Printf(format string, args ...any) { l.Print(fmt.Sprintf(format, args...)) }
+
+func openLog(path string, daemon bool) (*logWriter, func(), error) {
+	if path == "" {
+		if daemon {
+			return &logWriter{w: io.Discard}, func() {}, nil
+		}
+		return &logWriter{w: stderr}, func() {}, nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, nil, fmt.Errorf("log file: %w", err)
+	}
+	return &logWriter{w: f}, func() { f.Close() }, nil
 }

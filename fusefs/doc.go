@@ -1,0 +1,17 @@
+// Package fusefs presents a chain point as a data directory through FUSE
+// (go-fuse v2), read-only or copy-on-write.
+//
+// The tree is built once from the resolver's Point when the mount starts;
+// listing and stat need only what the resolver read then (directory entries
+// and INCREMENTAL headers). File contents are resolved on first open:
+//
+//   - a file that comes whole from one backup file is served by FUSE
+//     passthrough where the kernel allows it (the kernel reads the backup
+//     file itself), otherwise by reads of that file;
+//   - a reconstructed file is served from its extent map through the shared
+//     block cache (package cache): cached blocks go to the kernel as a
+//     vector without copying, missing runs are read with one pread each.
+//
+// Immutable data keeps the kernel page cache across opens (FOPEN_KEEP_CACHE)
+// and long entry/attribute timeouts, so warm reads never reach the daemon.
+package fusefs

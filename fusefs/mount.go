@@ -1,0 +1,203 @@
+package fusefs
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/combinefs/combinefs/cache"
+	"github.com/combinefs/combinefs/resolver"
+)
+
+// Options configure a mount.
+type Options struct {
+	// UID and GID own every presented file (PostgreSQL requires the data
+	// directory to belong to the server's user).
+	UID, GID uint32
+	// AllowOther lets users other than the mounter in; DefaultPermissions
+	// makes the kernel enforce the presented owners and modes.
+	AllowOther, DefaultPermissions bool
+	// CacheBytes bounds the block cache.
+	CacheBytes int64
+	// NoPassthrough serves whole files through the daemon even where the
+	// kernel could read them directly (for measurements and old kernels).
+	NoPassthrough bool
+	Debug         bool
+	// Log receives read errors and other events worth a line.
+	Log func(msg string)
+	// FsName is shown by mount(8) and df.
+	FsName string
+}
+
+// Mount is a running mount.
+type Mount struct {
+	point  *resolver.Point
+	opts   Options
+	server *fuse.Server
+	cache  *cache.Cache
+	src    *sources
+	dir    string
+
+	ino    atomic.Uint64
+	stats  counters
+	closed sync.Once
+}
+
+type counters struct {
+	wholeOpens, reconOpens, passthroughOpens atomic.Uint64
+	bytesServed, ioErrors                    atomic.Uint64
+}
+
+// Stats are a mount's counters.
+type Stats struct {
+	Cache                  cache.Stats
+	WholeOpens, ReconOpens uint64 // opens of whole-file and reconstructed files
+	PassthroughOpens       uint64 // whole-file opens offered to the kernel for passthrough
+	BytesServed            uint64 // bytes the daemon returned to reads (passthrough reads not included)
+	SourceReads            uint64 // preads of backup files on cache misses
+	SourceBytes            uint64
+	IOErrors               uint64
+}
+
+// Stats returns the mount's counters.
+func (m *Mount) Stats() Stats {
+	return Stats{
+		Cache:            m.cache.Stats(),
+		WholeOpens:       m.stats.wholeOpens.Load(),
+		ReconOpens:       m.stats.reconOpens.Load(),
+		PassthroughOpens: m.stats.passthroughOpens.Load(),
+		BytesServed:      m.stats.bytesServed.Load(),
+		SourceReads:      m.src.readCalls.Load(),
+		SourceBytes:      m.src.readBytes.Load(),
+		IOErrors:         m.stats.ioErrors.Load(),
+	}
+}
+
+const (
+	// roTimeout: nothing in a read-only mount ever changes.
+	roTimeout = time.Hour
+	maxIO     = 1 << 20
+)
+
+// MountReadOnly mounts point p at dir and returns once the kernel serves it.
+func MountReadOnly(dir string, p *resolver.Point, opts Options) (*Mount, error) {
+	m := newMount(dir, p, opts)
+	root := &roRoot{m: m}
+	root.roDir = roDir{m: m, mtime: p.Root.ModTime}
+	mopts := m.mountOptions(true)
+	timeout := roTimeout
+	server, err := fs.Mount(dir, root, &fs.Options{
+		MountOptions:    mopts,
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		RootStableAttr:  &fs.StableAttr{Ino: 1},
+		UID:             opts.UID,
+		GID:             opts.GID,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", dir, err)
+	}
+	m.server = server
+	return m, nil
+}
+
+func newMount(dir string, p *resolver.Point, opts Options) *Mount {
+	if opts.CacheBytes == 0 {
+		opts.CacheBytes = 256 << 20
+	}
+	c := cache.New(opts.CacheBytes)
+	m := &Mount{point: p, opts: opts, cache: c, src: newSources(c), dir: dir}
+	m.ino.Store(1)
+	return m
+}
+
+func (m *Mount) mountOptions(readOnly bool) fuse.MountOptions {
+	name := m.opts.FsName
+	if name == "" {
+		name = "combinefs"
+	}
+	o := fuse.MountOptions{
+		AllowOther:    m.opts.AllowOther,
+		FsName:        name,
+		Name:          "combinefs",
+		MaxWrite:      maxIO,
+		MaxReadAhead:  maxIO,
+		MaxBackground: 64,
+		DisableXAttrs: true,
+		Debug:         m.opts.Debug,
+		// As root, mount(2) directly: no fusermount3 needed.
+		DirectMount: os.Geteuid() == 0,
+	}
+	if readOnly {
+		o.Options = append(o.Options, "ro")
+	}
+	if m.opts.DefaultPermissions {
+		o.Options = append(o.Options, "default_permissions")
+	}
+	return o
+}
+
+func (m *Mount) nextIno() uint64 { return m.ino.Add(1) }
+
+func (m *Mount) logf(format string, args ...any) {
+	if m.opts.Log != nil {
+		m.opts.Log(fmt.Sprintf(format, args...))
+	}
+}
+
+func (m *Mount) fillAttr(a *fuse.Attr, mode uint32, size uint64, mtime time.Time) {
+	a.Mode = mode
+	a.Size = size
+	a.Blocks = (size + 511) / 512
+	a.Blksize = 8192
+	a.Nlink = 1
+	if mode&syscall.S_IFDIR != 0 {
+		a.Nlink = 2
+	}
+	a.Owner = fuse.Owner{Uid: m.opts.UID, Gid: m.opts.GID}
+	a.SetTimes(nil, &mtime, &mtime)
+}
+
+// statfs reports the filesystem holding the final backup.
+func (m *Mount) statfs(out *fuse.StatfsOut) syscall.Errno {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(m.point.Chain.Final().Dir, &st); err != nil {
+		return fs.ToErrno(err)
+	}
+	out.FromStatfsT(&st)
+	return 0
+}
+
+// Dir is the mount point.
+func (m *Mount) Dir() string { return m.dir }
+
+// Wait blocks until the file system is unmounted.
+func (m *Mount) Wait() {
+	m.server.Wait()
+	m.release()
+}
+
+// Unmount unmounts (retrying while the mount is busy) and releases sources.
+func (m *Mount) Unmount() error {
+	var err error
+	for i := 0; i < 20; i++ {
+		if err = m.server.Unmount(); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("unmount %s: %w", m.dir, err)
+	}
+	m.release()
+	return nil
+}
+
+func (m *Mount) release() { m.closed.Do(m.src.close) }

@@ -1,0 +1,208 @@
+package fusefs
+
+import (
+	"context"
+	"io"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/combinefs/combinefs/resolver"
+)
+
+// roRoot is the root of a read-only mount.
+type roRoot struct {
+	roDir
+	m *Mount
+}
+
+// roDir is a directory of the point.
+type roDir struct {
+	fs.Inode
+	m     *Mount
+	mtime time.Time
+}
+
+// roFile is a regular file of the point.
+type roFile struct {
+	fs.Inode
+	m     *Mount
+	f     *resolver.File
+	mtime time.Time
+}
+
+// labelFile is the rewritten backup_label, held in memory.
+type labelFile struct {
+	fs.Inode
+	m     *Mount
+	data  []byte
+	mtime time.Time
+}
+
+var (
+	_ fs.NodeOnAdder         = (*roRoot)(nil)
+	_ fs.NodeGetattrer       = (*roDir)(nil)
+	_ fs.NodeStatfser        = (*roDir)(nil)
+	_ fs.NodeGetattrer       = (*roFile)(nil)
+	_ fs.NodeOpener          = (*roFile)(nil)
+	_ fs.NodeGetattrer       = (*labelFile)(nil)
+	_ fs.NodeOpener          = (*labelFile)(nil)
+	_ fs.NodeReader          = (*labelFile)(nil)
+	_ fs.FileReader          = (*wholeHandle)(nil)
+	_ fs.FileReleaser        = (*wholeHandle)(nil)
+	_ fs.FileReader          = (*reconHandle)(nil)
+	_ fs.FilePassthroughFder = (*wholeHandle)(nil)
+	// Deliberately not implemented: every writing interface. The mount is
+	// made with -o ro, so the kernel answers EROFS before asking us.
+)
+
+// OnAdd builds the whole tree up front: the resolver already knows it.
+func (r *roRoot) OnAdd(ctx context.Context) {
+	p := r.m.point
+	var add func(parent *fs.Inode, e *resolver.Entry)
+	add = func(parent *fs.Inode, e *resolver.Entry) {
+		for _, c := range e.Children {
+			var ch *fs.Inode
+			switch c.Kind {
+			case resolver.KindDir:
+				ch = parent.NewPersistentInode(ctx, &roDir{m: r.m, mtime: c.ModTime}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: r.m.nextIno()})
+				add(ch, c)
+			case resolver.KindFile:
+				ch = parent.NewPersistentInode(ctx, &roFile{m: r.m, f: c.File, mtime: c.ModTime}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.m.nextIno()})
+			}
+			parent.AddChild(c.Name, ch, true)
+		}
+	}
+	add(&r.Inode, p.Root)
+	label := &labelFile{m: r.m, data: p.Label, mtime: p.Root.ModTime}
+	r.AddChild("backup_label", r.NewPersistentInode(ctx, label, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.m.nextIno()}), true)
+	// Tablespaces appear as directories in pg_tblspc (like in-place
+	// tablespaces), so everything a server needs is inside the mount.
+	if len(p.Tablespaces) > 0 {
+		tblspc := r.GetChild("pg_tblspc")
+		if tblspc == nil {
+			tblspc = r.NewPersistentInode(ctx, &roDir{m: r.m, mtime: p.Root.ModTime}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: r.m.nextIno()})
+			r.AddChild("pg_tblspc", tblspc, true)
+		}
+		for _, ts := range p.Tablespaces {
+			d := tblspc.NewPersistentInode(ctx, &roDir{m: r.m, mtime: ts.Root.ModTime}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: r.m.nextIno()})
+			tblspc.AddChild(ts.Root.Name, d, true)
+			add(d, ts.Root)
+		}
+	}
+}
+
+func (d *roDir) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.m.fillAttr(&out.Attr, syscall.S_IFDIR|uint32(d.m.point.DirMode), 4096, d.mtime)
+	return 0
+}
+
+func (d *roDir) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	return d.m.statfs(out)
+}
+
+func (f *roFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	f.m.fillAttr(&out.Attr, syscall.S_IFREG|uint32(f.m.point.FileMode), uint64(f.f.Size()), f.mtime)
+	return 0
+}
+
+// Open resolves the file (older INCREMENTAL headers, once) and picks how to
+// serve it: passthrough or direct reads for a whole file, the block cache
+// for a reconstructed one.
+func (f *roFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	plan, err := f.f.Plan()
+	if err != nil {
+		f.m.logf("open %s: %v", f.f.Path, err)
+		return nil, 0, syscall.EIO
+	}
+	if plan.Whole {
+		src, err := os.Open(plan.WholeSrc)
+		if err != nil {
+			f.m.logf("open %s: %v", f.f.Path, err)
+			return nil, 0, syscall.EIO
+		}
+		f.m.stats.wholeOpens.Add(1)
+		return &wholeHandle{m: f.m, src: src}, fuse.FOPEN_KEEP_CACHE, 0
+	}
+	f.m.stats.reconOpens.Add(1)
+	return &reconHandle{m: f.m, f: f.f, plan: plan}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// wholeHandle serves a file that is one backup file: the kernel reads it
+// directly when passthrough is available, otherwise we pread it.
+type wholeHandle struct {
+	m   *Mount
+	src *os.File
+}
+
+func (h *wholeHandle) PassthroughFd() (int, bool) {
+	if h.m.opts.NoPassthrough {
+		return 0, false
+	}
+	h.m.stats.passthroughOpens.Add(1)
+	return int(h.src.Fd()), true
+}
+
+func (h *wholeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := h.src.ReadAt(dest, off)
+	if err != nil && err != io.EOF {
+		h.m.logf("read %s at %d: %v", h.src.Name(), off, err)
+		h.m.stats.ioErrors.Add(1)
+		return nil, syscall.EIO
+	}
+	h.m.stats.bytesServed.Add(uint64(n))
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (h *wholeHandle) Release(ctx context.Context) syscall.Errno {
+	h.src.Close()
+	return 0
+}
+
+// reconHandle serves a reconstructed file from its extent map.
+type reconHandle struct {
+	m    *Mount
+	f    *resolver.File
+	plan *resolver.Plan
+}
+
+func (h *reconHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	size := h.f.Size()
+	if off >= size {
+		return fuse.ReadResultData(nil), 0
+	}
+	n := min(int64(len(dest)), size-off)
+	vecs, err := h.m.src.appendRange(make([][]byte, 0, n/8192+2), h.plan, off, n)
+	if err != nil {
+		h.m.logf("read %s at %d: %v", h.f.Path, off, err)
+		h.m.stats.ioErrors.Add(1)
+		return nil, syscall.EIO
+	}
+	h.m.stats.bytesServed.Add(uint64(n))
+	return fuse.ReadResultVector(vecs), 0
+}
+
+func (l *labelFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	l.m.fillAttr(&out.Attr, syscall.S_IFREG|uint32(l.m.point.FileMode), uint64(len(l.data)), l.mtime)
+	return 0
+}
+
+func (l *labelFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (l *labelFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if off >= int64(len(l.data)) {
+		return fuse.ReadResultData(nil), 0
+	}
+	return fuse.ReadResultData(l.data[off:min(int64(len(l.data)), off+int64(len(dest)))]), 0
+}
