@@ -52,6 +52,7 @@ type Mount struct {
 type counters struct {
 	wholeOpens, reconOpens, passthroughOpens atomic.Uint64
 	bytesServed, ioErrors                    atomic.Uint64
+	blocksWritten                            atomic.Uint64
 }
 
 // Stats are a mount's counters.
@@ -63,6 +64,7 @@ type Stats struct {
 	SourceReads            uint64 // preads of backup files on cache misses
 	SourceBytes            uint64
 	IOErrors               uint64
+	BlocksWritten          uint64 // blocks written to overlay files (copy-on-write mounts)
 }
 
 // Stats returns the mount's counters.
@@ -76,6 +78,7 @@ func (m *Mount) Stats() Stats {
 		SourceReads:      m.src.readCalls.Load(),
 		SourceBytes:      m.src.readBytes.Load(),
 		IOErrors:         m.stats.ioErrors.Load(),
+		BlocksWritten:    m.stats.blocksWritten.Load(),
 	}
 }
 

@@ -32,7 +32,7 @@ type command struct {
 var commands = []command{
 	{"capture", "capture [flags] (-D OUTDIR [-i PRIOR_MANIFEST] | --repo DIR)", "take a full or incremental base backup over the replication protocol", setupCapture},
 	{"list", "list --repo DIR", "show the backups of a repository and check its chains", setupList},
-	{"mount", "mount [flags] (BACKUP... | --repo DIR --point NAME) MOUNTPOINT", "present a chain point as a data directory through FUSE", setupMount},
+	{"mount", "mount [--cow UPPERDIR] [flags] (BACKUP... | --repo DIR --point NAME) MOUNTPOINT", "present a chain point as a data directory through FUSE, read-only or copy-on-write", setupMount},
 	{"umount", "umount MOUNTPOINT", "unmount a combinefs mount", setupUmount},
 	{"flatten", "flatten [flags] -o OUTDIR BACKUP...", "combine a chain into a full backup, like pg_combinebackup", setupFlatten},
 	{"verify", "verify [--chain] BACKUP...", "check backups against their manifests, like pg_verifybackup", setupVerify},

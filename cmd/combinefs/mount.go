@@ -36,10 +36,12 @@ type mountOptions struct {
 	logFile       string
 	debugFUSE     bool
 	noPassthrough bool
+	cow           string
 }
 
 func (o *mountOptions) addFlags(f *pflag.FlagSet) {
 	root := os.Geteuid() == 0
+	f.StringVar(&o.cow, "cow", "", "mount writable, keeping every change in `UPPERDIR` (kept across mounts)")
 	f.StringVar(&o.repo, "repo", "", "backup repository `DIR` (with --point)")
 	f.StringVar(&o.point, "point", "", "`NAME` of the repository point to mount")
 	f.StringVar(&o.cacheSize, "cache-size", "256MiB", "block cache `SIZE` (e.g. 64MiB, 1GiB)")
@@ -146,13 +148,25 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	if err != nil {
 		return err
 	}
-	m, err := fusefs.MountReadOnly(mp, point, fusefs.Options{
+	fopts := fusefs.Options{
 		UID: uid, GID: gid, AllowOther: o.allowOther, DefaultPermissions: o.defaultPerms,
 		CacheBytes: cacheBytes, NoPassthrough: o.noPassthrough, Debug: o.debugFUSE,
 		Log:    func(msg string) { lg.Print(msg) },
 		FsName: "combinefs:" + filepath.Base(chain.Final().Dir),
-	})
-	if err != nil {
+	}
+	var m *fusefs.Mount
+	mode := "read-only"
+	if o.cow != "" {
+		upperDir, err := filepath.Abs(o.cow)
+		if err != nil {
+			return err
+		}
+		m, err = fusefs.MountCoW(mp, point, upperDir, fopts)
+		if err != nil {
+			return err
+		}
+		mode = "copy-on-write into " + upperDir
+	} else if m, err = fusefs.MountReadOnly(mp, point, fopts); err != nil {
 		return err
 	}
 	st := &mountState{PID: os.Getpid(), Mountpoint: mp, Backups: dirs, Stats: statePath(mp, ".stats.json")}
@@ -161,10 +175,10 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 		return err
 	}
 	defer os.Remove(statePath(mp, ".json"))
-	lg.Printf("mounted %s (%d backups, PostgreSQL %d) at %s in %.0f ms", chain.Final().Dir, len(dirs), chain.Major, mp, float64(time.Since(start).Microseconds())/1000)
+	lg.Printf("mounted %s (%d backups, PostgreSQL %d) at %s, %s, in %.0f ms", chain.Final().Dir, len(dirs), chain.Major, mp, mode, float64(time.Since(start).Microseconds())/1000)
 	notifyReady("")
 	if !child {
-		fmt.Fprintf(stderr, "combinefs mount: %s mounted at %s (read-only); Ctrl-C or combinefs umount %s to stop\n", chain.Final().Dir, mp, mp)
+		fmt.Fprintf(stderr, "combinefs mount: %s mounted at %s (%s); Ctrl-C or combinefs umount %s to stop\n", chain.Final().Dir, mp, mode, mp)
 	}
 	return serveUntilDone(ctx, m, st, lg)
 }

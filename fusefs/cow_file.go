@@ -1,0 +1,639 @@
+package fusefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/combinefs/combinefs/format"
+)
+
+type fileKind int
+
+const (
+	kindLower   fileKind = iota // unchanged: all of it comes from the chain
+	kindOverlay                 // upper blocks over a lower file (see upper.go)
+	kindWhole                   // all of it is the upper file
+)
+
+// fileState is where a regular file's bytes live now.
+type fileState struct {
+	kind  fileKind
+	lower *lowerEntry // kindLower: the file; kindOverlay: its origin
+	fd    *os.File    // kindOverlay, kindWhole: the upper file, read-write
+
+	limit   int64    // kindOverlay: bytes below it show the origin where the upper has no block
+	size    int64    // kindOverlay: the file's length
+	present []uint64 // kindOverlay: a bit per block the upper file holds
+
+	// dirSync is an upper directory to fsync on the file's next fsync: the
+	// one whose entry made the upper file appear.
+	dirSync string
+	// cachedOpens counts open handles served through the page cache; a
+	// file with some is not offered for passthrough (the kernel refuses to
+	// mix the two on one inode).
+	cachedOpens int
+}
+
+func (s *fileState) has(b int64) bool {
+	return b>>6 < int64(len(s.present)) && s.present[b>>6]&(1<<(b&63)) != 0
+}
+
+func (s *fileState) mark(b int64) {
+	for b>>6 >= int64(len(s.present)) {
+		s.present = append(s.present, 0)
+	}
+	s.present[b>>6] |= 1 << (b & 63)
+}
+
+// dropFrom forgets the blocks from block b on.
+func (s *fileState) dropFrom(b int64) {
+	for i := b; i < int64(len(s.present))*64; i++ {
+		if i&63 == 0 && i>>6 < int64(len(s.present)) {
+			s.present = s.present[:i>>6]
+			return
+		}
+		s.present[i>>6] &^= 1 << (i & 63)
+	}
+}
+
+// state loads the file's storage on first use.
+func (n *cowNode) state() (*fileState, syscall.Errno) {
+	n.mu.RLock()
+	st := n.st
+	n.mu.RUnlock()
+	if st != nil {
+		return st, 0
+	}
+	n.c.ns.RLock()
+	defer n.c.ns.RUnlock()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.st != nil {
+		return n.st, 0
+	}
+	st, err := n.load()
+	if err != nil {
+		n.c.m.logf("load %s: %v", n.Path(nil), err)
+		return nil, gofs.ToErrno(err)
+	}
+	n.st = st
+	return st, 0
+}
+
+// load reads the state of the file at its current path from the upper
+// directory, or finds it in the chain. Caller holds ns and n.mu.
+func (n *cowNode) load() (*fileState, error) {
+	rel, ok := n.rel()
+	if !ok {
+		return nil, os.ErrNotExist
+	}
+	f, err := os.OpenFile(n.c.up.path(rel), os.O_RDWR|syscall.O_NOFOLLOW, 0)
+	if err == nil {
+		origin, limit, overlay, err := overlayAttrs(int(f.Fd()))
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("upper file %s: %w", f.Name(), err)
+		}
+		if !overlay {
+			return &fileState{kind: kindWhole, fd: f}, nil
+		}
+		le := n.c.lower[origin]
+		if le == nil || le.dir {
+			f.Close()
+			return nil, fmt.Errorf("upper file %s overlays %q, which is not in the chain point", n.c.up.path(rel), origin)
+		}
+		st := &fileState{kind: kindOverlay, lower: le, fd: f, limit: limit}
+		var s unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &s); err != nil {
+			f.Close()
+			return nil, err
+		}
+		st.size = s.Size
+		if err := scanBlocks(f, st); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return st, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	le := n.c.lower[rel]
+	if le == nil || le.dir {
+		return nil, os.ErrNotExist
+	}
+	return &fileState{kind: kindLower, lower: le}, nil
+}
+
+// scanBlocks finds the blocks an overlay file holds with SEEK_DATA/HOLE.
+func scanBlocks(f *os.File, st *fileState) error {
+	fd := int(f.Fd())
+	for off := int64(0); off < st.size; {
+		d, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		h, err := unix.Seek(fd, d, unix.SEEK_HOLE)
+		if err != nil {
+			return err
+		}
+		for b := d / format.BlockSize; b*format.BlockSize < h; b++ {
+			st.mark(b)
+		}
+		off = h
+	}
+	return nil
+}
+
+// ensureUpper gives the file an upper representation (copy-up).
+func (n *cowNode) ensureUpper() syscall.Errno {
+	st, errno := n.state()
+	if errno != 0 {
+		return errno
+	}
+	n.mu.RLock()
+	kind := st.kind
+	n.mu.RUnlock()
+	if kind != kindLower {
+		return 0
+	}
+	n.c.ns.Lock()
+	defer n.c.ns.Unlock()
+	return n.ensureUpperLocked()
+}
+
+// ensureUpperLocked copies a lower file up: block by block (an empty
+// overlay) when it is large, whole when small. Caller holds ns.
+func (n *cowNode) ensureUpperLocked() syscall.Errno {
+	if _, errno := n.stateNS(); errno != 0 {
+		return errno
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := n.st
+	if st.kind != kindLower {
+		return 0
+	}
+	c := n.c
+	rel, attached := n.rel()
+	le := st.lower
+	tmp := c.up.tmpName()
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, c.m.point.FileMode)
+	if err != nil {
+		return gofs.ToErrno(err)
+	}
+	fail := func(err error) syscall.Errno {
+		f.Close()
+		os.Remove(tmp)
+		c.m.logf("copy-up of %s: %v", rel, err)
+		return gofs.ToErrno(err)
+	}
+	size := le.size()
+	overlay := le.file != nil && size >= overlayMin
+	if overlay {
+		origin, _ := c.lowerPath(le)
+		if err := unix.Fsetxattr(int(f.Fd()), xattrOrigin, []byte(origin), 0); err != nil {
+			return fail(err)
+		}
+		if err := setLimit(int(f.Fd()), size); err != nil {
+			return fail(err)
+		}
+		if err := f.Truncate(size); err != nil {
+			return fail(err)
+		}
+	} else if err := c.copyLower(le, f); err != nil {
+		return fail(err)
+	}
+	os.Chtimes(tmp, le.mtime, le.mtime)
+	if attached {
+		if err := c.ensureUpperDir(path.Dir(rel)); err != nil && path.Dir(rel) != "." {
+			return fail(err)
+		}
+		if err := os.Rename(tmp, c.up.path(rel)); err != nil {
+			return fail(err)
+		}
+		st.dirSync = path.Dir(c.up.path(rel))
+	} else {
+		// Unlinked while open: its changes need no name.
+		os.Remove(tmp)
+	}
+	st.fd = f
+	if overlay {
+		st.kind, st.limit, st.size = kindOverlay, size, size
+	} else {
+		st.kind = kindWhole
+	}
+	return 0
+}
+
+// stateNS is state for a caller that already holds ns.
+func (n *cowNode) stateNS() (*fileState, syscall.Errno) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.st == nil {
+		st, err := n.load()
+		if err != nil {
+			return nil, gofs.ToErrno(err)
+		}
+		n.st = st
+	}
+	return n.st, 0
+}
+
+// lowerPath is the chain path of a lower entry.
+func (c *cowFS) lowerPath(le *lowerEntry) (string, bool) {
+	if le.file != nil {
+		return le.file.Path, true
+	}
+	return "backup_label", true
+}
+
+// copyLower writes all of a lower file to f.
+func (c *cowFS) copyLower(le *lowerEntry, f *os.File) error {
+	if le.file == nil {
+		_, err := f.Write(le.label)
+		return err
+	}
+	r, err := le.file.Open()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	_, err = io.Copy(f, io.NewSectionReader(r, 0, r.Size()))
+	return err
+}
+
+// readLower fills dest from a lower file at off, returning the byte count.
+func (c *cowFS) readLower(le *lowerEntry, dest []byte, off int64) (int, error) {
+	if le.file == nil {
+		if off >= int64(len(le.label)) {
+			return 0, nil
+		}
+		return copy(dest, le.label[off:]), nil
+	}
+	size := le.file.Size()
+	if off >= size {
+		return 0, nil
+	}
+	n := min(int64(len(dest)), size-off)
+	plan, err := le.file.Plan()
+	if err != nil {
+		return 0, err
+	}
+	if plan.Whole {
+		_, f, err := c.m.src.open(plan.WholeSrc)
+		if err != nil {
+			return 0, err
+		}
+		m, err := f.ReadAt(dest[:n], off)
+		if int64(m) < n {
+			if err == nil || err == io.EOF {
+				err = fmt.Errorf("%s: short read", plan.WholeSrc)
+			}
+			return m, err
+		}
+		return m, nil
+	}
+	vecs, err := c.m.src.appendRange(nil, plan, off, n)
+	if err != nil {
+		return 0, err
+	}
+	w := 0
+	for _, v := range vecs {
+		w += copy(dest[w:], v)
+	}
+	return w, nil
+}
+
+// materialize copies block b of the origin into the overlay file. Caller
+// holds n.mu for writing.
+func (n *cowNode) materialize(st *fileState, b int64) error {
+	buf := make([]byte, format.BlockSize)
+	start := b * format.BlockSize
+	if start < st.limit {
+		m, err := n.c.readLower(st.lower, buf[:min(format.BlockSize, st.limit-start)], start)
+		if err != nil {
+			return err
+		}
+		clear(buf[m:])
+	}
+	if _, err := st.fd.WriteAt(buf, start); err != nil {
+		return err
+	}
+	st.mark(b)
+	return nil
+}
+
+// write stores data at off, copying up first.
+func (n *cowNode) write(data []byte, off int64) (uint32, syscall.Errno) {
+	if errno := n.ensureUpper(); errno != 0 {
+		return 0, errno
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := n.st
+	if st.kind == kindOverlay && len(data) > 0 {
+		end := off + int64(len(data))
+		for b := off / format.BlockSize; b*format.BlockSize < end; b++ {
+			if st.has(b) {
+				continue
+			}
+			bs, be := b*format.BlockSize, (b+1)*format.BlockSize
+			if (off > bs || end < be) && bs < st.limit {
+				// A partial write into a block still in the chain:
+				// bring the whole block up first.
+				if err := n.materialize(st, b); err != nil {
+					n.c.m.logf("copy-up of block %d: %v", b, err)
+					return 0, syscall.EIO
+				}
+			}
+		}
+		if _, err := st.fd.WriteAt(data, off); err != nil {
+			return 0, gofs.ToErrno(err)
+		}
+		for b := off / format.BlockSize; b*format.BlockSize < end; b++ {
+			st.mark(b)
+		}
+		st.size = max(st.size, end)
+		n.c.m.stats.blocksWritten.Add(uint64((end-1)/format.BlockSize - off/format.BlockSize + 1))
+		return uint32(len(data)), 0
+	}
+	w, err := st.fd.WriteAt(data, off)
+	if err != nil {
+		return uint32(w), gofs.ToErrno(err)
+	}
+	return uint32(w), 0
+}
+
+// read fills dest from off.
+func (n *cowNode) read(dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	st, errno := n.state()
+	if errno != 0 {
+		return nil, errno
+	}
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	switch st.kind {
+	case kindLower:
+		le := st.lower
+		if le.file != nil {
+			if plan, err := le.file.Plan(); err == nil && !plan.Whole {
+				// Reconstructed: straight from the block cache.
+				size := le.file.Size()
+				if off >= size {
+					return fuse.ReadResultData(nil), 0
+				}
+				vecs, err := n.c.m.src.appendRange(nil, plan, off, min(int64(len(dest)), size-off))
+				if err != nil {
+					return nil, n.readErr(err, off)
+				}
+				return fuse.ReadResultVector(vecs), 0
+			}
+		}
+		m, err := n.c.readLower(le, dest, off)
+		if err != nil {
+			return nil, n.readErr(err, off)
+		}
+		return fuse.ReadResultData(dest[:m]), 0
+	case kindWhole:
+		m, err := st.fd.ReadAt(dest, off)
+		if err != nil && err != io.EOF {
+			return nil, n.readErr(err, off)
+		}
+		return fuse.ReadResultData(dest[:m]), 0
+	}
+	// Overlay: runs of upper blocks, lower blocks and zeros.
+	if off >= st.size {
+		return fuse.ReadResultData(nil), 0
+	}
+	end := min(off+int64(len(dest)), st.size)
+	for pos := off; pos < end; {
+		b := pos / format.BlockSize
+		up := st.has(b)
+		runEnd := (b + 1) * format.BlockSize
+		for runEnd < end && st.has(runEnd/format.BlockSize) == up {
+			runEnd += format.BlockSize
+		}
+		runEnd = min(runEnd, end)
+		chunk := dest[pos-off : runEnd-off]
+		switch {
+		case up:
+			if m, err := st.fd.ReadAt(chunk, pos); err != nil && !(err == io.EOF && int64(m) == int64(len(chunk))) {
+				if err != io.EOF {
+					return nil, n.readErr(err, pos)
+				}
+				clear(chunk[m:])
+			}
+		default:
+			lowEnd := min(runEnd, max(st.limit, pos))
+			if lowEnd > pos {
+				m, err := n.c.readLower(st.lower, chunk[:lowEnd-pos], pos)
+				if err != nil {
+					return nil, n.readErr(err, pos)
+				}
+				clear(chunk[m : lowEnd-pos])
+			}
+			clear(chunk[lowEnd-pos:])
+		}
+		pos = runEnd
+	}
+	return fuse.ReadResultData(dest[:end-off]), 0
+}
+
+func (n *cowNode) readErr(err error, off int64) syscall.Errno {
+	n.c.m.logf("read %s at %d: %v", n.Path(nil), off, err)
+	n.c.m.stats.ioErrors.Add(1)
+	return syscall.EIO
+}
+
+// truncate sets the file's length.
+func (n *cowNode) truncate(size int64) syscall.Errno {
+	st, errno := n.state()
+	if errno != 0 {
+		return errno
+	}
+	n.mu.RLock()
+	unchanged := st.kind == kindLower && size == st.lower.size()
+	n.mu.RUnlock()
+	if unchanged {
+		return 0
+	}
+	if errno := n.ensureUpper(); errno != 0 {
+		return errno
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if st.kind == kindWhole {
+		return gofs.ToErrno(st.fd.Truncate(size))
+	}
+	if size < st.size {
+		if size%format.BlockSize != 0 {
+			if b := size / format.BlockSize; !st.has(b) && b*format.BlockSize < st.limit {
+				if err := n.materialize(st, b); err != nil {
+					return gofs.ToErrno(err)
+				}
+			}
+		}
+		// Lower the limit first: a crash before the truncation then hides
+		// the cut-off part rather than bringing it back later.
+		if size < st.limit {
+			if err := setLimit(int(st.fd.Fd()), size); err != nil {
+				return gofs.ToErrno(err)
+			}
+			st.limit = size
+		}
+		st.dropFrom((size + format.BlockSize - 1) / format.BlockSize)
+	}
+	if err := st.fd.Truncate(size); err != nil {
+		return gofs.ToErrno(err)
+	}
+	st.size = size
+	return 0
+}
+
+// fsync makes the file's upper data durable, and the entry that made it
+// appear the first time.
+func (n *cowNode) fsync(dataOnly bool) syscall.Errno {
+	st, errno := n.state()
+	if errno != 0 {
+		return errno
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if st.fd == nil {
+		return 0
+	}
+	var err error
+	if dataOnly && st.dirSync == "" {
+		err = unix.Fdatasync(int(st.fd.Fd()))
+	} else {
+		err = st.fd.Sync()
+	}
+	if err != nil {
+		return gofs.ToErrno(err)
+	}
+	if st.dirSync != "" {
+		if err := syncDir(st.dirSync); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return gofs.ToErrno(err)
+		}
+		st.dirSync = ""
+	}
+	return 0
+}
+
+// Allocate handles fallocate. PostgreSQL extends relations with
+// posix_fallocate (mode 0); for an overlay only the part beyond the origin's
+// limit is allocated, since below it the bytes are unchanged.
+func (n *cowNode) Allocate(ctx context.Context, fh gofs.FileHandle, off, size uint64, mode uint32) syscall.Errno {
+	if errno := n.ensureUpper(); errno != 0 {
+		return errno
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := n.st
+	if st.kind == kindWhole {
+		return gofs.ToErrno(unix.Fallocate(int(st.fd.Fd()), mode, int64(off), int64(size)))
+	}
+	if mode != 0 {
+		return syscall.EOPNOTSUPP
+	}
+	start, end := max(int64(off), st.limit), int64(off+size)
+	if end > start {
+		if err := unix.Fallocate(int(st.fd.Fd()), 0, start, end-start); err != nil {
+			return gofs.ToErrno(err)
+		}
+	}
+	st.size = max(st.size, end)
+	return 0
+}
+
+// Open picks how the file is served: passthrough to its upper file when it
+// is wholly there (and no cached handle is open), else through us with the
+// page cache kept (all changes pass through the kernel).
+func (n *cowNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_TRUNC != 0 && flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
+		if errno := n.truncate(0); errno != 0 {
+			return nil, 0, errno
+		}
+	}
+	if _, errno := n.state(); errno != 0 {
+		return nil, 0, errno
+	}
+	h, fl := n.newHandle()
+	return h, fl, 0
+}
+
+func (n *cowNode) newHandle() (gofs.FileHandle, uint32) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := n.st
+	if st.kind == kindWhole && st.cachedOpens == 0 && !n.c.m.opts.NoPassthrough {
+		n.c.m.stats.wholeOpens.Add(1)
+		return &cowHandle{n: n, passthrough: true}, 0
+	}
+	st.cachedOpens++
+	if st.kind == kindWhole {
+		// Its data may have changed behind the page cache (passthrough).
+		return &cowHandle{n: n}, 0
+	}
+	n.c.m.stats.reconOpens.Add(1)
+	return &cowHandle{n: n}, fuse.FOPEN_KEEP_CACHE
+}
+
+// cowHandle is an open file of a copy-on-write mount.
+type cowHandle struct {
+	n           *cowNode
+	passthrough bool
+}
+
+var (
+	_ gofs.FilePassthroughFder = (*cowHandle)(nil)
+	_ gofs.FileReader          = (*cowHandle)(nil)
+	_ gofs.FileWriter          = (*cowHandle)(nil)
+	_ gofs.FileFsyncer         = (*cowHandle)(nil)
+	_ gofs.FileReleaser        = (*cowHandle)(nil)
+	_ gofs.FileFlusher         = (*cowHandle)(nil)
+)
+
+func (h *cowHandle) PassthroughFd() (int, bool) {
+	if !h.passthrough {
+		return 0, false
+	}
+	h.n.c.m.stats.passthroughOpens.Add(1)
+	return int(h.n.st.fd.Fd()), true
+}
+
+func (h *cowHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	return h.n.read(dest, off)
+}
+
+func (h *cowHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	return h.n.write(data, off)
+}
+
+func (h *cowHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	return h.n.fsync(flags&1 != 0)
+}
+
+func (h *cowHandle) Flush(ctx context.Context) syscall.Errno { return 0 }
+
+func (h *cowHandle) Release(ctx context.Context) syscall.Errno {
+	if !h.passthrough {
+		h.n.mu.Lock()
+		h.n.st.cachedOpens--
+		h.n.mu.Unlock()
+	}
+	return 0
+}
