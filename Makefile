@@ -1,0 +1,53 @@
+# combinefs: see README.md. Everything that needs PostgreSQL or FUSE runs as
+# root (the PostgreSQL toolset lives in a debootstrapped root).
+
+GO       ?= go
+VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+# Majors the integration suite runs against, in order.
+PG_MAJORS ?= 17 18
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v /integration)
+
+.PHONY: all build lint unit integration test bench demo clean
+
+all: build
+
+# build: the combinefs binary in the current directory (static, so it also
+# runs inside the PostgreSQL roots).
+build:
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o combinefs ./cmd/combinefs
+
+# lint: gofmt and go vet must be clean.
+lint:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# unit: everything that needs neither PostgreSQL nor FUSE... except the FUSE
+# layer's own tests, which need /dev/fuse (and fail rather than skip when
+# COMBINEFS_REQUIRE_FUSE=1).
+unit: lint
+	COMBINEFS_REQUIRE_FUSE=1 $(GO) test -race -count=1 $(UNIT_PKGS)
+
+# integration: end-to-end tests against a real PostgreSQL of each major in
+# PG_MAJORS (provisioned by integration/provision.sh); nothing may skip.
+integration:
+	@for m in $(PG_MAJORS); do \
+		echo "=== integration tests, PostgreSQL $$m"; \
+		PG_MAJOR=$$m COMBINEFS_REQUIRE_PG=1 COMBINEFS_REQUIRE_FUSE=1 \
+			$(GO) test -count=1 -timeout 40m -v ./integration || exit 1; \
+	done
+	@if grep -q 'fuse.combinefs' /proc/mounts; then echo "a combinefs mount was left behind:"; grep fuse.combinefs /proc/mounts; exit 1; fi
+
+# test: the whole suite (what CI runs).
+test: unit integration
+
+# bench: every headline figure against the reference tools (not part of test).
+bench:
+	$(GO) run ./bench $(BENCHFLAGS)
+
+# demo: the walkthrough of README.md end to end.
+demo: build
+	bash integration/demo.sh
+
+clean:
+	rm -f combinefs
