@@ -43,7 +43,7 @@ var zeros = make([]byte, copyChunk)
 func copyWhole(src, dst string, size int64, mode os.FileMode, m CopyMethod, h hash.Hash) error {
 	if m == Link {
 		if err := os.Link(src, dst); err != nil {
-			return fmt.Errorf("error while linking file from %q to %q: %w", src, dst, unwrapErrno(err))
+			return fmt.Errorf("error while linking file from %q to %q: %w", src, dst, osErr(err))
 		}
 		return hashFile(src, h)
 	}
@@ -61,7 +61,7 @@ func copyWhole(src, dst string, size int64, mode os.FileMode, m CopyMethod, h ha
 		if err := unix.IoctlFileClone(int(out.Fd()), int(in.Fd())); err != nil {
 			out.Close()
 			os.Remove(dst)
-			return fmt.Errorf("error while cloning file %q to %q: %w", src, dst, err)
+			return fmt.Errorf("error while cloning file %q to %q: %w", src, dst, osErr(err))
 		}
 		if err := out.Close(); err != nil {
 			return err
@@ -70,7 +70,7 @@ func copyWhole(src, dst string, size int64, mode os.FileMode, m CopyMethod, h ha
 	case CopyFileRange:
 		if err := copyRange(out, in, 0, 0, size); err != nil {
 			out.Close()
-			return fmt.Errorf("error while copying file range from %q to %q: %w", src, dst, err)
+			return fmt.Errorf("error while copying file range from %q to %q: %w", src, dst, osErr(err))
 		}
 		if err := out.Close(); err != nil {
 			return err
@@ -239,12 +239,4 @@ func writeZeros(out *os.File, off, n int64, h hash.Hash) error {
 		n -= int64(len(chunk))
 	}
 	return nil
-}
-
-func unwrapErrno(err error) error {
-	var le *os.LinkError
-	if errors.As(err, &le) {
-		return le.Err
-	}
-	return err
 }

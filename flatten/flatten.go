@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -213,7 +214,7 @@ func Run(ctx context.Context, p *resolver.Point, opts Options) (res Result, err 
 				if ch.Kind == resolver.KindDir {
 					if !opts.DryRun {
 						if err := os.Mkdir(o, p.DirMode); err != nil {
-							return fmt.Errorf("could not create directory %q: %w", o, unwrapPathErr(err))
+							return fmt.Errorf("could not create directory %q: %w", o, osErr(err))
 						}
 					}
 					dirs = append(dirs, o)
@@ -237,10 +238,10 @@ func Run(ctx context.Context, p *resolver.Point, opts Options) (res Result, err 
 		if !opts.DryRun {
 			if t.ts.InPlace {
 				if err := os.MkdirAll(t.dir, p.DirMode); err != nil {
-					return res, fmt.Errorf("could not create directory %q: %w", t.dir, unwrapPathErr(err))
+					return res, fmt.Errorf("could not create directory %q: %w", t.dir, osErr(err))
 				}
 			} else if err := os.Symlink(t.dir, t.outLink); err != nil {
-				return res, fmt.Errorf("could not create symbolic link from %q to %q: %w", t.outLink, t.dir, unwrapPathErr(err))
+				return res, fmt.Errorf("could not create symbolic link from %q to %q: %w", t.outLink, t.dir, osErr(err))
 			}
 		}
 		dirs = append(dirs, t.dir)
@@ -433,7 +434,7 @@ feed:
 func writeFile(path string, data []byte, mode os.FileMode) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
-		return fmt.Errorf("could not open file %q: %w", path, unwrapPathErr(err))
+		return fmt.Errorf("could not open file %q: %w", path, osErr(err))
 	}
 	if _, err := f.Write(data); err != nil {
 		f.Close()
@@ -504,11 +505,11 @@ func (c *cleanup) prepare(dir string, dryRun bool, mode fs.FileMode, logf func(L
 		}
 		logf(Debug, "creating directory %q", dir)
 		if err := os.MkdirAll(dir, mode); err != nil {
-			return fmt.Errorf("could not create directory %q: %w", dir, unwrapPathErr(err))
+			return fmt.Errorf("could not create directory %q: %w", dir, osErr(err))
 		}
 		c.add(dir, true)
 	case err != nil:
-		return fmt.Errorf("could not access directory %q: %w", dir, unwrapPathErr(err))
+		return fmt.Errorf("could not access directory %q: %w", dir, osErr(err))
 	case len(ents) > 0:
 		return fmt.Errorf("directory %q exists but is not empty", dir)
 	default:
@@ -551,12 +552,36 @@ func (c *cleanup) run(logf func(Level, string, ...any)) {
 	c.dirs = nil
 }
 
-// unwrapPathErr drops the op and path Go adds, since our messages name the
-// path themselves.
-func unwrapPathErr(err error) error {
+// osErr drops the op and path Go adds to a system error (our messages name
+// the path themselves) and spells the errno as strerror does, as in
+// pg_combinebackup's messages ("Operation not supported").
+func osErr(err error) error {
 	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
+	var le *os.LinkError
+	var se *os.SyscallError
+	switch {
+	case errors.As(err, &pe):
+		err = pe.Err
+	case errors.As(err, &le):
+		err = le.Err
+	case errors.As(err, &se):
+		err = se.Err
 	}
-	return err
+	var errno syscall.Errno
+	if !errors.As(err, &errno) {
+		return err
+	}
+	return strerror{errno}
 }
+
+type strerror struct{ errno syscall.Errno }
+
+func (e strerror) Error() string {
+	s := e.errno.Error()
+	if s != "" && s[0] >= 'a' && s[0] <= 'z' {
+		s = string(s[0]-'a'+'A') + s[1:]
+	}
+	return s
+}
+
+func (e strerror) Unwrap() error { return e.errno }

@@ -166,7 +166,9 @@ type logger struct {
 }
 
 func (l logger) log(level flatten.Level, msg string) {
-	if level == flatten.Debug && !l.debug {
+	// pg_combinebackup reports removing a failed output; combinefs keeps
+	// its failures to the one error line unless asked for more.
+	if (level == flatten.Debug || level == flatten.Info && !l.pg) && !l.debug {
 		return
 	}
 	prefix := "combinefs flatten: "
