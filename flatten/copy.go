@@ -39,8 +39,9 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, copyChunk); return &
 var zeros = make([]byte, copyChunk)
 
 // copyWhole creates dst as a copy of src (size bytes) with method m, hashing
-// the data into h when h is not nil. The destination must not exist.
-func copyWhole(src, dst string, size int64, mode os.FileMode, m CopyMethod, h hash.Hash) error {
+// the data into h when h is not nil. The destination must not exist;
+// writeback starts writing it to disk (see finish).
+func copyWhole(src, dst string, size int64, mode os.FileMode, m CopyMethod, h hash.Hash, writeback bool) error {
 	if m == Link {
 		if err := os.Link(src, dst); err != nil {
 			return fmt.Errorf("error while linking file from %q to %q: %w", src, dst, osErr(err))
@@ -63,7 +64,7 @@ func copyWhole(src, dst string, size int64, mode os.FileMode, m CopyMethod, h ha
 			os.Remove(dst)
 			return fmt.Errorf("error while cloning file %q to %q: %w", src, dst, osErr(err))
 		}
-		if err := out.Close(); err != nil {
+		if err := finish(out, writeback); err != nil {
 			return err
 		}
 		return hashFile(src, h)
@@ -72,7 +73,7 @@ func copyWhole(src, dst string, size int64, mode os.FileMode, m CopyMethod, h ha
 			out.Close()
 			return fmt.Errorf("error while copying file range from %q to %q: %w", src, dst, osErr(err))
 		}
-		if err := out.Close(); err != nil {
+		if err := finish(out, writeback); err != nil {
 			return err
 		}
 		return hashFile(src, h)
@@ -90,6 +91,17 @@ func copyWhole(src, dst string, size int64, mode os.FileMode, m CopyMethod, h ha
 	if err != nil {
 		out.Close()
 		return fmt.Errorf("could not copy %q to %q: %w", src, dst, err)
+	}
+	return finish(out, writeback)
+}
+
+// finish closes a written output file, first asking the kernel to start
+// writing it back when the output will be synced: the final fsync pass then
+// finds most of the data on disk already, and writeback overlaps the
+// copying of the other files.
+func finish(out *os.File, writeback bool) error {
+	if writeback {
+		unix.SyncFileRange(int(out.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	}
 	return out.Close()
 }
@@ -168,7 +180,7 @@ func hashFile(path string, h hash.Hash) error {
 // into h. Runs of data are copied with the fastest primitive the method
 // allows: copy_file_range or a clone of the range when the data need not be
 // hashed, a buffered copy otherwise; zero runs are written as zeros.
-func writeReconstructed(plan *resolver.Plan, dst string, mode os.FileMode, m CopyMethod, h hash.Hash) error {
+func writeReconstructed(plan *resolver.Plan, dst string, mode os.FileMode, m CopyMethod, h hash.Hash, writeback bool) error {
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
 		return err
@@ -211,7 +223,7 @@ func writeReconstructed(plan *resolver.Plan, dst string, mode os.FileMode, m Cop
 			return fmt.Errorf("reconstructing %q from %q: %w", dst, e.Src, err)
 		}
 	}
-	return out.Close()
+	return finish(out, writeback)
 }
 
 func cloneRange(out, in *os.File, outOff, inOff, n int64) error {

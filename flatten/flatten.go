@@ -367,13 +367,13 @@ func (j *job) write(p *resolver.Point, opts Options, logf func(Level, string, ..
 		h = algo.New()
 	}
 	if plan.Whole {
-		err = copyWhole(plan.WholeSrc, j.out, j.file.Size(), p.FileMode, opts.CopyMethod, h)
+		err = copyWhole(plan.WholeSrc, j.out, j.file.Size(), p.FileMode, opts.CopyMethod, h, !opts.NoSync)
 	} else {
 		m := opts.CopyMethod
 		if m == Link {
 			m = Copy
 		}
-		err = writeReconstructed(plan, j.out, p.FileMode, m, h)
+		err = writeReconstructed(plan, j.out, p.FileMode, m, h, !opts.NoSync)
 	}
 	if err != nil {
 		return err

@@ -29,21 +29,22 @@ type cowNode struct {
 }
 
 var (
-	_ gofs.NodeLookuper   = (*cowNode)(nil)
-	_ gofs.NodeReaddirer  = (*cowNode)(nil)
-	_ gofs.NodeGetattrer  = (*cowNode)(nil)
-	_ gofs.NodeSetattrer  = (*cowNode)(nil)
-	_ gofs.NodeOpener     = (*cowNode)(nil)
-	_ gofs.NodeCreater    = (*cowNode)(nil)
-	_ gofs.NodeMkdirer    = (*cowNode)(nil)
-	_ gofs.NodeUnlinker   = (*cowNode)(nil)
-	_ gofs.NodeRmdirer    = (*cowNode)(nil)
-	_ gofs.NodeRenamer    = (*cowNode)(nil)
-	_ gofs.NodeSymlinker  = (*cowNode)(nil)
-	_ gofs.NodeReadlinker = (*cowNode)(nil)
-	_ gofs.NodeFsyncer    = (*cowNode)(nil)
-	_ gofs.NodeStatfser   = (*cowNode)(nil)
-	_ gofs.NodeAllocater  = (*cowNode)(nil)
+	_ gofs.NodeLookuper    = (*cowNode)(nil)
+	_ gofs.NodeReaddirer   = (*cowNode)(nil)
+	_ gofs.NodeGetattrer   = (*cowNode)(nil)
+	_ gofs.NodeSetattrer   = (*cowNode)(nil)
+	_ gofs.NodeOpener      = (*cowNode)(nil)
+	_ gofs.NodeCreater     = (*cowNode)(nil)
+	_ gofs.NodeMkdirer     = (*cowNode)(nil)
+	_ gofs.NodeUnlinker    = (*cowNode)(nil)
+	_ gofs.NodeRmdirer     = (*cowNode)(nil)
+	_ gofs.NodeRenamer     = (*cowNode)(nil)
+	_ gofs.NodeSymlinker   = (*cowNode)(nil)
+	_ gofs.NodeReadlinker  = (*cowNode)(nil)
+	_ gofs.NodeFsyncer     = (*cowNode)(nil)
+	_ gofs.NodeStatfser    = (*cowNode)(nil)
+	_ gofs.NodeAllocater   = (*cowNode)(nil)
+	_ gofs.NodeOnForgetter = (*cowNode)(nil)
 	// Not implemented, deliberately: hard links (ENOTSUP; PostgreSQL does
 	// not make them in a data directory), mknod, xattrs.
 )
@@ -75,6 +76,17 @@ func (n *cowNode) rel() (string, bool) {
 func (n *cowNode) child(ctx context.Context, rel string, e entry) *gofs.Inode {
 	ch := &cowNode{c: n.c, lowerVisible: e.lowerVisible}
 	return n.NewInode(ctx, ch, gofs.StableAttr{Mode: e.mode, Ino: n.c.ino(rel)})
+}
+
+// OnForget closes the upper file when the kernel drops the inode (it has no
+// open handles by then); a later lookup loads the state again.
+func (n *cowNode) OnForget() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.st != nil && n.st.fd != nil {
+		n.st.fd.Close()
+	}
+	n.st = nil
 }
 
 func (n *cowNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
