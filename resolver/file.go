@@ -171,3 +171,44 @@ func buildPlan(layer []int32, off []int64, srcs []string) *Plan {
 func (p *Plan) extentAt(off int64) int {
 	return sort.Search(len(p.Extents), func(i int) bool { return p.Extents[i].Off+p.Extents[i].Len > off })
 }
+
+// ResolveAll resolves the extent map of every file of the point, reading
+// the headers of the older backups' INCREMENTAL files (never block data), so
+// that a missing or corrupt file anywhere in the chain is found now rather
+// than when the file is first read. Files are resolved jobs at a time.
+func (p *Point) ResolveAll(jobs int) error {
+	var files []*File
+	p.Walk(func(_ string, e *Entry) error {
+		if e.Kind == KindFile && e.File.Incremental() {
+			files = append(files, e.File)
+		}
+		return nil
+	})
+	if jobs < 1 {
+		jobs = 1
+	}
+	errs := make(chan error, jobs)
+	next := make(chan *File)
+	for i := 0; i < jobs; i++ {
+		go func() {
+			var first error
+			for f := range next {
+				if _, err := f.Plan(); err != nil && first == nil {
+					first = err
+				}
+			}
+			errs <- first
+		}()
+	}
+	for _, f := range files {
+		next <- f
+	}
+	close(next)
+	var first error
+	for i := 0; i < jobs; i++ {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}

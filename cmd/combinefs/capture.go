@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/pflag"
 
 	"github.com/combinefs/combinefs/capture"
@@ -42,14 +43,14 @@ func (o *captureOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVarP(&o.incremental, "incremental", "i", "", "take an incremental backup from the backup whose `MANIFEST` this is")
 	f.StringVar(&o.repo, "repo", "", "keep backups in repository `DIR`: named by time and kind, each incremental from the newest")
 	f.BoolVar(&o.full, "full", false, "with --repo: take a full backup even if the repository has one to chain to")
-	f.StringVarP(&o.dbname, "dbname", "d", "", "connection string or URL (`CONNSTR`)")
+	f.StringVarP(&o.dbname, "dbname", "d", "", "`CONNSTR`: connection string or URL (libpq settings, PG* variables and .pgpass apply)")
 	f.StringVarP(&o.host, "host", "h", "", "database server `HOST` or socket directory")
 	f.StringVarP(&o.port, "port", "p", "", "database server `PORT`")
 	f.StringVarP(&o.username, "username", "U", "", "connect as `USER`")
 	f.StringVarP(&o.checkpoint, "checkpoint", "c", "spread", "checkpoint mode: `fast|spread`")
 	f.StringVarP(&o.label, "label", "l", "combinefs base backup", "backup `LABEL`")
 	f.StringVarP(&o.maxRate, "max-rate", "r", "", "limit the server's transfer `RATE` (kB/s, or with suffix k or M)")
-	f.StringArrayVarP(&o.mappings, "tablespace-mapping", "T", nil, "relocate the tablespace in `OLDDIR=NEWDIR` (repeatable)")
+	f.StringArrayVarP(&o.mappings, "tablespace-mapping", "T", nil, "relocate a tablespace: `OLDDIR=NEWDIR` (repeatable)")
 	f.StringVarP(&o.walMethod, "wal-method", "X", "stream", "include the WAL by `stream|fetch`")
 	f.BoolVarP(&o.progress, "progress", "P", isTerminal(stderr), "show a progress bar (default: when stderr is a terminal)")
 	f.StringVar(&o.checksums, "manifest-checksums", "", "manifest checksum `ALGORITHM`: SHA{224,256,384,512}|CRC32C|NONE (default CRC32C)")
@@ -68,7 +69,7 @@ func setupCapture(f *pflag.FlagSet) func(ctx context.Context, args []string) err
 		if err != nil {
 			return err
 		}
-		bar := newProgress(stderr, o.progress, "capture")
+		bar := newCaptureBar(o.progress)
 		opts.Progress = captureProgress(bar, o.progress)
 		var noticeMu sync.Mutex
 		opts.Notice = func(s string) {
@@ -235,6 +236,24 @@ func parseTablespaceMapping(arg string) (old, nu string, err error) {
 		return "", "", fmt.Errorf("new directory is not an absolute path in tablespace mapping: %s", nu)
 	}
 	return filepath.Clean(old), filepath.Clean(nu), nil
+}
+
+// newCaptureBar is the progress bar of a capture: bytes received of the
+// server's estimate, and the rate.
+func newCaptureBar(show bool) *progress {
+	if !show {
+		return &progress{}
+	}
+	return &progress{bar: progressbar.NewOptions64(-1,
+		progressbar.OptionSetWriter(stderr),
+		progressbar.OptionSetDescription("capture"),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionShowCount(),
+		progressbar.OptionUseIECUnits(true),
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionClearOnFinish(),
+	)}
 }
 
 // captureProgress shows a capture's progress on bar, and says that the

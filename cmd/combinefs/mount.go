@@ -144,6 +144,11 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	if err != nil {
 		return err
 	}
+	// Every older INCREMENTAL header too: a damaged backup anywhere in the
+	// chain is refused now, not found at the first read.
+	if err := point.ResolveAll(8); err != nil {
+		return err
+	}
 	uid, gid, err := resolveOwner(o.owner, chain.Final().Dir)
 	if err != nil {
 		return err
@@ -175,6 +180,7 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 		return err
 	}
 	defer os.Remove(statePath(mp, ".json"))
+	defer os.Remove(st.Stats)
 	lg.Printf("mounted %s (%d backups, PostgreSQL %d) at %s, %s, in %.0f ms", chain.Final().Dir, len(dirs), chain.Major, mp, mode, float64(time.Since(start).Microseconds())/1000)
 	notifyReady("")
 	if !child {
@@ -239,6 +245,12 @@ func setupUmount(f *pflag.FlagSet) func(ctx context.Context, args []string) erro
 			}
 			return fmt.Errorf("%s is not mounted", mp)
 		}
+		// Ask the mount for its counters while it still runs: it removes
+		// its files when it exits.
+		var stats *fusefs.Stats
+		if st != nil {
+			stats = requestStats(st)
+		}
 		if err := unmount(mp, lazy); err != nil {
 			return err
 		}
@@ -255,12 +267,10 @@ func setupUmount(f *pflag.FlagSet) func(ctx context.Context, args []string) erro
 			time.Sleep(50 * time.Millisecond)
 		}
 		fmt.Fprintf(stderr, "combinefs umount: unmounted %s\n", mp)
-		var s fusefs.Stats
-		if data, err := os.ReadFile(st.Stats); err == nil && json.Unmarshal(data, &s) == nil {
+		if s := stats; s != nil {
 			fmt.Fprintf(stderr, "combinefs umount: block cache %.1f%% hits (%d of %d), %s read from backups\n",
 				100*s.Cache.HitRate(), s.Cache.Hits, s.Cache.Hits+s.Cache.Misses, humanBytes(int64(s.SourceBytes)))
 		}
-		os.Remove(st.Stats)
 		return nil
 	}
 }
@@ -339,8 +349,41 @@ func unmount(mp string, lazy bool) error {
 	return nil
 }
 
+// processAlive: a zombie (exited, not yet reaped by whoever adopted it)
+// counts as gone.
 func processAlive(pid int) bool {
-	return pid > 0 && syscall.Kill(pid, 0) == nil
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses.
+	if i := strings.LastIndexByte(string(data), ')'); i >= 0 && i+2 < len(data) {
+		return data[i+2] != 'Z'
+	}
+	return true
+}
+
+// requestStats has the mount process write its counters (SIGUSR1) and reads
+// them; nil when it does not answer within a second.
+func requestStats(st *mountState) *fusefs.Stats {
+	before, _ := os.Stat(st.Stats)
+	if syscall.Kill(st.PID, syscall.SIGUSR1) != nil {
+		return nil
+	}
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		fi, err := os.Stat(st.Stats)
+		if err != nil || (before != nil && !fi.ModTime().After(before.ModTime())) {
+			continue
+		}
+		var s fusefs.Stats
+		if data, err := os.ReadFile(st.Stats); err == nil && json.Unmarshal(data, &s) == nil {
+			return &s
+		}
+	}
+	return nil
 }
 
 // resolveOwner picks the presented owner: --owner, else the owner of the
