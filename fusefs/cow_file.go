@@ -83,7 +83,8 @@ func (n *cowNode) state() (*fileState, syscall.Errno) {
 	st, err := n.load()
 	if err != nil {
 		n.c.m.logf("load %s: %v", n.Path(nil), err)
-		return nil, gofs.ToErrno(err)
+		n.c.m.stats.ioErrors.Add(1)
+		return nil, toErrno(err)
 	}
 	n.st = st
 	return st, 0
@@ -192,13 +193,13 @@ func (n *cowNode) ensureUpperLocked() syscall.Errno {
 	tmp := c.up.tmpName()
 	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, c.m.point.FileMode)
 	if err != nil {
-		return gofs.ToErrno(err)
+		return toErrno(err)
 	}
 	fail := func(err error) syscall.Errno {
 		f.Close()
 		os.Remove(tmp)
 		c.m.logf("copy-up of %s: %v", rel, err)
-		return gofs.ToErrno(err)
+		return toErrno(err)
 	}
 	size := le.size()
 	overlay := le.file != nil && size >= overlayMin
@@ -214,6 +215,12 @@ func (n *cowNode) ensureUpperLocked() syscall.Errno {
 			return fail(err)
 		}
 	} else if err := c.copyLower(le, f); err != nil {
+		return fail(err)
+	}
+	// Durable before its name is: a crash must not leave a name in tree/
+	// for a file whose contents (or overlay attributes) did not reach the
+	// disk, hiding the lower file.
+	if err := f.Sync(); err != nil {
 		return fail(err)
 	}
 	os.Chtimes(tmp, le.mtime, le.mtime)
@@ -245,7 +252,7 @@ func (n *cowNode) stateNS() (*fileState, syscall.Errno) {
 	if n.st == nil {
 		st, err := n.load()
 		if err != nil {
-			return nil, gofs.ToErrno(err)
+			return nil, toErrno(err)
 		}
 		n.st = st
 	}
@@ -320,10 +327,12 @@ func (c *cowFS) readLower(le *lowerEntry, dest []byte, off int64) (int, error) {
 // materialize copies block b of the origin into the overlay file. Caller
 // holds n.mu for writing.
 func (n *cowNode) materialize(st *fileState, b int64) error {
-	buf := make([]byte, format.BlockSize)
 	start := b * format.BlockSize
+	// Only the part of the block inside the file: the last block of a file
+	// whose size is not a multiple of the block size is short.
+	buf := make([]byte, max(min(format.BlockSize, st.size-start), 0))
 	if start < st.limit {
-		m, err := n.c.readLower(st.lower, buf[:min(format.BlockSize, st.limit-start)], start)
+		m, err := n.c.readLower(st.lower, buf[:min(int64(len(buf)), st.limit-start)], start)
 		if err != nil {
 			return err
 		}
@@ -361,7 +370,7 @@ func (n *cowNode) write(data []byte, off int64) (uint32, syscall.Errno) {
 			}
 		}
 		if _, err := st.fd.WriteAt(data, off); err != nil {
-			return 0, gofs.ToErrno(err)
+			return 0, toErrno(err)
 		}
 		for b := off / format.BlockSize; b*format.BlockSize < end; b++ {
 			st.mark(b)
@@ -372,7 +381,7 @@ func (n *cowNode) write(data []byte, off int64) (uint32, syscall.Errno) {
 	}
 	w, err := st.fd.WriteAt(data, off)
 	if err != nil {
-		return uint32(w), gofs.ToErrno(err)
+		return uint32(w), toErrno(err)
 	}
 	return uint32(w), 0
 }
@@ -452,6 +461,23 @@ func (n *cowNode) read(dest []byte, off int64) (fuse.ReadResult, syscall.Errno) 
 	return fuse.ReadResultData(dest[:end-off]), 0
 }
 
+// toErrno is the errno the kernel gets for err: the one a system call
+// returned, ENOENT for a missing file, EIO for anything else (logged by the
+// caller).
+func toErrno(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	if errors.Is(err, os.ErrNotExist) {
+		return syscall.ENOENT
+	}
+	return syscall.EIO
+}
+
 func (n *cowNode) readErr(err error, off int64) syscall.Errno {
 	n.c.m.logf("read %s at %d: %v", n.Path(nil), off, err)
 	n.c.m.stats.ioErrors.Add(1)
@@ -476,13 +502,13 @@ func (n *cowNode) truncate(size int64) syscall.Errno {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if st.kind == kindWhole {
-		return gofs.ToErrno(st.fd.Truncate(size))
+		return toErrno(st.fd.Truncate(size))
 	}
 	if size < st.size {
 		if size%format.BlockSize != 0 {
 			if b := size / format.BlockSize; !st.has(b) && b*format.BlockSize < st.limit {
 				if err := n.materialize(st, b); err != nil {
-					return gofs.ToErrno(err)
+					return toErrno(err)
 				}
 			}
 		}
@@ -490,14 +516,14 @@ func (n *cowNode) truncate(size int64) syscall.Errno {
 		// the cut-off part rather than bringing it back later.
 		if size < st.limit {
 			if err := setLimit(int(st.fd.Fd()), size); err != nil {
-				return gofs.ToErrno(err)
+				return toErrno(err)
 			}
 			st.limit = size
 		}
 		st.dropFrom((size + format.BlockSize - 1) / format.BlockSize)
 	}
 	if err := st.fd.Truncate(size); err != nil {
-		return gofs.ToErrno(err)
+		return toErrno(err)
 	}
 	st.size = size
 	return 0
@@ -522,11 +548,11 @@ func (n *cowNode) fsync(dataOnly bool) syscall.Errno {
 		err = st.fd.Sync()
 	}
 	if err != nil {
-		return gofs.ToErrno(err)
+		return toErrno(err)
 	}
 	if st.dirSync != "" {
 		if err := syncDir(st.dirSync); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return gofs.ToErrno(err)
+			return toErrno(err)
 		}
 		st.dirSync = ""
 	}
@@ -544,7 +570,7 @@ func (n *cowNode) Allocate(ctx context.Context, fh gofs.FileHandle, off, size ui
 	defer n.mu.Unlock()
 	st := n.st
 	if st.kind == kindWhole {
-		return gofs.ToErrno(unix.Fallocate(int(st.fd.Fd()), mode, int64(off), int64(size)))
+		return toErrno(unix.Fallocate(int(st.fd.Fd()), mode, int64(off), int64(size)))
 	}
 	if mode != 0 {
 		return syscall.EOPNOTSUPP
@@ -552,7 +578,7 @@ func (n *cowNode) Allocate(ctx context.Context, fh gofs.FileHandle, off, size ui
 	start, end := max(int64(off), st.limit), int64(off+size)
 	if end > start {
 		if err := unix.Fallocate(int(st.fd.Fd()), 0, start, end-start); err != nil {
-			return gofs.ToErrno(err)
+			return toErrno(err)
 		}
 	}
 	st.size = max(st.size, end)

@@ -114,7 +114,7 @@ func (c *cowFS) attrOf(crel string, e entry, a *fuse.Attr) syscall.Errno {
 	if e.upper {
 		var s unix.Stat_t
 		if err := unix.Lstat(c.up.path(crel), &s); err != nil {
-			return gofs.ToErrno(err)
+			return toErrno(err)
 		}
 		fillFromStat(m, a, &s)
 		return 0
@@ -139,7 +139,7 @@ func (n *cowNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	}
 	list, err := n.c.list(rel, n.lowerVisible)
 	if err != nil {
-		return nil, gofs.ToErrno(err)
+		return nil, toErrno(err)
 	}
 	return gofs.NewListDirStream(list), 0
 }
@@ -214,9 +214,13 @@ func (n *cowNode) getattr(a *fuse.Attr) syscall.Errno {
 		}
 		var s unix.Stat_t
 		if err := unix.Fstat(int(st.fd.Fd()), &s); err != nil {
-			return gofs.ToErrno(err)
+			return toErrno(err)
 		}
 		fillFromStat(m, a, &s)
+		if st.kind == kindOverlay {
+			// Its blocks are spread over the upper file and the chain.
+			a.Blocks = (a.Size + 511) / 512
+		}
 		return 0
 	}
 	rel, ok := n.rel()
@@ -247,7 +251,7 @@ func fillFromStat(m *Mount, a *fuse.Attr, s *unix.Stat_t) {
 func (n *cowNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(n.c.up.dir, &st); err != nil {
-		return gofs.ToErrno(err)
+		return toErrno(err)
 	}
 	out.FromStatfsT(&st)
 	return 0
@@ -260,7 +264,7 @@ func (n *cowNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	}
 	t, err := os.Readlink(n.c.up.path(rel))
 	if err != nil {
-		return nil, gofs.ToErrno(err)
+		return nil, toErrno(err)
 	}
 	return []byte(t), 0
 }
@@ -274,7 +278,7 @@ func (n *cowNode) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) s
 			return 0
 		}
 		if err := syncDir(n.c.up.path(rel)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return gofs.ToErrno(err)
+			return toErrno(err)
 		}
 		return 0
 	}
@@ -294,19 +298,23 @@ func (n *cowNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetA
 	atime, hasA := in.GetATime()
 	mtime, hasM := in.GetMTime()
 	if hasMode || hasA || hasM {
-		p, errno := n.upperPath()
+		p, follow, errno := n.upperPath()
 		if errno != 0 {
 			return errno
 		}
+		statFn, flags := unix.Lstat, unix.AT_SYMLINK_NOFOLLOW
+		if follow {
+			statFn, flags = unix.Stat, 0
+		}
 		if hasMode {
 			if err := os.Chmod(p, os.FileMode(mode&0o7777)); err != nil {
-				return gofs.ToErrno(err)
+				return toErrno(err)
 			}
 		}
 		if hasA || hasM {
 			var st unix.Stat_t
-			if err := unix.Lstat(p, &st); err != nil {
-				return gofs.ToErrno(err)
+			if err := statFn(p, &st); err != nil {
+				return toErrno(err)
 			}
 			ts := []unix.Timespec{st.Atim, st.Mtim}
 			if hasA {
@@ -315,8 +323,8 @@ func (n *cowNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetA
 			if hasM {
 				ts[1] = unix.NsecToTimespec(mtime.UnixNano())
 			}
-			if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-				return gofs.ToErrno(err)
+			if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, flags); err != nil {
+				return toErrno(err)
 			}
 		}
 	}
@@ -324,33 +332,35 @@ func (n *cowNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetA
 	return n.getattr(&out.Attr)
 }
 
-// upperPath returns the upper path of the node, copying it up first.
-func (n *cowNode) upperPath() (string, syscall.Errno) {
+// upperPath returns the upper path of the node, copying it up first; for a
+// regular file it is its open descriptor's /proc path, to be followed
+// (follow), since the file may have been unlinked.
+func (n *cowNode) upperPath() (string, bool, syscall.Errno) {
 	if n.IsDir() {
 		n.c.ns.Lock()
 		defer n.c.ns.Unlock()
 		rel, ok := n.rel()
 		if !ok {
-			return "", syscall.ENOENT
+			return "", false, syscall.ENOENT
 		}
 		if err := n.c.ensureUpperDir(rel); err != nil {
-			return "", gofs.ToErrno(err)
+			return "", false, toErrno(err)
 		}
-		return n.c.up.path(rel), 0
+		return n.c.up.path(rel), false, 0
 	}
 	if n.Mode()&syscall.S_IFMT == syscall.S_IFLNK {
 		rel, ok := n.rel()
 		if !ok {
-			return "", syscall.ENOENT
+			return "", false, syscall.ENOENT
 		}
-		return n.c.up.path(rel), 0
+		return n.c.up.path(rel), false, 0
 	}
 	if errno := n.ensureUpper(); errno != 0 {
-		return "", errno
+		return "", false, errno
 	}
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	return "/proc/self/fd/" + strconv.Itoa(int(n.st.fd.Fd())), 0
+	return "/proc/self/fd/" + strconv.Itoa(int(n.st.fd.Fd())), true, 0
 }
 
 func (n *cowNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
@@ -366,13 +376,13 @@ func (n *cowNode) Create(ctx context.Context, name string, flags uint32, mode ui
 		return nil, nil, 0, syscall.EEXIST
 	}
 	if err := c.ensureUpperDir(rel); err != nil {
-		return nil, nil, 0, gofs.ToErrno(err)
+		return nil, nil, 0, toErrno(err)
 	}
 	f, err := c.createUpper(crel, func(p string) (*os.File, error) {
 		return os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, os.FileMode(mode&0o7777))
 	})
 	if err != nil {
-		return nil, nil, 0, gofs.ToErrno(err)
+		return nil, nil, 0, toErrno(err)
 	}
 	f.Chmod(os.FileMode(mode & 0o7777))
 	ch := n.child(ctx, crel, entry{mode: syscall.S_IFREG})
@@ -423,7 +433,7 @@ func (n *cowNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 		return nil, syscall.EEXIST
 	}
 	if err := c.ensureUpperDir(rel); err != nil {
-		return nil, gofs.ToErrno(err)
+		return nil, toErrno(err)
 	}
 	p := c.up.path(crel)
 	var st unix.Stat_t
@@ -432,17 +442,17 @@ func (n *cowNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 		// the new one opaque in tmp/ and swap it in atomically.
 		tmp := c.up.tmpName()
 		if err := os.Mkdir(tmp, os.FileMode(mode&0o7777)); err != nil {
-			return nil, gofs.ToErrno(err)
+			return nil, toErrno(err)
 		}
 		if err := unix.Setxattr(tmp, xattrOpaque, []byte("y"), 0); err != nil {
-			return nil, gofs.ToErrno(err)
+			return nil, toErrno(err)
 		}
 		if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, p, unix.RENAME_EXCHANGE); err != nil {
-			return nil, gofs.ToErrno(err)
+			return nil, toErrno(err)
 		}
 		os.Remove(tmp) // the whiteout, now there
 	} else if err := os.Mkdir(p, os.FileMode(mode&0o7777)); err != nil {
-		return nil, gofs.ToErrno(err)
+		return nil, toErrno(err)
 	}
 	os.Chmod(p, os.FileMode(mode&0o7777))
 	if errno := c.attrOf(crel, entry{upper: true}, &out.Attr); errno != 0 {
@@ -467,10 +477,10 @@ func (n *cowNode) Symlink(ctx context.Context, target, name string, out *fuse.En
 		return nil, syscall.EEXIST
 	}
 	if err := c.ensureUpperDir(rel); err != nil {
-		return nil, gofs.ToErrno(err)
+		return nil, toErrno(err)
 	}
 	if _, err := c.createUpper(crel, func(p string) (*os.File, error) { return nil, os.Symlink(target, p) }); err != nil {
-		return nil, gofs.ToErrno(err)
+		return nil, toErrno(err)
 	}
 	if errno := c.attrOf(crel, entry{upper: true}, &out.Attr); errno != 0 {
 		return nil, errno
@@ -495,7 +505,7 @@ func (n *cowNode) Unlink(ctx context.Context, name string) syscall.Errno {
 		return syscall.EISDIR
 	}
 	if err := c.remove(rel, crel, e); err != nil {
-		return gofs.ToErrno(err)
+		return toErrno(err)
 	}
 	c.forgetIno(crel)
 	return 0
@@ -535,32 +545,51 @@ func (n *cowNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 	default:
 		return syscall.ENOTDIR
 	}
-	if errno := c.emptyDir(crel, e); errno != 0 {
+	if errno := c.checkEmpty(crel, e); errno != 0 {
 		return errno
 	}
-	if err := c.remove(rel, crel, e); err != nil {
-		return gofs.ToErrno(err)
+	if err := c.removeDir(rel, crel, e); err != nil {
+		return toErrno(err)
 	}
 	c.forgetIno(crel)
 	return 0
 }
 
-// emptyDir checks that merged directory crel is empty and clears the
-// whiteouts its upper directory may still hold.
-func (c *cowFS) emptyDir(crel string, e entry) syscall.Errno {
+// removeDir takes away the empty merged directory e at crel. An upper
+// directory may still hold whiteouts of the lower entries removed from it;
+// it is swapped for a whiteout in one step where a lower directory must stay
+// hidden, so a crash never brings those entries back.
+func (c *cowFS) removeDir(rel, crel string, e entry) error {
+	p := c.up.path(crel)
+	switch {
+	case e.upper && e.lower != nil:
+		tmp := c.up.tmpName()
+		if err := c.up.makeWhiteout(tmp); err != nil {
+			return err
+		}
+		if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, p, unix.RENAME_EXCHANGE); err != nil {
+			os.Remove(tmp)
+			return err
+		}
+		return os.RemoveAll(tmp)
+	case e.upper:
+		return os.RemoveAll(p)
+	default:
+		if err := c.ensureUpperDir(rel); err != nil {
+			return err
+		}
+		return c.up.makeWhiteout(p)
+	}
+}
+
+// checkEmpty checks that merged directory crel is empty.
+func (c *cowFS) checkEmpty(crel string, e entry) syscall.Errno {
 	list, err := c.list(crel, e.lowerVisible)
 	if err != nil {
-		return gofs.ToErrno(err)
+		return toErrno(err)
 	}
 	if len(list) > 0 {
 		return syscall.ENOTEMPTY
-	}
-	if e.upper {
-		p := c.up.path(crel)
-		ents, _ := os.ReadDir(p)
-		for _, de := range ents {
-			os.Remove(path.Join(p, de.Name()))
-		}
 	}
 	return 0
 }
@@ -598,13 +627,8 @@ func (n *cowNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 			if dst.mode != syscall.S_IFDIR {
 				return syscall.ENOTDIR
 			}
-			if errno := c.emptyDir(to, dst); errno != 0 {
+			if errno := c.checkEmpty(to, dst); errno != 0 {
 				return errno
-			}
-			if dst.upper {
-				if err := os.Remove(c.up.path(to)); err != nil {
-					return gofs.ToErrno(err)
-				}
 			}
 		}
 	} else {
@@ -623,21 +647,17 @@ func (n *cowNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		}
 	}
 	if err := c.ensureUpperDir(nrel); err != nil {
-		return gofs.ToErrno(err)
+		return toErrno(err)
 	}
 	fromP, toP := c.up.path(from), c.up.path(to)
-	var err error
-	if src.lower != nil {
-		err = c.up.renameWhiteout(fromP, toP)
-	} else {
-		err = os.Rename(fromP, toP)
+	if err := c.renameUpper(src, fromP, toP); err != nil {
+		return toErrno(err)
 	}
-	if err != nil {
-		return gofs.ToErrno(err)
-	}
-	if src.mode == syscall.S_IFDIR && dst.lower != nil && dst.lower.dir {
+	if lt := c.lower[to]; src.mode == syscall.S_IFDIR && np.lowerVisible && lt != nil && lt.dir {
 		// A lower directory of the target's name must not show through.
-		unix.Setxattr(toP, xattrOpaque, []byte("y"), 0)
+		if err := unix.Setxattr(toP, xattrOpaque, []byte("y"), 0); err != nil {
+			return toErrno(err)
+		}
 	}
 	if ch := n.GetChild(name); ch != nil {
 		cn := ch.Operations().(*cowNode)
@@ -649,4 +669,36 @@ func (n *cowNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 	}
 	c.moveIno(from, to)
 	return 0
+}
+
+// renameUpper moves the upper entry of src from fromP to toP, leaving a
+// whiteout at fromP when a lower entry of that name must stay hidden. A
+// directory cannot replace the whiteout or empty upper directory a name may
+// hold, so it is swapped with it (RENAME_EXCHANGE) and what comes back is
+// turned into the whiteout or removed.
+func (c *cowFS) renameUpper(src entry, fromP, toP string) error {
+	var st unix.Stat_t
+	if src.mode != syscall.S_IFDIR || unix.Lstat(toP, &st) != nil {
+		if src.lower != nil {
+			return c.up.renameWhiteout(fromP, toP)
+		}
+		return os.Rename(fromP, toP)
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, fromP, unix.AT_FDCWD, toP, unix.RENAME_EXCHANGE); err != nil {
+		return err
+	}
+	if src.lower == nil {
+		return os.RemoveAll(fromP)
+	}
+	if isWhiteout(fromP, &st) {
+		return nil // what came back is a whiteout already
+	}
+	tmp := c.up.tmpName()
+	if err := c.up.makeWhiteout(tmp); err != nil {
+		return err
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, fromP, unix.RENAME_EXCHANGE); err != nil {
+		return err
+	}
+	return os.RemoveAll(tmp)
 }

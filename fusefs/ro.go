@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"syscall"
@@ -119,6 +120,7 @@ func (f *roFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32,
 	plan, err := f.f.Plan()
 	if err != nil {
 		f.m.logf("open %s: %v", f.f.Path, err)
+		f.m.stats.ioErrors.Add(1)
 		return nil, 0, syscall.EIO
 	}
 	if plan.Whole {
@@ -128,7 +130,7 @@ func (f *roFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32,
 			return nil, 0, syscall.EIO
 		}
 		f.m.stats.wholeOpens.Add(1)
-		return &wholeHandle{m: f.m, src: src}, fuse.FOPEN_KEEP_CACHE, 0
+		return &wholeHandle{m: f.m, src: src, size: f.f.Size()}, fuse.FOPEN_KEEP_CACHE, 0
 	}
 	f.m.stats.reconOpens.Add(1)
 	return &reconHandle{m: f.m, f: f.f, plan: plan}, fuse.FOPEN_KEEP_CACHE, 0
@@ -137,8 +139,9 @@ func (f *roFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32,
 // wholeHandle serves a file that is one backup file: the kernel reads it
 // directly when passthrough is available, otherwise we pread it.
 type wholeHandle struct {
-	m   *Mount
-	src *os.File
+	m    *Mount
+	src  *os.File
+	size int64 // as presented; a shorter source is an error, not EOF
 }
 
 func (h *wholeHandle) PassthroughFd() (int, bool) {
@@ -151,11 +154,15 @@ func (h *wholeHandle) PassthroughFd() (int, bool) {
 
 func (h *wholeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	n, err := h.src.ReadAt(dest, off)
-	if err != nil && err != io.EOF {
+	if want := min(int64(len(dest)), max(h.size-off, 0)); int64(n) < want {
+		if err == nil || err == io.EOF {
+			err = fmt.Errorf("short read: %d of %d bytes", n, want)
+		}
 		h.m.logf("read %s at %d: %v", h.src.Name(), off, err)
 		h.m.stats.ioErrors.Add(1)
 		return nil, syscall.EIO
 	}
+	n = int(min(int64(n), max(h.size-off, 0)))
 	h.m.stats.bytesServed.Add(uint64(n))
 	return fuse.ReadResultData(dest[:n]), 0
 }

@@ -97,18 +97,20 @@ func (s *sources) appendSource(vecs [][]byte, path string, pos, n int64) ([][]by
 	first := pos / format.BlockSize
 	last := (pos + n - 1) / format.BlockSize
 	blocks := make([][]byte, last-first+1)
-	for b := first; b <= last; {
+	// Look every block up once (so each counts once as a hit or a miss),
+	// then read each run of misses with one pread.
+	for b := first; b <= last; b++ {
 		if v, ok := s.cache.Get(cache.Key{Source: id, Block: b}); ok {
 			blocks[b-first] = v
+		}
+	}
+	for b := first; b <= last; {
+		if blocks[b-first] != nil {
 			b++
 			continue
 		}
-		// A run of misses: read it in one go.
 		runEnd := b + 1
-		for runEnd <= last {
-			if _, ok := s.cache.Get(cache.Key{Source: id, Block: runEnd}); ok {
-				break
-			}
+		for runEnd <= last && blocks[runEnd-first] == nil {
 			runEnd++
 		}
 		buf := make([]byte, (runEnd-b)*format.BlockSize)

@@ -119,6 +119,10 @@ func openUpper(dir string, p *resolver.Point) (*upper, error) {
 				return nil, err
 			}
 		}
+		// tree/ is the mount's root directory: its mode is the point's.
+		if err := os.Chmod(u.tree, p.DirMode); err != nil {
+			return nil, err
+		}
 		want.Created = time.Now().UTC().Format(time.RFC3339)
 		out, _ := json.MarshalIndent(want, "", "  ")
 		if err := writeDurably(filepath.Join(dir, upperMetaName), append(out, '\n')); err != nil {
@@ -266,7 +270,7 @@ func overlayAttrs(fd int) (origin string, limit int64, ok bool, err error) {
 	origin = string(buf[:n])
 	n, err = unix.Fgetxattr(fd, xattrLimit, buf)
 	if err != nil {
-		return "", 0, false, fmt.Errorf("overlay without %s: %w", xattrLimit, err)
+		return "", 0, false, fmt.Errorf("damaged overlay: no %s (%v)", xattrLimit, err)
 	}
 	limit, err = strconv.ParseInt(string(buf[:n]), 10, 64)
 	if err != nil {
