@@ -41,7 +41,7 @@ type captureOptions struct {
 func (o *captureOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVarP(&o.pgdata, "pgdata", "D", "", "write the backup to `DIRECTORY` (must not exist, or be empty)")
 	f.StringVarP(&o.incremental, "incremental", "i", "", "take an incremental backup from the backup whose `MANIFEST` this is")
-	f.StringVar(&o.repo, "repo", "", "keep backups in repository `DIR`: named by time and kind, each incremental from the newest")
+	f.StringVar(&o.repo, "repo", "", "keep backups in repository `DIR`: named by time (UTC) and kind, each incremental from the newest, tablespaces inside")
 	f.BoolVar(&o.full, "full", false, "with --repo: take a full backup even if the repository has one to chain to")
 	f.StringVarP(&o.dbname, "dbname", "d", "", "`CONNSTR`: connection string or URL (libpq settings, PG* variables and .pgpass apply)")
 	f.StringVarP(&o.host, "host", "h", "", "database server `HOST` or socket directory")

@@ -1,0 +1,416 @@
+package capture
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Result describes a finished backup.
+type Result struct {
+	Dir         string
+	SystemID    uint64
+	ServerMajor int
+	Timeline    uint32
+	StartLSN    LSN
+	EndLSN      LSN
+	Incremental bool
+	// Bytes is the size of the archives received, WALBytes what the WAL
+	// stream wrote.
+	Bytes    int64
+	WALBytes int64
+	Elapsed  time.Duration
+}
+
+// The oldest servers capture talks to: the tagged copy stream is
+// PostgreSQL 15's, incremental backup 17's.
+const (
+	MinServerMajor            = 15
+	MinServerMajorIncremental = 17
+)
+
+// Capture takes one backup. On failure, including cancellation of ctx, it
+// removes everything it wrote and returns an error; Options.Dir then does
+// not exist, or is the empty directory it was.
+func Capture(ctx context.Context, o Options) (*Result, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	c := &capturer{o: &o, begun: time.Now()}
+	res, err := c.run(ctx)
+	if err != nil {
+		c.cleanup()
+		if ctx.Err() != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w (%v)", context.Cause(ctx), err)
+		}
+		return nil, err
+	}
+	return res, nil
+}
+
+// capturer holds the state of one capture, for run and for cleanup.
+type capturer struct {
+	o     *Options
+	begun time.Time
+
+	final   string // the backup directory to create
+	tmp     string // where it is written
+	created []string
+	emptied []string
+
+	x        *extractor
+	sync     *syncer
+	wal      *walStreamer
+	lastProg time.Time
+	total    int64
+}
+
+func (c *capturer) report(p Progress) {
+	if c.o.Progress == nil {
+		return
+	}
+	if p.Phase == PhaseTransfer && p.Done < p.Total {
+		now := time.Now()
+		if now.Sub(c.lastProg) < 100*time.Millisecond {
+			return
+		}
+		c.lastProg = now
+	}
+	c.o.Progress(p)
+}
+
+func (c *capturer) run(ctx context.Context) (*Result, error) {
+	o := c.o
+	// Refuse a non-empty directory before asking the server for anything
+	// (prepareDir checks again, just before writing).
+	if abs, err := filepath.Abs(o.Dir); err != nil {
+		return nil, err
+	} else if err := checkEmptyOrMissing(abs); err != nil {
+		return nil, err
+	}
+	c.report(Progress{Phase: PhaseConnect})
+	cfg := o.Conn.Copy()
+	ictx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	conn, err := connect(ictx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.Background())
+	major, err := serverMajor(conn)
+	if err != nil {
+		return nil, err
+	}
+	incremental := o.PriorManifest != nil
+	if major < MinServerMajor {
+		return nil, fmt.Errorf("%w: server is PostgreSQL %d, capture needs %d or later", ErrUnsupportedServer, major, MinServerMajor)
+	}
+	if incremental && major < MinServerMajorIncremental {
+		return nil, fmt.Errorf("%w: server is PostgreSQL %d, incremental backups need %d or later", ErrUnsupportedServer, major, MinServerMajorIncremental)
+	}
+	sys, err := identifySystem(ictx, conn)
+	if err != nil {
+		return nil, err
+	}
+	segSize, err := walSegmentSize(ictx, conn)
+	if err != nil {
+		return nil, err
+	}
+	if incremental {
+		if id, ok := manifestSystemID(o.PriorManifest); ok && id != sys.ID {
+			return nil, fmt.Errorf("%w: its manifest names system %d, the server is system %d", ErrOtherCluster, id, sys.ID)
+		}
+		v, err := show(ictx, conn, "summarize_wal")
+		if err != nil {
+			return nil, err
+		}
+		if v != "on" {
+			return nil, ErrSummarizeWALOff
+		}
+	}
+	dirMode := fs.FileMode(0o700)
+	if v, err := show(ictx, conn, "data_directory_mode"); err == nil {
+		if m, err := strconv.ParseUint(v, 8, 32); err == nil && m&0o077 == 0o050 {
+			dirMode = 0o750
+		}
+	}
+
+	if err := c.prepareDir(dirMode); err != nil {
+		return nil, err
+	}
+	c.sync = newSyncer(o.NoSync)
+	lay := &layout{root: c.tmp, inPlace: o.InPlaceTablespaces, mapping: o.TablespaceMap, byLocation: map[string]uint32{}}
+	c.x = &extractor{layout: lay, sync: c.sync, onFail: cancel}
+	c.x.onData = func(done int64, archive string) {
+		c.report(Progress{Phase: PhaseTransfer, Done: done, Total: max(c.total, done), Archive: archive})
+	}
+
+	if o.WAL == WALStream {
+		walDir := filepath.Join(c.tmp, "pg_wal")
+		if err := c.x.mkdirAll(filepath.Join(walDir, "archive_status")); err != nil {
+			return nil, err
+		}
+		c.wal, err = openWALStreamer(ictx, cfg, sys.ID, walDir, segSize, o, c.sync)
+		if err != nil {
+			return nil, err
+		}
+		stopWake := context.AfterFunc(ictx, c.wal.wake)
+		defer stopWake()
+	}
+
+	if incremental {
+		if _, err := conn.CopyFrom(ictx, bytes.NewReader(o.PriorManifest), "UPLOAD_MANIFEST"); err != nil {
+			return nil, classify(err, "upload prior manifest")
+		}
+	}
+
+	// From here on, the copy stream is read without a context (see
+	// streamReader); cancelling ictx breaks the connection instead.
+	stopBreak := context.AfterFunc(ictx, func() { conn.Conn().SetDeadline(time.Unix(1, 0)) })
+	defer stopBreak()
+
+	c.report(Progress{Phase: PhaseCheckpoint})
+	conn.Frontend().Send(&pgproto3.Query{String: baseBackupCommand(o)})
+	if err := conn.Frontend().Flush(); err != nil {
+		return nil, classify(err, "base backup")
+	}
+	r := &streamReader{ctx: ictx, src: conn, notice: o.Notice}
+	st, err := r.readStart()
+	if err != nil {
+		return nil, classify(err, "base backup")
+	}
+	for _, ts := range st.Tablespaces {
+		if ts.SizeKB > 0 {
+			c.total += ts.SizeKB * 1024
+		}
+		if ts.OID != 0 {
+			lay.byLocation[ts.Location] = ts.OID
+		}
+	}
+	if err := c.prepareTablespaces(lay, st.Tablespaces); err != nil {
+		return nil, err
+	}
+	if c.wal != nil {
+		// A failing WAL stream aborts the backup at once.
+		c.wal.onFail = cancel
+		if err := c.wal.start(ictx, st.StartLSN, st.Timeline); err != nil {
+			return nil, err
+		}
+	}
+
+	c.report(Progress{Phase: PhaseTransfer, Total: c.total})
+	if err := r.readCopy(c.x, len(st.Tablespaces)); err != nil {
+		return nil, classify(err, "base backup")
+	}
+	end, endTLI, err := r.readEnd()
+	if err != nil {
+		return nil, classify(err, "base backup")
+	}
+	c.report(Progress{Phase: PhaseTransfer, Done: c.x.received, Total: c.x.received})
+	conn.Close(context.Background())
+
+	res := &Result{
+		SystemID: sys.ID, ServerMajor: major, Timeline: st.Timeline,
+		StartLSN: st.StartLSN, EndLSN: end, Incremental: incremental, Bytes: c.x.received,
+	}
+	if c.wal != nil {
+		c.report(Progress{Phase: PhaseWAL, Done: c.x.received, Total: c.x.received})
+		if endTLI != st.Timeline {
+			return nil, fmt.Errorf("backup started on timeline %d and ended on %d; streamed WAL cannot cover a timeline switch, use the fetch WAL method", st.Timeline, endTLI)
+		}
+		c.wal.stop(end)
+		err := c.wal.wait()
+		res.WALBytes = c.wal.bytes
+		c.wal = nil
+		if err != nil {
+			return nil, err
+		}
+	}
+
+	c.report(Progress{Phase: PhaseSync, Done: c.x.received, Total: c.x.received})
+	if err := c.finish(); err != nil {
+		return nil, err
+	}
+	res.Dir = c.final
+	res.Elapsed = time.Since(c.begun)
+	c.report(Progress{Phase: PhaseDone, Done: c.x.received, Total: c.x.received})
+	return res, nil
+}
+
+// prepareDir checks the output directory and makes the temporary one next
+// to it.
+func (c *capturer) prepareDir(mode fs.FileMode) error {
+	final, err := filepath.Abs(c.o.Dir)
+	if err != nil {
+		return err
+	}
+	if err := checkEmptyOrMissing(final); err != nil {
+		return err
+	}
+	parent := filepath.Dir(final)
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(final)+".partial-")
+	if err != nil {
+		return err
+	}
+	c.final, c.tmp = final, tmp
+	return os.Chmod(tmp, mode)
+}
+
+// checkEmptyOrMissing fails unless dir is missing or an empty directory.
+func checkEmptyOrMissing(dir string) error {
+	f, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s exists and is not a directory", dir)
+	}
+	names, err := f.Readdirnames(1)
+	if len(names) > 0 {
+		return fmt.Errorf("directory %s exists but is not empty", dir)
+	}
+	if err != nil && err != io.EOF {
+		return err
+	}
+	return nil
+}
+
+// prepareTablespaces makes, or checks empty, the directories that
+// tablespaces outside the backup directory go to.
+func (c *capturer) prepareTablespaces(lay *layout, tss []tablespace) error {
+	seen := map[string]uint32{}
+	for _, ts := range tss {
+		if ts.OID == 0 {
+			continue
+		}
+		dir, err := lay.archiveDir(ts.Location)
+		if err != nil {
+			return err
+		}
+		if other, ok := seen[dir]; ok {
+			return fmt.Errorf("tablespaces %d and %d would both go to %s", other, ts.OID, dir)
+		}
+		seen[dir] = ts.OID
+		if lay.inPlace || !filepath.IsAbs(ts.Location) {
+			continue // inside the temporary directory
+		}
+		if err := checkEmptyOrMissing(dir); err != nil {
+			return fmt.Errorf("tablespace %d: %w", ts.OID, err)
+		}
+		if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return err
+			}
+			c.created = append(c.created, dir)
+		} else {
+			c.emptied = append(c.emptied, dir)
+		}
+		c.x.addDir(dir)
+		c.x.addDir(filepath.Dir(dir))
+	}
+	return nil
+}
+
+// finish makes the backup durable and gives it its name: every file and
+// directory fsynced, then backup_manifest.tmp renamed to backup_manifest,
+// then the directory renamed into place.
+func (c *capturer) finish() error {
+	err := c.sync.wait()
+	c.sync = nil
+	if err != nil {
+		return err
+	}
+	if !c.o.NoSync {
+		if err := syncDirs(append(c.x.dirs, c.tmp)); err != nil {
+			return err
+		}
+	}
+	if err := durableRename(filepath.Join(c.tmp, manifestTmpName), filepath.Join(c.tmp, "backup_manifest"), c.o.NoSync); err != nil {
+		return err
+	}
+	// rename(2), unlike os.Rename, replaces an empty directory, which is
+	// what -D names when it exists.
+	if err := syscall.Rename(c.tmp, c.final); err != nil {
+		return &os.LinkError{Op: "rename", Old: c.tmp, New: c.final, Err: err}
+	}
+	c.tmp = ""
+	if !c.o.NoSync {
+		if err := syncPath(filepath.Dir(c.final)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cleanup removes what a failed capture wrote. It waits for the goroutines
+// that may still write first.
+func (c *capturer) cleanup() {
+	if c.x != nil {
+		c.x.abort()
+	}
+	if c.wal != nil {
+		c.wal.conn.Conn().SetDeadline(time.Unix(1, 0))
+		if c.wal.done != nil {
+			<-c.wal.done
+		}
+		c.wal.close()
+	}
+	if c.sync != nil {
+		c.sync.wait()
+	}
+	if c.tmp != "" {
+		os.RemoveAll(c.tmp)
+	}
+	for _, d := range c.created {
+		os.RemoveAll(d)
+	}
+	for _, d := range c.emptied {
+		removeContents(d)
+	}
+}
+
+// removeContents empties a directory.
+func removeContents(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		os.RemoveAll(filepath.Join(dir, e.Name()))
+	}
+}
+
+// manifestSystemID finds the System-Identifier near the start of a version 2
+// manifest. (Parsing the whole manifest is format's job; this is all the
+// check needs.)
+func manifestSystemID(m []byte) (uint64, bool) {
+	head := m[:min(len(m), 4096)]
+	sub := manifestSysIDRe.FindSubmatch(head)
+	if sub == nil {
+		return 0, false
+	}
+	id, err := strconv.ParseUint(string(sub[1]), 10, 64)
+	return id, err == nil
+}
+
+var manifestSysIDRe = regexp.MustCompile(`"System-Identifier"\s*:\s*([0-9]+)`)
