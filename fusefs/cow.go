@@ -24,9 +24,11 @@ const overlayMin = 1 << 20
 
 // lowerEntry is an entry of the chain point under a copy-on-write mount.
 type lowerEntry struct {
+	rel   string // its path in the mount, the key of cowFS.lower
 	dir   bool
 	file  *resolver.File // a file of the chain
 	label []byte         // or the rewritten backup_label
+	link  string         // or a tablespace symlink's target
 	mtime time.Time
 	names []string // a directory's children
 }
@@ -60,7 +62,7 @@ func newCowFS(m *Mount, up *upper) *cowFS {
 	p := m.point
 	var add func(rel string, e *resolver.Entry) *lowerEntry
 	add = func(rel string, e *resolver.Entry) *lowerEntry {
-		le := &lowerEntry{dir: e.Kind == resolver.KindDir, file: e.File, mtime: e.ModTime}
+		le := &lowerEntry{rel: rel, dir: e.Kind == resolver.KindDir, file: e.File, mtime: e.ModTime}
 		c.lower[rel] = le
 		for _, ch := range e.Children {
 			add(joinRel(rel, ch.Name), ch)
@@ -69,18 +71,25 @@ func newCowFS(m *Mount, up *upper) *cowFS {
 		return le
 	}
 	root := add("", p.Root)
-	c.lower["backup_label"] = &lowerEntry{label: p.Label, mtime: p.Root.ModTime}
+	c.lower["backup_label"] = &lowerEntry{rel: "backup_label", label: p.Label, mtime: p.Root.ModTime}
 	root.names = append(root.names, "backup_label")
+	// Tablespaces as in the read-only mount (see TablespaceDir).
 	if len(p.Tablespaces) > 0 {
 		tblspc := c.lower["pg_tblspc"]
 		if tblspc == nil {
-			tblspc = &lowerEntry{dir: true, mtime: p.Root.ModTime}
+			tblspc = &lowerEntry{rel: "pg_tblspc", dir: true, mtime: p.Root.ModTime}
 			c.lower["pg_tblspc"] = tblspc
 			root.names = append(root.names, "pg_tblspc")
 		}
+		data := &lowerEntry{rel: TablespaceDir, dir: true, mtime: p.Root.ModTime}
+		c.lower[TablespaceDir] = data
+		root.names = append(root.names, TablespaceDir)
 		for _, ts := range p.Tablespaces {
-			add("pg_tblspc/"+ts.Root.Name, ts.Root)
-			tblspc.names = append(tblspc.names, ts.Root.Name)
+			name := ts.Root.Name
+			add(TablespaceDir+"/"+name, ts.Root)
+			data.names = append(data.names, name)
+			c.lower["pg_tblspc/"+name] = &lowerEntry{rel: "pg_tblspc/" + name, link: tablespaceLink(name), mtime: ts.Root.ModTime}
+			tblspc.names = append(tblspc.names, name)
 		}
 	}
 	return c
@@ -173,6 +182,8 @@ func (c *cowFS) lookup(rel string, parentLowerVisible bool) entry {
 		return entry{}
 	case e.lower.dir:
 		e.mode, e.lowerVisible = syscall.S_IFDIR, true
+	case e.lower.link != "":
+		e.mode = syscall.S_IFLNK
 	default:
 		e.mode = syscall.S_IFREG
 	}

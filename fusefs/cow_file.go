@@ -108,7 +108,7 @@ func (n *cowNode) load() (*fileState, error) {
 			return &fileState{kind: kindWhole, fd: f}, nil
 		}
 		le := n.c.lower[origin]
-		if le == nil || le.dir {
+		if le == nil || le.dir || le.link != "" {
 			f.Close()
 			return nil, fmt.Errorf("upper file %s overlays %q, which is not in the chain point", n.c.up.path(rel), origin)
 		}
@@ -129,7 +129,7 @@ func (n *cowNode) load() (*fileState, error) {
 		return nil, err
 	}
 	le := n.c.lower[rel]
-	if le == nil || le.dir {
+	if le == nil || le.dir || le.link != "" {
 		return nil, os.ErrNotExist
 	}
 	return &fileState{kind: kindLower, lower: le}, nil
@@ -204,8 +204,7 @@ func (n *cowNode) ensureUpperLocked() syscall.Errno {
 	size := le.size()
 	overlay := le.file != nil && size >= overlayMin
 	if overlay {
-		origin, _ := c.lowerPath(le)
-		if err := unix.Fsetxattr(int(f.Fd()), xattrOrigin, []byte(origin), 0); err != nil {
+		if err := unix.Fsetxattr(int(f.Fd()), xattrOrigin, []byte(le.rel), 0); err != nil {
 			return fail(err)
 		}
 		if err := setLimit(int(f.Fd()), size); err != nil {
@@ -257,14 +256,6 @@ func (n *cowNode) stateNS() (*fileState, syscall.Errno) {
 		n.st = st
 	}
 	return n.st, 0
-}
-
-// lowerPath is the chain path of a lower entry.
-func (c *cowFS) lowerPath(le *lowerEntry) (string, bool) {
-	if le.file != nil {
-		return le.file.Path, true
-	}
-	return "backup_label", true
 }
 
 // copyLower writes all of a lower file to f.

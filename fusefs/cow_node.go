@@ -122,12 +122,19 @@ func (c *cowFS) attrOf(crel string, e entry, a *fuse.Attr) syscall.Errno {
 	if e.lower == nil {
 		return syscall.ENOENT
 	}
-	if e.lower.dir {
-		m.fillAttr(a, syscall.S_IFDIR|uint32(m.point.DirMode), 4096, e.lower.mtime)
-	} else {
-		m.fillAttr(a, syscall.S_IFREG|uint32(m.point.FileMode), uint64(e.lower.size()), e.lower.mtime)
-	}
+	lowerAttr(m, e.lower, a)
 	return 0
+}
+
+func lowerAttr(m *Mount, le *lowerEntry, a *fuse.Attr) {
+	switch {
+	case le.dir:
+		m.fillAttr(a, syscall.S_IFDIR|uint32(m.point.DirMode), 4096, le.mtime)
+	case le.link != "":
+		m.fillAttr(a, syscall.S_IFLNK|0o777, uint64(len(le.link)), le.mtime)
+	default:
+		m.fillAttr(a, syscall.S_IFREG|uint32(m.point.FileMode), uint64(le.size()), le.mtime)
+	}
 }
 
 func (n *cowNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
@@ -185,8 +192,11 @@ func (c *cowFS) list(rel string, lowerVisible bool) ([]fuse.DirEntry, error) {
 				continue
 			}
 			mode := uint32(syscall.S_IFREG)
-			if c.lower[joinRel(rel, name)].dir {
+			switch le := c.lower[joinRel(rel, name)]; {
+			case le.dir:
 				mode = syscall.S_IFDIR
+			case le.link != "":
+				mode = syscall.S_IFLNK
 			}
 			out = append(out, fuse.DirEntry{Name: name, Mode: mode, Ino: c.ino(joinRel(rel, name))})
 		}
@@ -230,7 +240,7 @@ func (n *cowNode) getattr(a *fuse.Attr) syscall.Errno {
 		return 0
 	}
 	if le := n.c.lower[rel]; ok && le != nil {
-		m.fillAttr(a, syscall.S_IFDIR|uint32(m.point.DirMode), 4096, le.mtime)
+		lowerAttr(m, le, a)
 		return 0
 	}
 	return syscall.ENOENT
@@ -263,6 +273,11 @@ func (n *cowNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 		return nil, syscall.ENOENT
 	}
 	t, err := os.Readlink(n.c.up.path(rel))
+	if errors.Is(err, fs.ErrNotExist) {
+		if le := n.c.lower[rel]; le != nil && le.link != "" {
+			return []byte(le.link), 0
+		}
+	}
 	if err != nil {
 		return nil, toErrno(err)
 	}
@@ -636,7 +651,14 @@ func (n *cowNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 			return syscall.EISDIR
 		}
 		// The source needs an upper entry to move.
-		if !src.upper {
+		if !src.upper && src.mode == syscall.S_IFLNK {
+			if err := c.ensureUpperDir(rel); err != nil {
+				return toErrno(err)
+			}
+			if err := os.Symlink(src.lower.link, c.up.path(from)); err != nil {
+				return toErrno(err)
+			}
+		} else if !src.upper {
 			chIno := n.GetChild(name)
 			if chIno == nil {
 				return syscall.ENOENT

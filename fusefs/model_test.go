@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/combinefs/combinefs/fusefs"
 	"github.com/combinefs/combinefs/resolver"
 )
 
@@ -33,6 +34,7 @@ func pointModel(t *testing.T, p *resolver.Point) model {
 	t.Helper()
 	m := model{}
 	err := p.Walk(func(rel string, e *resolver.Entry) error {
+		rel = mrel(rel)
 		if e.Kind == resolver.KindDir {
 			m[rel] = &mnode{dir: true, perm: p.DirMode}
 			return nil
@@ -44,8 +46,23 @@ func pointModel(t *testing.T, p *resolver.Point) model {
 		t.Fatal(err)
 	}
 	m["pg_tblspc"] = &mnode{dir: true, perm: p.DirMode}
+	if len(p.Tablespaces) > 0 {
+		m[fusefs.TablespaceDir] = &mnode{dir: true, perm: p.DirMode}
+		for _, ts := range p.Tablespaces {
+			m["pg_tblspc/"+ts.Root.Name] = &mnode{link: "../" + fusefs.TablespaceDir + "/" + ts.Root.Name}
+		}
+	}
 	m["backup_label"] = &mnode{data: bytes.Clone(p.Label), perm: p.FileMode}
 	return m
+}
+
+// mrel maps a point path to the mount's: a tablespace's contents are in
+// fusefs.TablespaceDir/<oid>, and pg_tblspc/<oid> links there.
+func mrel(rel string) string {
+	if rest, ok := strings.CutPrefix(rel, "pg_tblspc/"); ok {
+		return fusefs.TablespaceDir + "/" + rest
+	}
+	return rel
 }
 
 func (m model) clone() model {
@@ -60,7 +77,7 @@ func (m model) clone() model {
 
 func (m model) file(t *testing.T, rel string) *mnode {
 	t.Helper()
-	n := m[rel]
+	n := m[mrel(rel)]
 	if n == nil || n.dir || n.link != "" {
 		t.Fatalf("model: %s is not a file", rel)
 	}

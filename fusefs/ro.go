@@ -80,20 +80,55 @@ func (r *roRoot) OnAdd(ctx context.Context) {
 	add(&r.Inode, p.Root)
 	label := &labelFile{m: r.m, data: p.Label, mtime: p.Root.ModTime}
 	r.AddChild("backup_label", r.NewPersistentInode(ctx, label, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.m.nextIno()}), true)
-	// Tablespaces appear as directories in pg_tblspc (like in-place
-	// tablespaces), so everything a server needs is inside the mount.
+	// Tablespaces live inside the mount, in TablespaceDir, and
+	// pg_tblspc/<oid> is a relative symlink there: everything a server needs
+	// is in the mount, and pg_tblspc holds only symlinks, as recovery wants
+	// (it refuses directories there unless allow_in_place_tablespaces is on).
 	if len(p.Tablespaces) > 0 {
 		tblspc := r.GetChild("pg_tblspc")
 		if tblspc == nil {
 			tblspc = r.NewPersistentInode(ctx, &roDir{m: r.m, mtime: p.Root.ModTime}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: r.m.nextIno()})
 			r.AddChild("pg_tblspc", tblspc, true)
 		}
+		data := r.NewPersistentInode(ctx, &roDir{m: r.m, mtime: p.Root.ModTime}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: r.m.nextIno()})
+		r.AddChild(TablespaceDir, data, true)
 		for _, ts := range p.Tablespaces {
-			d := tblspc.NewPersistentInode(ctx, &roDir{m: r.m, mtime: ts.Root.ModTime}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: r.m.nextIno()})
-			tblspc.AddChild(ts.Root.Name, d, true)
+			d := data.NewPersistentInode(ctx, &roDir{m: r.m, mtime: ts.Root.ModTime}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: r.m.nextIno()})
+			data.AddChild(ts.Root.Name, d, true)
 			add(d, ts.Root)
+			link := &roSymlink{m: r.m, target: tablespaceLink(ts.Root.Name), mtime: ts.Root.ModTime}
+			tblspc.AddChild(ts.Root.Name, tblspc.NewPersistentInode(ctx, link, fs.StableAttr{Mode: syscall.S_IFLNK, Ino: r.m.nextIno()}), true)
 		}
 	}
+}
+
+// TablespaceDir is the top-level directory of a mount that holds the
+// tablespaces; pg_tblspc/<oid> links to TablespaceDir/<oid>.
+const TablespaceDir = "combinefs_tablespaces"
+
+// tablespaceLink is the target of pg_tblspc/<oid> in a mount.
+func tablespaceLink(oid string) string { return "../" + TablespaceDir + "/" + oid }
+
+// roSymlink is a tablespace link.
+type roSymlink struct {
+	fs.Inode
+	m      *Mount
+	target string
+	mtime  time.Time
+}
+
+var (
+	_ fs.NodeReadlinker = (*roSymlink)(nil)
+	_ fs.NodeGetattrer  = (*roSymlink)(nil)
+)
+
+func (l *roSymlink) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	return []byte(l.target), 0
+}
+
+func (l *roSymlink) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	l.m.fillAttr(&out.Attr, syscall.S_IFLNK|0o777, uint64(len(l.target)), l.mtime)
+	return 0
 }
 
 func (d *roDir) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {

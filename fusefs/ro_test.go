@@ -180,9 +180,16 @@ func checkROTree(t *testing.T, s *synth, p *resolver.Point, dir string) {
 
 	// What the mount must hold, from the model: its files, backup_label and
 	// the directories above them (plus those every backup has).
+	// Tablespaces are under fusefs.TablespaceDir, linked from pg_tblspc.
 	wantFiles := map[string]int64{"backup_label": int64(len(s.label))}
 	wantDirs := map[string]bool{"": true, "base": true, "global": true, "pg_tblspc": true, "pg_wal": true}
+	wantLinks := map[string]string{}
+	for _, ts := range p.Tablespaces {
+		wantLinks["pg_tblspc/"+ts.Root.Name] = "../" + fusefs.TablespaceDir + "/" + ts.Root.Name
+		wantDirs[mrel("pg_tblspc/"+ts.Root.Name)] = true
+	}
 	for rel, data := range s.want {
+		rel = mrel(rel)
 		wantFiles[rel] = int64(len(data))
 		for d := path.Dir(rel); d != "."; d = path.Dir(d) {
 			wantDirs[d] = true
@@ -192,7 +199,7 @@ func checkROTree(t *testing.T, s *synth, p *resolver.Point, dir string) {
 	mtimes := map[string]time.Time{}
 	p.Walk(func(rel string, e *resolver.Entry) error {
 		if e.Kind == resolver.KindFile {
-			mtimes[rel] = e.ModTime
+			mtimes[mrel(rel)] = e.ModTime
 		}
 		return nil
 	})
@@ -241,6 +248,11 @@ func checkROTree(t *testing.T, s *synth, p *resolver.Point, dir string) {
 			if st.Blocks*512 < st.Size {
 				t.Errorf("%q: %d blocks for %d bytes", rel, st.Blocks, st.Size)
 			}
+		case unix.S_IFLNK:
+			target, err := os.Readlink(full)
+			if want, ok := wantLinks[rel]; !ok || err != nil || target != want {
+				t.Errorf("symlink %q to %q (%v); want %q", rel, target, err, wantLinks[rel])
+			}
 		default:
 			t.Errorf("%q: unexpected type %o", rel, st.Mode&unix.S_IFMT)
 		}
@@ -248,6 +260,11 @@ func checkROTree(t *testing.T, s *synth, p *resolver.Point, dir string) {
 	})
 	if err != nil {
 		t.Fatalf("walk the mount: %v", err)
+	}
+	for rel := range wantLinks {
+		if !got[rel] {
+			t.Errorf("symlink %q is missing from the mount", rel)
+		}
 	}
 	for rel := range wantFiles {
 		if !got[rel] {
@@ -283,10 +300,13 @@ func checkROTree(t *testing.T, s *synth, p *resolver.Point, dir string) {
 		}
 		if rel == "" {
 			wantNames = append(wantNames, "backup_label:false")
+			if len(p.Tablespaces) > 0 {
+				wantNames = append(wantNames, fusefs.TablespaceDir+":true")
+			}
 		}
 		if rel == "pg_tblspc" {
 			for _, ts := range p.Tablespaces {
-				wantNames = append(wantNames, ts.Root.Name+":true")
+				wantNames = append(wantNames, ts.Root.Name+":false")
 			}
 		}
 		sort.Strings(wantNames)
