@@ -14,6 +14,9 @@ type Error struct {
 	Path string // the file, as the caller named it
 	Off  int64  // byte offset of the problem, or -1 when it has none
 	Msg  string // the whole message; it names Path
+	// Bare is the message without the file name where pg_combinebackup
+	// says it that way (manifest problems); empty otherwise.
+	Bare string
 }
 
 func (e *Error) Error() string { return e.Msg }

@@ -151,7 +151,11 @@ func scanUint(b []byte, base uint64) (uint32, []byte, bool) {
 		neg = b[0] == '-'
 		b = b[1:]
 	}
-	if base == 16 && len(b) > 2 && b[0] == '0' && (b[1] == 'x' || b[1] == 'X') && digitValue(b[2]) < 16 {
+	if base == 16 && len(b) >= 2 && b[0] == '0' && (b[1] == 'x' || b[1] == 'X') {
+		if len(b) == 2 || digitValue(b[2]) >= 16 {
+			// glibc reads a bare "0x" as the number 0.
+			return 0, b[2:], true
+		}
 		b = b[2:]
 	}
 	var v uint64

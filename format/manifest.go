@@ -68,7 +68,14 @@ type manifestParser struct {
 }
 
 func (p *manifestParser) fail(off int, msg string) error {
-	return errorf(p.path, int64(off), "%s: could not parse backup manifest: %s", p.path, msg)
+	return p.errf(off, "could not parse backup manifest: %s", msg)
+}
+
+// errf makes an error about the manifest: the message names the file, and
+// Bare has pg_combinebackup's wording, which does not.
+func (p *manifestParser) errf(off int, format string, args ...any) *Error {
+	bare := fmt.Sprintf(format, args...)
+	return &Error{Path: p.path, Off: int64(off), Msg: p.path + ": " + bare, Bare: bare}
 }
 
 // parse walks the fixed document shape: an object whose first field is the
@@ -309,19 +316,19 @@ func (p *manifestParser) file(off int, f map[string]string) error {
 	if hasAlgo {
 		t, ok := ParseChecksumType(algo)
 		if !ok {
-			return errorf(p.path, int64(off), "%s: unrecognized checksum algorithm: %q", p.path, algo)
+			return p.errf(off, "unrecognized checksum algorithm: %q", algo)
 		}
 		mf.Algorithm = t
 	}
 	if sum != "" {
 		b, err := hex.DecodeString(sum)
 		if err != nil {
-			return errorf(p.path, int64(off), "%s: invalid checksum for file %q: %q", p.path, path, sum)
+			return p.errf(off, "invalid checksum for file %q: %q", path, sum)
 		}
 		mf.Checksum = b
 	}
 	if _, dup := p.m.index[path]; dup {
-		return errorf(p.path, int64(off), "%s: duplicate path name in backup manifest: %q", p.path, path)
+		return p.errf(off, "duplicate path name in backup manifest: %q", path)
 	}
 	p.m.index[path] = len(p.m.Files)
 	p.m.Files = append(p.m.Files, mf)
@@ -377,15 +384,15 @@ func (p *manifestParser) verifyChecksum() error {
 	}
 	penultimate := bytes.LastIndexByte(data[:last], '\n')
 	if p.checksum == nil {
-		return errorf(p.path, -1, "%s: manifest has no checksum", p.path)
+		return p.errf(-1, "manifest has no checksum")
 	}
 	want, err := hex.DecodeString(*p.checksum)
 	if err != nil || len(want) != sha256.Size {
-		return errorf(p.path, int64(penultimate+1), "%s: invalid manifest checksum: %q", p.path, *p.checksum)
+		return p.errf(penultimate+1, "invalid manifest checksum: %q", *p.checksum)
 	}
 	got := sha256.Sum256(data[:penultimate+1])
 	if !bytes.Equal(got[:], want) {
-		return errorf(p.path, int64(penultimate+1), "%s: manifest checksum mismatch", p.path)
+		return p.errf(penultimate+1, "manifest checksum mismatch")
 	}
 	copy(p.m.Checksum[:], want)
 	return nil

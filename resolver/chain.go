@@ -68,7 +68,7 @@ func PgMessage(err error) string {
 	}
 	var fe *format.Error
 	if errors.As(err, &fe) {
-		return fe.Msg
+		return pgFormatMessage(fe)
 	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
@@ -96,6 +96,15 @@ func pgErrno(err error) string {
 	return s
 }
 
+// pgFormatMessage is pg_combinebackup's wording of a file's problem: it
+// names the file except for manifest problems.
+func pgFormatMessage(fe *format.Error) string {
+	if fe.Bare != "" {
+		return fe.Bare
+	}
+	return fe.Msg
+}
+
 func chainErr(dir, msg, pgMsg string) *ChainError {
 	return &ChainError{Backup: dir, msg: msg, pgMsg: pgMsg}
 }
@@ -105,7 +114,7 @@ func chainErr(dir, msg, pgMsg string) *ChainError {
 func wrapFormat(dir string, err error) error {
 	var fe *format.Error
 	if errors.As(err, &fe) {
-		return &ChainError{Backup: dir, msg: fe.Msg, pgMsg: fe.Msg, cause: err}
+		return &ChainError{Backup: dir, msg: fe.Msg, pgMsg: pgFormatMessage(fe), cause: err}
 	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) && errors.Is(err, fs.ErrNotExist) {
@@ -164,6 +173,11 @@ func OpenChain(dirs []string, opts ChainOptions) (*Chain, error) {
 				fmt.Sprintf("%s: unexpected control file version", p))
 		}
 		data, err := readSmall(p, format.ControlFileSize)
+		var pe *fs.PathError
+		if errors.As(err, &pe) && pe.Op == "open" {
+			return nil, &ChainError{Backup: b.Dir, msg: fmt.Sprintf("backup %q has no readable %s: %v", b.Dir, "global/pg_control", pgErrno(pe.Err)),
+				pgMsg: fmt.Sprintf("could not open file %q for reading: %s", p, pgErrno(pe.Err)), cause: err}
+		}
 		if err != nil {
 			return nil, wrapFormat(b.Dir, err)
 		}
@@ -247,7 +261,9 @@ func OpenChain(dirs []string, opts ChainOptions) (*Chain, error) {
 		b.Manifest = m
 	}
 	for _, b := range c.Backups {
-		if b.Manifest != nil && b.Manifest.HasSystemIdentifier && b.Manifest.SystemIdentifier != c.SystemIdentifier {
+		// A version 2 manifest without the field counts as identifier 0,
+		// as in pg_combinebackup.
+		if b.Manifest != nil && b.Manifest.Version >= 2 && b.Manifest.SystemIdentifier != c.SystemIdentifier {
 			p := filepath.Join(b.Dir, "global/pg_control")
 			return nil, chainErr(b.Dir, fmt.Sprintf("%s/backup_manifest: manifest system identifier is %d, but control file has %d", b.Dir, b.Manifest.SystemIdentifier, c.SystemIdentifier),
 				fmt.Sprintf("%s: manifest system identifier is %d, but control file has %d", p, b.Manifest.SystemIdentifier, c.SystemIdentifier))

@@ -119,6 +119,7 @@ func (b *treeBuilder) walk(dir *Entry, src, rel, manifestPrefix string, inTables
 	if err != nil {
 		return err
 	}
+	seen := map[string]string{} // output name -> the entry that gave it
 	for _, de := range ents {
 		name := de.Name()
 		path := filepath.Join(src, name)
@@ -164,6 +165,12 @@ func (b *treeBuilder) walk(dir *Entry, src, rel, manifestPrefix string, inTables
 			file.inc = inc
 			file.size = int64(inc.BlockLength()) * format.BlockSize
 		}
+		if other, dup := seen[outName]; dup {
+			// Both 16384 and INCREMENTAL.16384: no server writes that.
+			return chainErr(b.p.Chain.Final().Dir, fmt.Sprintf("backup %q has both %q and %q: it is damaged", b.p.Chain.Final().Dir, other, path),
+				fmt.Sprintf("could not open file %q: File exists", filepath.Join(filepath.Dir(path), outName)))
+		}
+		seen[outName] = path
 		file.Path = manifestPrefix + dirPrefix(rel) + outName
 		dir.Children = append(dir.Children, &Entry{Name: outName, Kind: KindFile, ModTime: info.ModTime(), File: file})
 	}
