@@ -230,6 +230,7 @@ func MountCoW(dir string, p *resolver.Point, upperDir string, opts Options) (*Mo
 		return nil, err
 	}
 	m := newMount(dir, p, opts)
+	m.onRelease = up.close
 	c := newCowFS(m, up)
 	c.root = &cowNode{c: c, lowerVisible: true}
 	timeout := time.Second
@@ -243,6 +244,7 @@ func MountCoW(dir string, p *resolver.Point, upperDir string, opts Options) (*Mo
 		GID:             opts.GID,
 	})
 	if err != nil {
+		up.close()
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
 	m.server = server

@@ -379,6 +379,14 @@ func (n *cowNode) write(data []byte, off int64) (uint32, syscall.Errno) {
 
 // read fills dest from off.
 func (n *cowNode) read(dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	res, errno := n.readAt(dest, off)
+	if errno == 0 {
+		n.c.m.stats.bytesServed.Add(uint64(res.Size()))
+	}
+	return res, errno
+}
+
+func (n *cowNode) readAt(dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	st, errno := n.state()
 	if errno != 0 {
 		return nil, errno

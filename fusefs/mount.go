@@ -44,9 +44,10 @@ type Mount struct {
 	src    *sources
 	dir    string
 
-	ino    atomic.Uint64
-	stats  counters
-	closed sync.Once
+	ino       atomic.Uint64
+	stats     counters
+	closed    sync.Once
+	onRelease func() // what else to release at unmount
 }
 
 type counters struct {
@@ -203,4 +204,11 @@ func (m *Mount) Unmount() error {
 	return nil
 }
 
-func (m *Mount) release() { m.closed.Do(m.src.close) }
+func (m *Mount) release() {
+	m.closed.Do(func() {
+		m.src.close()
+		if m.onRelease != nil {
+			m.onRelease()
+		}
+	})
+}

@@ -49,6 +49,9 @@ import (
 // directory entry that made the file appear in tree/).
 type upper struct {
 	dir, tree, tmp string
+	// lock is the meta file, flock'ed for the life of the mount: two mounts
+	// on one upper would overwrite each other's changes.
+	lock *os.File
 	// symlinkWhiteouts is set when we may not make character devices.
 	symlinkWhiteouts bool
 }
@@ -136,6 +139,18 @@ func openUpper(dir string, p *resolver.Point) (*upper, error) {
 			return nil, fmt.Errorf("upper directory %s is damaged: %s is missing", dir, d)
 		}
 	}
+	lock, err := os.Open(filepath.Join(dir, upperMetaName))
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("upper directory %s is in use by another mount", dir)
+		}
+		return nil, fmt.Errorf("upper directory %s: lock: %w", dir, err)
+	}
+	u.lock = lock
 	// Leftovers of operations a crash interrupted.
 	if ents, err := os.ReadDir(u.tmp); err == nil {
 		for _, e := range ents {
@@ -192,6 +207,14 @@ func syncDir(dir string) error {
 	}
 	defer f.Close()
 	return f.Sync()
+}
+
+// close releases the upper's lock.
+func (u *upper) close() {
+	if u.lock != nil {
+		u.lock.Close()
+		u.lock = nil
+	}
 }
 
 func (u *upper) path(rel string) string {

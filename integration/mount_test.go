@@ -797,7 +797,8 @@ func compareMountWithReference(t *testing.T, ch *Chain, k int, ref, mp string) {
 		if !known {
 			t.Fatalf("%s links to %s, not to one of the -T directories %v", rel, target, ch.OutputMappings(k, ref))
 		}
-		tablespaces = append(tablespaces, pair{e.Host(target), e.Host(path.Join(mp, rel))})
+		// The mount's pg_tblspc/<oid> links to TablespaceDir/<oid>.
+		tablespaces = append(tablespaces, pair{e.Host(target), e.Host(path.Join(mp, fusefs.TablespaceDir, d.Name()))})
 		// Skip the tablespace and everything in it in the main comparison.
 		filepath.Walk(e.Host(path.Join(mp, rel)), func(p string, _ fs.FileInfo, err error) error {
 			r, _ := filepath.Rel(e.Host(mp), p)

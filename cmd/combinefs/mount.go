@@ -266,6 +266,9 @@ func setupUmount(f *pflag.FlagSet) func(ctx context.Context, args []string) erro
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+		// A mount process that was killed could not remove its files.
+		os.Remove(statePath(mp, ".json"))
+		os.Remove(st.Stats)
 		fmt.Fprintf(stderr, "combinefs umount: unmounted %s\n", mp)
 		if s := stats; s != nil {
 			fmt.Fprintf(stderr, "combinefs umount: block cache %.1f%% hits (%d of %d), %s read from backups\n",
