@@ -378,20 +378,30 @@ func (n *cowNode) upperPath() (string, bool, syscall.Errno) {
 	return "/proc/self/fd/" + strconv.Itoa(int(n.st.fd.Fd())), true, 0
 }
 
+// newName checks that name is free in directory n and makes n's upper
+// directory, for a create, mkdir or symlink. Caller holds ns.
+func (n *cowNode) newName(name string) (rel, crel string, errno syscall.Errno) {
+	rel, ok := n.rel()
+	if !ok {
+		return "", "", syscall.ENOENT
+	}
+	crel = joinRel(rel, name)
+	if n.c.lookup(crel, n.lowerVisible).mode != 0 {
+		return "", "", syscall.EEXIST
+	}
+	if err := n.c.ensureUpperDir(rel); err != nil {
+		return "", "", toErrno(err)
+	}
+	return rel, crel, 0
+}
+
 func (n *cowNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	c := n.c
 	c.ns.Lock()
 	defer c.ns.Unlock()
-	rel, ok := n.rel()
-	if !ok {
-		return nil, nil, 0, syscall.ENOENT
-	}
-	crel := joinRel(rel, name)
-	if c.lookup(crel, n.lowerVisible).mode != 0 {
-		return nil, nil, 0, syscall.EEXIST
-	}
-	if err := c.ensureUpperDir(rel); err != nil {
-		return nil, nil, 0, toErrno(err)
+	rel, crel, errno := n.newName(name)
+	if errno != 0 {
+		return nil, nil, 0, errno
 	}
 	f, err := c.createUpper(crel, func(p string) (*os.File, error) {
 		return os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, os.FileMode(mode&0o7777))
@@ -439,16 +449,9 @@ func (n *cowNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	c := n.c
 	c.ns.Lock()
 	defer c.ns.Unlock()
-	rel, ok := n.rel()
-	if !ok {
-		return nil, syscall.ENOENT
-	}
-	crel := joinRel(rel, name)
-	if c.lookup(crel, n.lowerVisible).mode != 0 {
-		return nil, syscall.EEXIST
-	}
-	if err := c.ensureUpperDir(rel); err != nil {
-		return nil, toErrno(err)
+	_, crel, errno := n.newName(name)
+	if errno != 0 {
+		return nil, errno
 	}
 	p := c.up.path(crel)
 	var st unix.Stat_t
@@ -483,16 +486,9 @@ func (n *cowNode) Symlink(ctx context.Context, target, name string, out *fuse.En
 	c := n.c
 	c.ns.Lock()
 	defer c.ns.Unlock()
-	rel, ok := n.rel()
-	if !ok {
-		return nil, syscall.ENOENT
-	}
-	crel := joinRel(rel, name)
-	if c.lookup(crel, n.lowerVisible).mode != 0 {
-		return nil, syscall.EEXIST
-	}
-	if err := c.ensureUpperDir(rel); err != nil {
-		return nil, toErrno(err)
+	_, crel, errno := n.newName(name)
+	if errno != 0 {
+		return nil, errno
 	}
 	if _, err := c.createUpper(crel, func(p string) (*os.File, error) { return nil, os.Symlink(target, p) }); err != nil {
 		return nil, toErrno(err)
