@@ -5,16 +5,21 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
-// syncer fsyncs and closes finished files on a few goroutines, so that the
-// flushing of one file overlaps the receiving of the next. With noSync it
-// only closes them.
+// syncer makes finished files durable the way pg_basebackup does, in two
+// passes: when a file is complete its writeback is started
+// (sync_file_range, which does not wait) and it is closed; at the end every
+// file is fsynced, a few at a time. By then most data is on disk, so the
+// fsyncs are short and the filesystem journal commits once for many files
+// instead of once per file while the backup is still arriving. With noSync
+// files are only closed.
 type syncer struct {
 	noSync bool
-	ch     chan *os.File
-	wg     sync.WaitGroup
 	mu     sync.Mutex
+	names  []string
 	err    error
 }
 
@@ -22,18 +27,7 @@ type syncer struct {
 const syncWorkers = 8
 
 func newSyncer(noSync bool) *syncer {
-	s := &syncer{noSync: noSync, ch: make(chan *os.File, 64)}
-	if !noSync {
-		for range syncWorkers {
-			s.wg.Go(func() {
-				for f := range s.ch {
-					s.record(f.Sync())
-					s.record(f.Close())
-				}
-			})
-		}
-	}
-	return s
+	return &syncer{noSync: noSync}
 }
 
 func (s *syncer) record(err error) {
@@ -47,27 +41,34 @@ func (s *syncer) record(err error) {
 	s.mu.Unlock()
 }
 
-// file takes over f: it is synced (unless noSync) and closed.
+// file takes over f: its writeback is started (unless noSync) and it is
+// closed; wait fsyncs it.
 func (s *syncer) file(f *os.File) {
-	if s.noSync {
-		s.record(f.Close())
-		return
+	if !s.noSync {
+		// Only a hint: errors show up in the fsync.
+		unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+		s.mu.Lock()
+		s.names = append(s.names, f.Name())
+		s.mu.Unlock()
 	}
-	s.ch <- f
+	s.record(f.Close())
 }
 
-// wait waits for every file handed over and returns the first error.
+// wait fsyncs every file handed over and returns the first error.
 func (s *syncer) wait() error {
-	if !s.noSync {
-		close(s.ch)
-		s.wg.Wait()
+	s.mu.Lock()
+	names := s.names
+	s.names = nil
+	s.mu.Unlock()
+	if len(names) > 0 {
+		s.record(syncDirs(names))
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.err
 }
 
-// syncDirs fsyncs directories, a few at a time.
+// syncDirs fsyncs files or directories by name, a few at a time.
 func syncDirs(dirs []string) error {
 	var (
 		wg   sync.WaitGroup
