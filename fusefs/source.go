@@ -2,10 +2,11 @@ package fusefs
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/combinefs/combinefs/cache"
 	"github.com/combinefs/combinefs/format"
@@ -57,88 +58,149 @@ var zeroBlock = make([]byte, format.BlockSize)
 
 // appendRange appends to vecs the bytes [off, off+n) of the file described
 // by plan, as slices of cached blocks (and zero blocks).
+//
+// A reconstructed segment is usually a patchwork of single blocks from
+// several backups, so the blocks a request needs are gathered per source
+// first: every block is looked up in the cache once, and the missing blocks
+// of one source that lie close together are read with a single preadv
+// (each into its own block buffer, the gaps between them into scratch),
+// instead of one pread per block.
 func (s *sources) appendRange(vecs [][]byte, plan *resolver.Plan, off, n int64) ([][]byte, error) {
+	type part struct {
+		src   *source // nil for zeros
+		block int64
+		lo, n int64 // bytes of the block
+	}
+	var parts []part
+	var srcs []*source
+	byID := map[uint32]*source{}
 	end := off + n
 	i := extentIndex(plan, off)
-	for off < end {
+	for pos := off; pos < end; {
 		if i >= len(plan.Extents) {
-			return vecs, fmt.Errorf("read past the extent map at offset %d", off)
+			return vecs, fmt.Errorf("read past the extent map at offset %d", pos)
 		}
 		e := plan.Extents[i]
 		stop := min(end, e.Off+e.Len)
-		if e.Layer == resolver.Zeros {
-			for off < stop {
-				inBlock := off % format.BlockSize
-				m := min(stop-off, format.BlockSize-inBlock)
-				vecs = append(vecs, zeroBlock[:m])
-				off += m
-			}
-		} else {
-			var err error
-			vecs, err = s.appendSource(vecs, e.Src, e.SrcOff+(off-e.Off), stop-off)
+		var src *source
+		if e.Layer != resolver.Zeros {
+			id, f, err := s.open(e.Src)
 			if err != nil {
 				return vecs, err
 			}
-			off = stop
+			if src = byID[id]; src == nil {
+				src = &source{id: id, f: f}
+				byID[id] = src
+				srcs = append(srcs, src)
+			}
+		}
+		for pos < stop {
+			inBlock := pos % format.BlockSize
+			m := min(stop-pos, format.BlockSize-inBlock)
+			p := part{lo: inBlock, n: m}
+			if src != nil {
+				so := e.SrcOff + (pos - e.Off)
+				p.src, p.block, p.lo = src, so/format.BlockSize, so%format.BlockSize
+				if k := len(src.need); k == 0 || src.need[k-1] != p.block {
+					src.need = append(src.need, p.block)
+				}
+			}
+			parts = append(parts, p)
+			pos += m
 		}
 		i++
+	}
+	found := map[cache.Key][]byte{}
+	for _, src := range srcs {
+		if err := s.fetch(src, found); err != nil {
+			return vecs, err
+		}
+	}
+	for _, p := range parts {
+		if p.src == nil {
+			vecs = append(vecs, zeroBlock[p.lo:p.lo+p.n])
+			continue
+		}
+		b := found[cache.Key{Source: p.src.id, Block: p.block}]
+		vecs = append(vecs, b[p.lo:p.lo+p.n])
 	}
 	return vecs, nil
 }
 
-// appendSource appends bytes [pos, pos+n) of source file path. Blocks found
-// in the cache are used as they are; each run of missing blocks is read with
-// one pread and then cached block by block.
-func (s *sources) appendSource(vecs [][]byte, path string, pos, n int64) ([][]byte, error) {
-	id, f, err := s.open(path)
-	if err != nil {
-		return vecs, err
-	}
-	first := pos / format.BlockSize
-	last := (pos + n - 1) / format.BlockSize
-	blocks := make([][]byte, last-first+1)
-	// Look every block up once (so each counts once as a hit or a miss),
-	// then read each run of misses with one pread.
-	for b := first; b <= last; b++ {
-		if v, ok := s.cache.Get(cache.Key{Source: id, Block: b}); ok {
-			blocks[b-first] = v
+// source is one backup file a read needs blocks of, in the order needed.
+type source struct {
+	id   uint32
+	f    *os.File
+	need []int64
+}
+
+// Reads of missing blocks of one source are merged when the gap between
+// them is at most maxGap blocks, up to maxSpan blocks in one preadv.
+const (
+	maxGap  = 16
+	maxSpan = 256
+)
+
+// fetch puts every block src.need lists into found: from the cache, or read
+// (and then cached).
+func (s *sources) fetch(src *source, found map[cache.Key][]byte) error {
+	var miss []int64
+	for _, b := range src.need {
+		k := cache.Key{Source: src.id, Block: b}
+		if v, ok := s.cache.Get(k); ok {
+			found[k] = v
+		} else {
+			miss = append(miss, b)
 		}
 	}
-	for b := first; b <= last; {
-		if blocks[b-first] != nil {
-			b++
-			continue
+	for len(miss) > 0 {
+		j := 1
+		for j < len(miss) && miss[j] > miss[j-1] && miss[j]-miss[j-1] <= maxGap && miss[j]-miss[0] < maxSpan {
+			j++
 		}
-		runEnd := b + 1
-		for runEnd <= last && blocks[runEnd-first] == nil {
-			runEnd++
+		if err := s.readSpan(src, miss[:j], found); err != nil {
+			return err
 		}
-		buf := make([]byte, (runEnd-b)*format.BlockSize)
-		m, err := f.ReadAt(buf, b*format.BlockSize)
-		s.readCalls.Add(1)
-		s.readBytes.Add(uint64(m))
-		if m < len(buf) {
-			if err == nil || err == io.EOF {
-				err = fmt.Errorf("%s: short read at offset %d: %d of %d bytes", path, b*format.BlockSize, m, len(buf))
+		miss = miss[j:]
+	}
+	return nil
+}
+
+// readSpan reads blocks (increasing, close together) of src with one
+// preadv: each into a buffer of its own, which is then cached.
+func (s *sources) readSpan(src *source, blocks []int64, found map[cache.Key][]byte) error {
+	iov := make([][]byte, 0, 2*len(blocks))
+	bufs := make([][]byte, len(blocks))
+	var scratch []byte
+	for i, b := range blocks {
+		if i > 0 {
+			if gap := (b - blocks[i-1] - 1) * format.BlockSize; gap > 0 {
+				if scratch == nil {
+					scratch = make([]byte, maxGap*format.BlockSize)
+				}
+				iov = append(iov, scratch[:gap])
 			}
-			return vecs, err
 		}
-		for k := b; k < runEnd; k++ {
-			blk := buf[(k-b)*format.BlockSize : (k-b+1)*format.BlockSize : (k-b+1)*format.BlockSize]
-			s.cache.Add(cache.Key{Source: id, Block: k}, blk)
-			blocks[k-first] = blk
+		bufs[i] = make([]byte, format.BlockSize)
+		iov = append(iov, bufs[i])
+	}
+	first, last := blocks[0], blocks[len(blocks)-1]
+	want := int(last-first+1) * format.BlockSize
+	m, err := unix.Preadv(int(src.f.Fd()), iov, first*format.BlockSize)
+	s.readCalls.Add(1)
+	s.readBytes.Add(uint64(max(m, 0)))
+	if m < want {
+		if err == nil {
+			err = fmt.Errorf("%s: short read at offset %d: %d of %d bytes", src.f.Name(), first*format.BlockSize, m, want)
 		}
-		b = runEnd
+		return err
 	}
-	// Trim the first and last block to the requested range.
-	blocks[0] = blocks[0][pos-first*format.BlockSize:]
-	tail := (pos + n) - last*format.BlockSize
-	if len(blocks) == 1 {
-		blocks[0] = blocks[0][:n]
-	} else {
-		blocks[len(blocks)-1] = blocks[len(blocks)-1][:tail]
+	for i, b := range blocks {
+		k := cache.Key{Source: src.id, Block: b}
+		s.cache.Add(k, bufs[i])
+		found[k] = bufs[i]
 	}
-	return append(vecs, blocks...), nil
+	return nil
 }
 
 func extentIndex(p *resolver.Plan, off int64) int {

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"os/user"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -121,6 +122,11 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	mp, err = checkMountpoint(mp)
 	if err != nil {
 		return err
+	}
+	// Keep the process near what the cache is allowed: the Go heap would
+	// otherwise grow to twice the live cache before collecting.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(cacheBytes + memOverhead)
 	}
 	if o.daemon && !child {
 		return startDaemon(ctx)
@@ -445,6 +451,11 @@ func parseSize(s string) (int64, error) {
 	}
 	return n * mult, nil
 }
+
+// memOverhead is what a mount needs beyond its block cache: in-flight
+// reads (up to MaxBackground requests of up to 1 MiB), per-file maps, the
+// runtime.
+const memOverhead = 128 << 20
 
 // mountState is what combinefs umount needs to know about a mount.
 type mountState struct {
