@@ -248,5 +248,6 @@ func MountCoW(dir string, p *resolver.Point, upperDir string, opts Options) (*Mo
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
 	m.server = server
+	m.setReadAhead()
 	return m, nil
 }

@@ -167,10 +167,13 @@ func (s *sources) fetch(src *source, found map[cache.Key][]byte) error {
 }
 
 // readSpan reads blocks (increasing, close together) of src with one
-// preadv: each into a buffer of its own, which is then cached.
+// preadv: the blocks into consecutive slices of one buffer, the gaps between
+// them into scratch. The blocks are then cached (a cached block keeps its
+// span's buffer alive; blocks of one span are evicted at about the same
+// time).
 func (s *sources) readSpan(src *source, blocks []int64, found map[cache.Key][]byte) error {
+	buf := make([]byte, len(blocks)*format.BlockSize)
 	iov := make([][]byte, 0, 2*len(blocks))
-	bufs := make([][]byte, len(blocks))
 	var scratch []byte
 	for i, b := range blocks {
 		if i > 0 {
@@ -181,8 +184,7 @@ func (s *sources) readSpan(src *source, blocks []int64, found map[cache.Key][]by
 				iov = append(iov, scratch[:gap])
 			}
 		}
-		bufs[i] = make([]byte, format.BlockSize)
-		iov = append(iov, bufs[i])
+		iov = append(iov, buf[i*format.BlockSize:(i+1)*format.BlockSize:(i+1)*format.BlockSize])
 	}
 	first, last := blocks[0], blocks[len(blocks)-1]
 	want := int(last-first+1) * format.BlockSize
@@ -197,8 +199,9 @@ func (s *sources) readSpan(src *source, blocks []int64, found map[cache.Key][]by
 	}
 	for i, b := range blocks {
 		k := cache.Key{Source: src.id, Block: b}
-		s.cache.Add(k, bufs[i])
-		found[k] = bufs[i]
+		blk := buf[i*format.BlockSize : (i+1)*format.BlockSize : (i+1)*format.BlockSize]
+		s.cache.Add(k, blk)
+		found[k] = blk
 	}
 	return nil
 }
