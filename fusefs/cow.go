@@ -18,9 +18,17 @@ import (
 )
 
 // overlayMin is the size from which a lower file is copied up block by
-// block (relation segments, WAL segments); smaller files are copied whole
-// on their first change.
+// block (relation segments); smaller files are copied whole on their first
+// change. WAL segments are copied whole whatever their size: the server
+// writes them sequentially anyway, and whole they are served by
+// passthrough once reopened, so WAL writes do not pass through us.
 const overlayMin = 1 << 20
+
+// wholeCopy reports whether a lower file is copied up whole rather than
+// block by block.
+func (le *lowerEntry) wholeCopy() bool {
+	return le.file == nil || le.size() < overlayMin || strings.HasPrefix(le.rel, "pg_wal/")
+}
 
 // lowerEntry is an entry of the chain point under a copy-on-write mount.
 type lowerEntry struct {
@@ -233,7 +241,10 @@ func MountCoW(dir string, p *resolver.Point, upperDir string, opts Options) (*Mo
 	m.onRelease = up.close
 	c := newCowFS(m, up)
 	c.root = &cowNode{c: c, lowerVisible: true}
-	timeout := time.Second
+	// Every change goes through this mount, and the kernel keeps its own
+	// caches of names and attributes right for what passes through it:
+	// long timeouts spare the server a round trip per lseek(SEEK_END).
+	timeout := time.Minute
 	server, err := gofs.Mount(dir, c.root, &gofs.Options{
 		MountOptions:    m.mountOptions(false),
 		EntryTimeout:    &timeout,

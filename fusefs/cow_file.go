@@ -202,7 +202,7 @@ func (n *cowNode) ensureUpperLocked() syscall.Errno {
 		return toErrno(err)
 	}
 	size := le.size()
-	overlay := le.file != nil && size >= overlayMin
+	overlay := !le.wholeCopy()
 	if overlay {
 		if err := unix.Fsetxattr(int(f.Fd()), xattrOrigin, []byte(le.rel), 0); err != nil {
 			return fail(err)

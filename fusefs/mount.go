@@ -159,7 +159,13 @@ func (m *Mount) mountOptions(readOnly bool) fuse.MountOptions {
 		MaxReadAhead:  maxIO,
 		MaxBackground: 64,
 		DisableXAttrs: true,
-		Debug:         m.opts.Debug,
+		// Every change to a file reaches the kernel through this mount, so
+		// its page cache is never stale: without this go-fuse asks for
+		// FUSE_AUTO_INVAL_DATA, and the kernel drops a file's whole page
+		// cache whenever its mtime moves (a server writing a block of a
+		// 1 GiB segment would make every later read of it miss).
+		ExplicitDataCacheControl: true,
+		Debug:                    m.opts.Debug,
 		// As root, mount(2) directly: no fusermount3 needed.
 		DirectMount: os.Geteuid() == 0,
 	}
