@@ -499,20 +499,29 @@ func (n *cowNode) Symlink(ctx context.Context, target, name string, out *fuse.En
 	return n.child(ctx, crel, entry{mode: syscall.S_IFLNK}), 0
 }
 
+// existing finds name in directory n for an unlink or rmdir. Caller holds
+// ns.
+func (n *cowNode) existing(name string) (rel, crel string, e entry, errno syscall.Errno) {
+	rel, ok := n.rel()
+	if !ok {
+		return "", "", entry{}, syscall.ENOENT
+	}
+	crel = joinRel(rel, name)
+	if e = n.c.lookup(crel, n.lowerVisible); e.mode == 0 {
+		return "", "", entry{}, syscall.ENOENT
+	}
+	return rel, crel, e, 0
+}
+
 func (n *cowNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	c := n.c
 	c.ns.Lock()
 	defer c.ns.Unlock()
-	rel, ok := n.rel()
-	if !ok {
-		return syscall.ENOENT
+	rel, crel, e, errno := n.existing(name)
+	if errno != 0 {
+		return errno
 	}
-	crel := joinRel(rel, name)
-	e := c.lookup(crel, n.lowerVisible)
-	switch e.mode {
-	case 0:
-		return syscall.ENOENT
-	case syscall.S_IFDIR:
+	if e.mode == syscall.S_IFDIR {
 		return syscall.EISDIR
 	}
 	if err := c.remove(rel, crel, e); err != nil {
@@ -543,17 +552,11 @@ func (n *cowNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 	c := n.c
 	c.ns.Lock()
 	defer c.ns.Unlock()
-	rel, ok := n.rel()
-	if !ok {
-		return syscall.ENOENT
+	rel, crel, e, errno := n.existing(name)
+	if errno != 0 {
+		return errno
 	}
-	crel := joinRel(rel, name)
-	e := c.lookup(crel, n.lowerVisible)
-	switch e.mode {
-	case 0:
-		return syscall.ENOENT
-	case syscall.S_IFDIR:
-	default:
+	if e.mode != syscall.S_IFDIR {
 		return syscall.ENOTDIR
 	}
 	if errno := c.checkEmpty(crel, e); errno != 0 {
