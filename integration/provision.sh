@@ -54,8 +54,10 @@ if [ ! -f "$root/.combinefs-ready" ]; then
 	touch "$root/.combinefs-ready"
 fi
 
-# The server needs /proc, /dev and /dev/shm inside the root.
+# The server needs /proc, /dev and /dev/shm inside the root; combinefs mounts
+# made there tune the kernel's readahead through /sys.
 mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
+mountpoint -q "$root/sys" || mount --bind /sys "$root/sys"
 mountpoint -q "$root/dev" || mount --bind /dev "$root/dev"
 mountpoint -q "$root/dev/shm" || mount --bind /dev/shm "$root/dev/shm"
 mkdir -p "$root/srv/combinefs"

@@ -452,10 +452,10 @@ func parseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
-// memOverhead is what a mount needs beyond its block cache: in-flight
-// reads (up to MaxBackground requests of up to 1 MiB), per-file maps, the
-// runtime.
-const memOverhead = 128 << 20
+// memOverhead is the Go heap a mount may use beyond its block cache: request
+// buffers, per-file maps (read blocks go straight into the cache, which
+// bounds itself).
+const memOverhead = 48 << 20
 
 // mountState is what combinefs umount needs to know about a mount.
 type mountState struct {
