@@ -68,8 +68,8 @@ var zeroBlock = make([]byte, format.BlockSize)
 func (s *sources) appendRange(vecs [][]byte, plan *resolver.Plan, off, n int64) ([][]byte, error) {
 	type part struct {
 		src   *source // nil for zeros
-		block int64
-		lo, n int64 // bytes of the block
+		idx   int     // in src.need
+		lo, n int64   // bytes of the block
 	}
 	var parts []part
 	var srcs []*source
@@ -100,19 +100,19 @@ func (s *sources) appendRange(vecs [][]byte, plan *resolver.Plan, off, n int64) 
 			p := part{lo: inBlock, n: m}
 			if src != nil {
 				so := e.SrcOff + (pos - e.Off)
-				p.src, p.block, p.lo = src, so/format.BlockSize, so%format.BlockSize
-				if k := len(src.need); k == 0 || src.need[k-1] != p.block {
-					src.need = append(src.need, p.block)
+				b := so / format.BlockSize
+				if k := len(src.need); k == 0 || src.need[k-1] != b {
+					src.need = append(src.need, b)
 				}
+				p.src, p.idx, p.lo = src, len(src.need)-1, so%format.BlockSize
 			}
 			parts = append(parts, p)
 			pos += m
 		}
 		i++
 	}
-	found := map[cache.Key][]byte{}
 	for _, src := range srcs {
-		if err := s.fetch(src, found); err != nil {
+		if err := s.fetch(src); err != nil {
 			return vecs, err
 		}
 	}
@@ -121,17 +121,18 @@ func (s *sources) appendRange(vecs [][]byte, plan *resolver.Plan, off, n int64) 
 			vecs = append(vecs, zeroBlock[p.lo:p.lo+p.n])
 			continue
 		}
-		b := found[cache.Key{Source: p.src.id, Block: p.block}]
-		vecs = append(vecs, b[p.lo:p.lo+p.n])
+		vecs = append(vecs, p.src.got[p.idx][p.lo:p.lo+p.n])
 	}
 	return vecs, nil
 }
 
-// source is one backup file a read needs blocks of, in the order needed.
+// source is one backup file a read needs blocks of, in the order needed;
+// got[i] holds block need[i] once fetched.
 type source struct {
 	id   uint32
 	f    *os.File
 	need []int64
+	got  [][]byte
 }
 
 // Reads of missing blocks of one source are merged when the gap between
@@ -141,24 +142,28 @@ const (
 	maxSpan = 256
 )
 
-// fetch puts every block src.need lists into found: from the cache, or read
-// (and then cached).
-func (s *sources) fetch(src *source, found map[cache.Key][]byte) error {
-	var miss []int64
-	for _, b := range src.need {
-		k := cache.Key{Source: src.id, Block: b}
-		if v, ok := s.cache.Get(k); ok {
-			found[k] = v
+// fetch fills src.got: each block from the cache, or read (and then
+// cached).
+func (s *sources) fetch(src *source) error {
+	src.got = make([][]byte, len(src.need))
+	var miss []int // indexes into need
+	for i, b := range src.need {
+		if v, ok := s.cache.Get(cache.Key{Source: src.id, Block: b}); ok {
+			src.got[i] = v
 		} else {
-			miss = append(miss, b)
+			miss = append(miss, i)
 		}
 	}
 	for len(miss) > 0 {
 		j := 1
-		for j < len(miss) && miss[j] > miss[j-1] && miss[j]-miss[j-1] <= maxGap && miss[j]-miss[0] < maxSpan {
+		for j < len(miss) {
+			prev, cur := src.need[miss[j-1]], src.need[miss[j]]
+			if cur <= prev || cur-prev > maxGap || cur-src.need[miss[0]] >= maxSpan {
+				break
+			}
 			j++
 		}
-		if err := s.readSpan(src, miss[:j], found); err != nil {
+		if err := s.readSpan(src, miss[:j]); err != nil {
 			return err
 		}
 		miss = miss[j:]
@@ -166,18 +171,18 @@ func (s *sources) fetch(src *source, found map[cache.Key][]byte) error {
 	return nil
 }
 
-// readSpan reads blocks (increasing, close together) of src with one
-// preadv: the blocks into consecutive slices of one buffer, the gaps between
-// them into scratch. The blocks are then cached (a cached block keeps its
-// span's buffer alive; blocks of one span are evicted at about the same
-// time).
-func (s *sources) readSpan(src *source, blocks []int64, found map[cache.Key][]byte) error {
-	buf := make([]byte, len(blocks)*format.BlockSize)
-	iov := make([][]byte, 0, 2*len(blocks))
+// readSpan reads the blocks need[idx...] (increasing, close together) of
+// src with one preadv: the blocks into consecutive slices of one buffer, the
+// gaps between them into scratch. The blocks are then cached (a cached block
+// keeps its span's buffer alive; blocks of one span are evicted at about the
+// same time).
+func (s *sources) readSpan(src *source, idx []int) error {
+	buf := make([]byte, len(idx)*format.BlockSize)
+	iov := make([][]byte, 0, 2*len(idx))
 	var scratch []byte
-	for i, b := range blocks {
+	for i, k := range idx {
 		if i > 0 {
-			if gap := (b - blocks[i-1] - 1) * format.BlockSize; gap > 0 {
+			if gap := (src.need[k] - src.need[idx[i-1]] - 1) * format.BlockSize; gap > 0 {
 				if scratch == nil {
 					scratch = make([]byte, maxGap*format.BlockSize)
 				}
@@ -186,7 +191,7 @@ func (s *sources) readSpan(src *source, blocks []int64, found map[cache.Key][]by
 		}
 		iov = append(iov, buf[i*format.BlockSize:(i+1)*format.BlockSize:(i+1)*format.BlockSize])
 	}
-	first, last := blocks[0], blocks[len(blocks)-1]
+	first, last := src.need[idx[0]], src.need[idx[len(idx)-1]]
 	want := int(last-first+1) * format.BlockSize
 	m, err := unix.Preadv(int(src.f.Fd()), iov, first*format.BlockSize)
 	s.readCalls.Add(1)
@@ -197,11 +202,10 @@ func (s *sources) readSpan(src *source, blocks []int64, found map[cache.Key][]by
 		}
 		return err
 	}
-	for i, b := range blocks {
-		k := cache.Key{Source: src.id, Block: b}
+	for i, k := range idx {
 		blk := buf[i*format.BlockSize : (i+1)*format.BlockSize : (i+1)*format.BlockSize]
-		s.cache.Add(k, blk)
-		found[k] = blk
+		s.cache.Add(cache.Key{Source: src.id, Block: src.need[k]}, blk)
+		src.got[k] = blk
 	}
 	return nil
 }
