@@ -1,6 +1,7 @@
 # combinefs: see README.md. Everything that needs PostgreSQL or FUSE runs as
 # root (the PostgreSQL toolset lives in a debootstrapped root).
 
+SHELL    := /bin/bash
 GO       ?= go
 VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
@@ -30,13 +31,16 @@ unit: lint
 
 # integration: end-to-end tests against a real PostgreSQL of each major in
 # PG_MAJORS (provisioned by integration/provision.sh); nothing may skip.
+# Mounts that were there before the run (a user's own) are not the suite's.
 integration:
-	@for m in $(PG_MAJORS); do \
+	@before=$$(grep fuse.combinefs /proc/mounts | sort); \
+	for m in $(PG_MAJORS); do \
 		echo "=== integration tests, PostgreSQL $$m"; \
 		PG_MAJOR=$$m COMBINEFS_REQUIRE_PG=1 COMBINEFS_REQUIRE_FUSE=1 \
 			$(GO) test -count=1 -timeout 40m -v ./integration || exit 1; \
-	done
-	@if grep -q 'fuse.combinefs' /proc/mounts; then echo "a combinefs mount was left behind:"; grep fuse.combinefs /proc/mounts; exit 1; fi
+	done; \
+	left=$$(grep fuse.combinefs /proc/mounts | sort | comm -13 <(echo "$$before") -); \
+	if [ -n "$$left" ]; then echo "the tests left a combinefs mount behind:"; echo "$$left"; exit 1; fi
 
 # test: the whole suite (what CI runs).
 test: unit integration
