@@ -288,7 +288,7 @@ func startOnMount(t *testing.T, e *Env, mp string) *Cluster {
 	c := e.newCluster(t, mp, args, 0)
 	log, err := c.start()
 	if errors.Is(err, errPortInUse) {
-		c.Port = freePort(t)
+		c.Port = FreePort(t)
 		log, err = c.start()
 	}
 	if err == nil {
@@ -560,7 +560,7 @@ func startPgbenchLoad(t *testing.T, c *Cluster) *pgbenchLoad {
 	l.cmd = c.Command(context.Background(), false, c.Tool("pgbench"), "-h", "127.0.0.1", "-p", strconv.Itoa(c.Port),
 		"-n", "-T", "120", "-c", "2", "-j", "2", "postgres")
 	l.cmd.Stdout, l.cmd.Stderr = &l.out, &l.out
-	if err := startOnLockedThread(l.cmd); err != nil {
+	if err := StartOnLockedThread(l.cmd); err != nil {
 		t.Fatalf("pgbench: %v", err)
 	}
 	go func() { l.done <- l.cmd.Wait() }()
@@ -1083,8 +1083,8 @@ func mountCoW(t *testing.T, e *Env, upper, mp string, backups ...string) *cowMou
 		Mountpoint string `json:"mountpoint"`
 		Stats      string `json:"stats"`
 	}
-	if err := json.Unmarshal(data, &s); err != nil || s.Mountpoint != mp || !cowProcessAlive(s.PID) {
-		t.Fatalf("state file %s: %v, %+v (process alive: %v)", st, err, s, cowProcessAlive(s.PID))
+	if err := json.Unmarshal(data, &s); err != nil || s.Mountpoint != mp || !ProcessAlive(s.PID) {
+		t.Fatalf("state file %s: %v, %+v (process alive: %v)", st, err, s, ProcessAlive(s.PID))
 	}
 	m.pid, m.stats = s.PID, e.Host(s.Stats)
 	return m
@@ -1120,7 +1120,7 @@ func (m *cowMount) Umount(t *testing.T) {
 		t.Fatalf("%s still mounted after combinefs umount", m.mp)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for cowProcessAlive(m.pid) {
+	for ProcessAlive(m.pid) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the mount's process %d still runs after combinefs umount", m.pid)
 		}
@@ -1141,7 +1141,7 @@ func (m *cowMount) Kill9(t *testing.T) {
 		t.Fatalf("kill -9 %d (the mount's process): %v", m.pid, err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for cowProcessAlive(m.pid) {
+	for ProcessAlive(m.pid) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the mount's process %d survived SIGKILL", m.pid)
 		}
@@ -1153,23 +1153,7 @@ func (m *cowMount) Kill9(t *testing.T) {
 // Stats asks the mount for its counters (SIGUSR1) and reads them.
 func (m *cowMount) Stats(t *testing.T) fusefs.Stats {
 	t.Helper()
-	os.Remove(m.stats)
-	if err := syscall.Kill(m.pid, syscall.SIGUSR1); err != nil {
-		t.Fatalf("SIGUSR1 to %d: %v", m.pid, err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if data, err := os.ReadFile(m.stats); err == nil {
-			var s fusefs.Stats
-			if err := json.Unmarshal(data, &s); err == nil {
-				return s
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no stats in %s 10 s after SIGUSR1", m.stats)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return MountStats(t, m.pid, m.stats)
 }
 
 // cowIsMounted reports whether the host path is a mount point.
@@ -1695,19 +1679,6 @@ func listDir(t *testing.T, dir string) []string {
 }
 
 func slicesHas(s []string, v string) bool { return indexOf(s, v) >= 0 }
-
-// cowProcessAlive: the process exists and is not a zombie.
-func cowProcessAlive(pid int) bool {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(data)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
-		return s[i+2] != 'Z'
-	}
-	return true
-}
 
 func cowMustNotExist(t *testing.T, host, why string) {
 	t.Helper()

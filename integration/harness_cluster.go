@@ -6,12 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
-	"os/exec"
 	"path"
 	"regexp"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -144,7 +141,7 @@ func (e *Env) newCluster(tb testing.TB, dataDir string, settings []string, timeo
 	c := &Cluster{
 		Env:          e,
 		DataDir:      dataDir,
-		Port:         freePort(tb),
+		Port:         FreePort(tb),
 		LogFile:      path.Join(path.Dir(dataDir), path.Base(dataDir)+".log"),
 		settings:     settings,
 		startTimeout: timeout,
@@ -163,7 +160,7 @@ func (c *Cluster) Start(tb testing.TB) {
 	for attempt := 0; ; attempt++ {
 		log, err := c.start()
 		if errors.Is(err, errPortInUse) && attempt < 3 {
-			c.Port = freePort(tb)
+			c.Port = FreePort(tb)
 			continue
 		}
 		if err != nil {
@@ -203,7 +200,7 @@ func (c *Cluster) start() (string, error) {
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGQUIT
 	cmd.SysProcAttr.Setpgid = true // the terminal's ^C goes to the test only
 	cmd.WaitDelay = 0
-	if err := startOnLockedThread(cmd); err != nil {
+	if err := StartOnLockedThread(cmd); err != nil {
 		return logSince(), err
 	}
 	done := make(chan struct{})
@@ -352,40 +349,13 @@ func (c *Cluster) signalAndWait(sig syscall.Signal, d time.Duration) bool {
 // process group (its backends), reporting whether that happened within d.
 func (c *Cluster) waitGroupGone(d time.Duration) bool {
 	deadline := time.Now().Add(d)
-	for groupAlive(c.PID()) {
+	for GroupAlive(c.PID()) {
 		if time.Now().After(deadline) {
 			return false
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	return true
-}
-
-// groupAlive reports whether a non-zombie process of group pgid exists.
-func groupAlive(pgid int) bool {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return false
-	}
-	for _, ent := range ents {
-		if _, err := strconv.Atoi(ent.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + ent.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid pgrp ...; comm may contain spaces.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) >= 3 && f[0] != "Z" && f[2] == strconv.Itoa(pgid) {
-			return true
-		}
-	}
-	return false
 }
 
 // shutdown is the cleanup: fast, then immediate, then SIGKILL of the whole
@@ -514,62 +484,6 @@ func (c *Cluster) WaitForWALSummary(tb testing.TB) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-var (
-	spawnOnce sync.Once
-	spawnReqs chan spawnReq
-)
-
-type spawnReq struct {
-	cmd *exec.Cmd
-	err chan error
-}
-
-// startOnLockedThread starts cmd from one OS thread that never exits:
-// Linux sends the parent-death signal when the forking *thread* ends, and
-// the Go runtime may retire other threads, which would shut a server down
-// in the middle of a test.
-func startOnLockedThread(cmd *exec.Cmd) error {
-	spawnOnce.Do(func() {
-		spawnReqs = make(chan spawnReq)
-		go func() {
-			runtime.LockOSThread()
-			for r := range spawnReqs {
-				r.err <- r.cmd.Start()
-			}
-		}()
-	})
-	r := spawnReq{cmd, make(chan error, 1)}
-	spawnReqs <- r
-	return <-r.err
-}
-
-var (
-	portMu    sync.Mutex
-	usedPorts = map[int]bool{}
-)
-
-// freePort picks a TCP port the kernel considers free and that this process
-// has not handed out before.
-func freePort(tb testing.TB) int {
-	tb.Helper()
-	portMu.Lock()
-	defer portMu.Unlock()
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatalf("finding a free port: %v", err)
-		}
-		p := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if !usedPorts[p] {
-			usedPorts[p] = true
-			return p
-		}
-	}
-	tb.Fatal("no free port")
-	return 0
 }
 
 // readFrom returns a file's content from offset (negative: that far before

@@ -77,7 +77,7 @@ func TestHarnessCluster(t *testing.T) {
 	want := c.Snapshot(t)
 	pid := c.PID()
 	c.Kill9(t)
-	if c.Running() || groupAlive(pid) {
+	if c.Running() || GroupAlive(pid) {
 		t.Fatal("server or backends still alive after Kill9")
 	}
 	c.Start(t)

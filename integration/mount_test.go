@@ -198,7 +198,7 @@ func TestMountReadOnly(t *testing.T) {
 				others++
 			}
 		}
-		if !isMountedHost(e.Host(mp)) || !processAlive(m.pid) {
+		if !isMountedHost(e.Host(mp)) || !ProcessAlive(m.pid) {
 			t.Fatalf("the mount did not stay up after a read error")
 		}
 		s := m.Stats(t)
@@ -257,7 +257,7 @@ func TestMountReadOnly(t *testing.T) {
 			t.Fatalf("umount %s: %v", mp, err)
 		}
 		deadline := time.Now().Add(10 * time.Second)
-		for processAlive(m.pid) {
+		for ProcessAlive(m.pid) {
 			if time.Now().After(deadline) {
 				t.Fatalf("the mount's process %d still runs 10 s after umount(8)", m.pid)
 			}
@@ -430,7 +430,7 @@ func mountBadInput(t *testing.T, ch *Chain) {
 		if code == 0 || !strings.Contains(msg, mp) {
 			t.Errorf("mounting over a mount: exit %d: %s", code, msg)
 		}
-		if !processAlive(m.pid) || !isMountedHost(e.Host(mp)) {
+		if !ProcessAlive(m.pid) || !isMountedHost(e.Host(mp)) {
 			t.Errorf("a refused second mount disturbed the first")
 		}
 		m.Umount(t)
@@ -551,7 +551,7 @@ func mountDaemon(t *testing.T, e *Env, mp string, args ...string) *roMount {
 	if st == nil {
 		t.Fatalf("no state file for %s in %s", mp, e.Host("/run/combinefs"))
 	}
-	if !processAlive(st.PID) {
+	if !ProcessAlive(st.PID) {
 		t.Fatalf("the mount's process %d is not running", st.PID)
 	}
 	return &roMount{e: e, dir: mp, pid: st.PID, state: st.path, stats: e.Host(st.Stats)}
@@ -560,25 +560,7 @@ func mountDaemon(t *testing.T, e *Env, mp string, args ...string) *roMount {
 // Stats asks the mount for its counters (SIGUSR1) and reads them.
 func (m *roMount) Stats(t testing.TB) fusefs.Stats {
 	t.Helper()
-	os.Remove(m.stats)
-	if err := syscall.Kill(m.pid, syscall.SIGUSR1); err != nil {
-		t.Fatalf("SIGUSR1 to the mount's process %d: %v", m.pid, err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		data, err := os.ReadFile(m.stats)
-		if err == nil {
-			var s fusefs.Stats
-			if err := json.Unmarshal(data, &s); err != nil {
-				t.Fatalf("stats file %s: %v\n%s", m.stats, err, data)
-			}
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no stats in %s 10 s after SIGUSR1", m.stats)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return MountStats(t, m.pid, m.stats)
 }
 
 // Umount runs combinefs umount and checks that nothing is left: no mount,
@@ -590,7 +572,7 @@ func (m *roMount) Umount(t testing.TB) {
 		t.Errorf("%s still mounted after combinefs umount", m.dir)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for processAlive(m.pid) {
+	for ProcessAlive(m.pid) {
 		if time.Now().After(deadline) {
 			t.Errorf("the mount's process %d is still running after combinefs umount", m.pid)
 			break
@@ -605,19 +587,6 @@ func (m *roMount) Umount(t testing.TB) {
 	if ents, err := os.ReadDir(m.e.Host(m.dir)); err != nil || len(ents) != 0 {
 		t.Errorf("mount point after umount: %d entries, %v; want an empty directory", len(ents), err)
 	}
-}
-
-// processAlive: the process exists and is not a zombie.
-func processAlive(pid int) bool {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(data)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
-		return s[i+2] != 'Z'
-	}
-	return true
 }
 
 // isMountedHost reports whether the host path is a mount point.

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/combinefs/combinefs/fusefs"
+	"github.com/combinefs/combinefs/integration"
+)
+
+// mnt is a combinefs mount --daemon the benchmark made.
+type mnt struct {
+	b     *bench
+	dir   string // in-root mount point
+	pid   int    // serving process
+	stats string // host path of its stats file
+	gone  bool
+}
+
+type mountState struct {
+	PID   int    `json:"pid"`
+	Stats string `json:"stats"`
+}
+
+// mountArgs is the command line of a daemon mount of the chain at mp
+// (copy-on-write into upper when upper is not "").
+func (b *bench) mountArgs(mp, upper string) []string {
+	args := []string{"mount", "--daemon", "--log", mp + ".mount.log"}
+	if upper != "" {
+		args = append(args, "--cow", upper)
+	}
+	return append(append(args, b.chain...), mp)
+}
+
+// attach finds the serving process of a mount combinefs mount --daemon
+// just made, and makes sure the mount goes away at cleanup.
+func (b *bench) attach(t *benchTB, mp string) *mnt {
+	m := &mnt{b: b, dir: mp}
+	t.Cleanup(func() { m.umount(t) })
+	h := sha256.Sum256([]byte(mp))
+	statePath := b.e.Host("/run/combinefs/mnt-" + hex.EncodeToString(h[:8]) + ".json")
+	data, err := os.ReadFile(statePath)
+	if err != nil {
+		t.Fatalf("state file of the mount at %s: %v", mp, err)
+	}
+	var st mountState
+	if err := json.Unmarshal(data, &st); err != nil || st.PID == 0 {
+		t.Fatalf("state file %s: %v %s", statePath, err, data)
+	}
+	m.pid, m.stats = st.PID, b.e.Host(st.Stats)
+	return m
+}
+
+// mount mounts the chain at mp (made if need be) and waits for it.
+func (b *bench) mount(t *benchTB, mp, upper string) (*mnt, time.Duration) {
+	b.e.MkdirAll(t, mp)
+	d, _ := runCmd(t, b.cfs(true, b.mountArgs(mp, upper)...))
+	return b.attach(t, mp), d
+}
+
+// Stats asks the mount process for its counters (SIGUSR1).
+func (m *mnt) Stats(t *benchTB) fusefs.Stats { return integration.MountStats(t, m.pid, m.stats) }
+
+// HWM is the mount process's peak RSS (VmHWM) in kB.
+func (m *mnt) HWM(t *benchTB) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", m.pid))
+	if err != nil {
+		t.Fatalf("mount process %d: %v", m.pid, err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmHWM:" {
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			return n
+		}
+	}
+	t.Fatalf("no VmHWM in /proc/%d/status", m.pid)
+	return 0
+}
+
+// umount unmounts with combinefs umount (which waits for the process),
+// lazily if that fails; idempotent.
+func (m *mnt) umount(t *benchTB) {
+	if m.gone {
+		return
+	}
+	m.gone = true
+	out, err := m.b.cfs(true, "umount", m.dir).CombinedOutput()
+	if err != nil {
+		t.Logf("combinefs umount %s: %v: %s; unmounting lazily", m.dir, err, out)
+		syscall.Unmount(m.b.e.Host(m.dir), syscall.MNT_DETACH)
+		deadline := time.Now().Add(30 * time.Second)
+		for integration.ProcessAlive(m.pid) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// pointFiles lists the regular files of a data directory (relative
+// paths, sorted), without backup_manifest, which a mount does not have.
+func pointFiles(t *benchTB, hostDir string) (files []string, total int64) {
+	err := filepath.WalkDir(hostDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		rel, _ := filepath.Rel(hostDir, p)
+		if rel == "backup_manifest" {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		files = append(files, rel)
+		total += fi.Size()
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("listing %s: %v", hostDir, err)
+	}
+	sort.Strings(files)
+	return files, total
+}
+
+// readFiles reads every file in turn, start to end, in 1 MiB reads, and
+// returns the bytes read and the time it took.
+func readFiles(t *benchTB, hostDir string, files []string) (int64, time.Duration) {
+	buf := make([]byte, 1<<20)
+	var total int64
+	t0 := time.Now()
+	for _, rel := range files {
+		f, err := os.Open(filepath.Join(hostDir, rel))
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		for {
+			n, err := f.Read(buf)
+			total += int64(n)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				f.Close()
+				t.Fatalf("read %s: %v", rel, err)
+			}
+		}
+		f.Close()
+	}
+	return total, time.Since(t0)
+}
+
+// prewarm reads every regular file below hostDir (errors ignored: a
+// running server renames and removes files), to fill the page cache.
+func prewarm(hostDir string) {
+	buf := make([]byte, 1<<20)
+	filepath.WalkDir(hostDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return nil
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return nil
+		}
+		defer f.Close()
+		for {
+			if _, err := f.Read(buf); err != nil {
+				return nil
+			}
+		}
+	})
+}

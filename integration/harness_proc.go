@@ -1,0 +1,140 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/combinefs/combinefs/fusefs"
+)
+
+// MountStats asks a mount's process for its counters: SIGUSR1 makes it
+// write them (atomically) to its stats file.
+func MountStats(tb testing.TB, pid int, statsPath string) fusefs.Stats {
+	tb.Helper()
+	os.Remove(statsPath)
+	if err := syscall.Kill(pid, syscall.SIGUSR1); err != nil {
+		tb.Fatalf("SIGUSR1 to the mount's process %d: %v", pid, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		data, err := os.ReadFile(statsPath)
+		if err == nil {
+			var s fusefs.Stats
+			if err := json.Unmarshal(data, &s); err != nil {
+				tb.Fatalf("stats file %s: %v\n%s", statsPath, err, data)
+			}
+			return s
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("no stats in %s 10 s after SIGUSR1", statsPath)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// ProcessAlive: the process exists and is not a zombie.
+func ProcessAlive(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(data)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] != 'Z'
+	}
+	return true
+}
+
+// GroupAlive reports whether a non-zombie process of group pgid exists.
+func GroupAlive(pgid int) bool {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, ent := range ents {
+		if _, err := strconv.Atoi(ent.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + ent.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp ...; comm may contain spaces.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) >= 3 && f[0] != "Z" && f[2] == strconv.Itoa(pgid) {
+			return true
+		}
+	}
+	return false
+}
+
+var (
+	spawnOnce sync.Once
+	spawnReqs chan spawnReq
+)
+
+type spawnReq struct {
+	cmd *exec.Cmd
+	err chan error
+}
+
+// StartOnLockedThread starts cmd from one OS thread that never exits:
+// Linux sends the parent-death signal when the forking *thread* ends, and
+// the Go runtime may retire other threads, which would shut a server down
+// in the middle of a test.
+func StartOnLockedThread(cmd *exec.Cmd) error {
+	spawnOnce.Do(func() {
+		spawnReqs = make(chan spawnReq)
+		go func() {
+			runtime.LockOSThread()
+			for r := range spawnReqs {
+				r.err <- r.cmd.Start()
+			}
+		}()
+	})
+	r := spawnReq{cmd, make(chan error, 1)}
+	spawnReqs <- r
+	return <-r.err
+}
+
+var (
+	portMu    sync.Mutex
+	usedPorts = map[int]bool{}
+)
+
+// FreePort picks a TCP port the kernel considers free and that this process
+// has not handed out before.
+func FreePort(tb testing.TB) int {
+	tb.Helper()
+	portMu.Lock()
+	defer portMu.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatalf("finding a free port: %v", err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !usedPorts[p] {
+			usedPorts[p] = true
+			return p
+		}
+	}
+	tb.Fatal("no free port")
+	return 0
+}
