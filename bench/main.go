@@ -39,6 +39,7 @@ type bench struct {
 	loadSec    int
 	tpsSec     int
 	tpsClients int
+	tpsWarm    int
 	only       map[string]bool
 	verbose    bool
 
@@ -77,6 +78,7 @@ func run() int {
 	flag.IntVar(&b.loadSec, "load-seconds", 30, "pgbench (TPC-B) load before each incremental backup, in seconds")
 	flag.IntVar(&b.tpsSec, "tps-seconds", 15, "length of each timed pgbench -S run")
 	flag.IntVar(&b.tpsClients, "tps-clients", 2, "pgbench -S clients (and threads)")
+	flag.IntVar(&b.tpsWarm, "tps-warm-seconds", 30, "untimed pgbench -S on each server before the timed runs")
 	flag.IntVar(&major, "pg-major", 0, "PostgreSQL major to provision, 17 or 18 (default: $PG_MAJOR, else 17)")
 	flag.StringVar(&jsonPath, "json", "", "write the results as JSON to `PATH` (default bench/results.json in the module)")
 	flag.StringVar(&workdir, "workdir", "", "keep the chain in this in-root `DIR` and reuse it on the next run with the same settings (default: a fresh directory, removed at the end)")
@@ -196,7 +198,7 @@ func (b *bench) main(t *benchTB, mod, workdir string) {
 	}
 	b.res.Machine = machineInfo(b.e)
 	b.res.Settings = map[string]any{"scale": b.scale, "runs": b.runs, "load_seconds": b.loadSec,
-		"tps_seconds": b.tpsSec, "tps_clients": b.tpsClients, "drop_caches": b.canDrop}
+		"tps_seconds": b.tpsSec, "tps_clients": b.tpsClients, "tps_warm_seconds": b.tpsWarm, "drop_caches": b.canDrop}
 	b.res.Started = time.Now().UTC().Format(time.RFC3339)
 	b.installBinary(t, mod)
 	b.res.Combinefs = b.version
