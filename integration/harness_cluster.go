@@ -345,17 +345,62 @@ func (c *Cluster) signalAndWait(sig syscall.Signal, d time.Duration) bool {
 	}
 }
 
-// waitGroupGone waits until no live process is left in the postmaster's
-// process group (its backends), reporting whether that happened within d.
+// waitGroupGone waits until no process of the server is left, reporting
+// whether that happened within d: none in the postmaster's process group,
+// and none attached to its shared memory. Each backend makes itself a
+// group leader (setsid in InitPostmasterChild), so after a kill -9 only the
+// shared memory segment shows the backends still exiting; a restart while
+// one is attached fails with "pre-existing shared memory block is still in
+// use".
 func (c *Cluster) waitGroupGone(d time.Duration) bool {
 	deadline := time.Now().Add(d)
-	for GroupAlive(c.PID()) {
+	shmid := c.shmID()
+	for GroupAlive(c.PID()) || (shmid >= 0 && shmAttached(shmid)) {
 		if time.Now().After(deadline) {
 			return false
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	return true
+}
+
+// shmID is the System V shared memory id recorded in postmaster.pid, -1 if
+// there is none (the file is removed by a clean shutdown).
+func (c *Cluster) shmID() int {
+	b, err := os.ReadFile(c.Host(path.Join(c.DataDir, "postmaster.pid")))
+	if err != nil {
+		return -1
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) < 7 {
+		return -1
+	}
+	// Line 7: "KEY ID" of the segment.
+	f := strings.Fields(lines[6])
+	if len(f) != 2 {
+		return -1
+	}
+	id, err := strconv.Atoi(f[1])
+	if err != nil {
+		return -1
+	}
+	return id
+}
+
+// shmAttached reports whether a process still has segment shmid attached.
+func shmAttached(shmid int) bool {
+	b, err := os.ReadFile("/proc/sysvipc/shm")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		// key shmid perms size cpid lpid nattch ...
+		f := strings.Fields(l)
+		if len(f) >= 7 && f[1] == strconv.Itoa(shmid) {
+			return f[6] != "0"
+		}
+	}
+	return false
 }
 
 // shutdown is the cleanup: fast, then immediate, then SIGKILL of the whole

@@ -76,8 +76,12 @@ func TestHarnessCluster(t *testing.T) {
 	c.Psql(t, "postgres", "CREATE TABLE t (id int); SET synchronous_commit = on; INSERT INTO t VALUES (1), (2);")
 	want := c.Snapshot(t)
 	pid := c.PID()
+	shmid := c.shmID()
+	if shmid < 0 || !shmAttached(shmid) {
+		t.Fatalf("running server: shared memory id %d from postmaster.pid is not attached", shmid)
+	}
 	c.Kill9(t)
-	if c.Running() || GroupAlive(pid) {
+	if c.Running() || GroupAlive(pid) || shmAttached(shmid) {
 		t.Fatal("server or backends still alive after Kill9")
 	}
 	c.Start(t)
