@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -113,7 +114,7 @@ func (s *server) logTail() string {
 }
 
 // stop: fast shutdown, then immediate, then SIGKILL of the process group;
-// it returns once no process of the group is left.
+// it returns once no process of the server is left.
 func (s *server) stop(t *benchTB) {
 	if s.pid == 0 {
 		return
@@ -138,11 +139,7 @@ func (s *server) stop(t *benchTB) {
 			break
 		}
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for integration.GroupAlive(s.pid) && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if integration.GroupAlive(s.pid) {
+	if !integration.WaitServerGone(s.pid, s.e.Host(path.Join(s.dataDir, "postmaster.pid")), 30*time.Second) {
 		syscall.Kill(-s.pid, syscall.SIGKILL)
 	}
 	s.pid = 0

@@ -238,7 +238,7 @@ func (c *Cluster) start() (string, error) {
 // pidFileStatus reads the status line of postmaster.pid if the file belongs
 // to our postmaster (a killed server leaves a stale one saying "ready").
 func (c *Cluster) pidFileStatus() string {
-	b, err := os.ReadFile(c.Host(path.Join(c.DataDir, "postmaster.pid")))
+	b, err := os.ReadFile(c.pidFile())
 	if err != nil {
 		return ""
 	}
@@ -346,16 +346,29 @@ func (c *Cluster) signalAndWait(sig syscall.Signal, d time.Duration) bool {
 }
 
 // waitGroupGone waits until no process of the server is left, reporting
-// whether that happened within d: none in the postmaster's process group,
-// and none attached to its shared memory. Each backend makes itself a
+// whether that happened within d (see WaitServerGone).
+func (c *Cluster) waitGroupGone(d time.Duration) bool {
+	return WaitServerGone(c.PID(), c.pidFile(), d)
+}
+
+func (c *Cluster) pidFile() string { return c.Host(path.Join(c.DataDir, "postmaster.pid")) }
+
+// shmID is the System V shared memory id recorded in the server's
+// postmaster.pid (see shmIDOf).
+func (c *Cluster) shmID() int { return shmIDOf(c.pidFile()) }
+
+// WaitServerGone waits until no process of the server whose postmaster was
+// pid is left, reporting whether that happened within d: none in the
+// postmaster's process group, and none attached to the shared memory named
+// in pidFile (its postmaster.pid, host path). Each backend makes itself a
 // group leader (setsid in InitPostmasterChild), so after a kill -9 only the
 // shared memory segment shows the backends still exiting; a restart while
 // one is attached fails with "pre-existing shared memory block is still in
-// use".
-func (c *Cluster) waitGroupGone(d time.Duration) bool {
+// use", and an unmount finds the mount busy.
+func WaitServerGone(pid int, pidFile string, d time.Duration) bool {
 	deadline := time.Now().Add(d)
-	shmid := c.shmID()
-	for GroupAlive(c.PID()) || (shmid >= 0 && shmAttached(shmid)) {
+	shmid := shmIDOf(pidFile)
+	for GroupAlive(pid) || (shmid >= 0 && shmAttached(shmid)) {
 		if time.Now().After(deadline) {
 			return false
 		}
@@ -364,10 +377,10 @@ func (c *Cluster) waitGroupGone(d time.Duration) bool {
 	return true
 }
 
-// shmID is the System V shared memory id recorded in postmaster.pid, -1 if
-// there is none (the file is removed by a clean shutdown).
-func (c *Cluster) shmID() int {
-	b, err := os.ReadFile(c.Host(path.Join(c.DataDir, "postmaster.pid")))
+// shmIDOf is the System V shared memory id recorded in a postmaster.pid, -1
+// if there is none (the file is removed by a clean shutdown).
+func shmIDOf(pidFile string) int {
+	b, err := os.ReadFile(pidFile)
 	if err != nil {
 		return -1
 	}
