@@ -202,12 +202,6 @@ func (s *sources) readSpan(src *source, idx []int) error {
 		}
 		return err
 	}
-	// The blocks now live in the block cache and, once returned, in the
-	// kernel's cache of the mounted file: keeping the backup file's pages
-	// too would hold the data twice and push the mounted files out of
-	// memory on a database near the size of RAM. (Gap blocks are superseded
-	// by newer backups: this point never needs them.)
-	unix.Fadvise(int(src.f.Fd()), first*format.BlockSize, int64(want), unix.FADV_DONTNEED)
 	for i, k := range idx {
 		blk := buf[i*format.BlockSize : (i+1)*format.BlockSize : (i+1)*format.BlockSize]
 		s.cache.Add(cache.Key{Source: src.id, Block: src.need[k]}, blk)
