@@ -81,6 +81,11 @@ func (n *cowNode) state() (*fileState, syscall.Errno) {
 		return n.st, 0
 	}
 	st, err := n.load()
+	if errors.Is(err, os.ErrNotExist) {
+		// Unlinked before anything opened it; the kernel still sets the
+		// times of such files when it evicts them (writeback cache).
+		return nil, syscall.ENOENT
+	}
 	if err != nil {
 		n.c.m.logf("load %s: %v", n.Path(nil), err)
 		n.c.m.stats.ioErrors.Add(1)
@@ -295,9 +300,9 @@ func (c *cowFS) readLower(le *lowerEntry, dest []byte, off int64) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		m, err := f.ReadAt(dest[:n], off)
+		m, err := readFull(f, dest[:n], off)
 		if int64(m) < n {
-			if err == nil || err == io.EOF {
+			if err == nil {
 				err = fmt.Errorf("%s: short read", plan.WholeSrc)
 			}
 			return m, err
@@ -401,7 +406,7 @@ func (n *cowNode) readAt(dest []byte, off int64) (fuse.ReadResult, syscall.Errno
 				// Reconstructed: straight from the block cache.
 				size := le.file.Size()
 				if off >= size {
-					return fuse.ReadResultData(nil), 0
+					return bytesResult(nil), 0
 				}
 				vecs, err := n.c.m.src.appendRange(nil, plan, off, min(int64(len(dest)), size-off))
 				if err != nil {
@@ -414,17 +419,17 @@ func (n *cowNode) readAt(dest []byte, off int64) (fuse.ReadResult, syscall.Errno
 		if err != nil {
 			return nil, n.readErr(err, off)
 		}
-		return fuse.ReadResultData(dest[:m]), 0
+		return bytesResult(dest[:m]), 0
 	case kindWhole:
 		m, err := st.fd.ReadAt(dest, off)
 		if err != nil && err != io.EOF {
 			return nil, n.readErr(err, off)
 		}
-		return fuse.ReadResultData(dest[:m]), 0
+		return bytesResult(dest[:m]), 0
 	}
 	// Overlay: runs of upper blocks, lower blocks and zeros.
 	if off >= st.size {
-		return fuse.ReadResultData(nil), 0
+		return bytesResult(nil), 0
 	}
 	end := min(off+int64(len(dest)), st.size)
 	for pos := off; pos < end; {
@@ -457,7 +462,7 @@ func (n *cowNode) readAt(dest []byte, off int64) (fuse.ReadResult, syscall.Errno
 		}
 		pos = runEnd
 	}
-	return fuse.ReadResultData(dest[:end-off]), 0
+	return bytesResult(dest[:end-off]), 0
 }
 
 // toErrno is the errno the kernel gets for err: the one a system call
@@ -604,12 +609,13 @@ func (n *cowNode) newHandle() (gofs.FileHandle, uint32) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st := n.st
-	if st.kind == kindWhole && st.cachedOpens == 0 && !n.c.m.opts.NoPassthrough {
+	passthrough := !n.c.m.opts.NoPassthrough && !n.c.m.opts.WritebackCache
+	if st.kind == kindWhole && st.cachedOpens == 0 && passthrough {
 		n.c.m.stats.wholeOpens.Add(1)
 		return &cowHandle{n: n, passthrough: true}, 0
 	}
 	st.cachedOpens++
-	if st.kind == kindWhole {
+	if st.kind == kindWhole && passthrough {
 		// Its data may have changed behind the page cache (passthrough).
 		return &cowHandle{n: n}, 0
 	}

@@ -98,11 +98,15 @@ func TestCoW(t *testing.T) {
 		t.Fatalf("base/5/16388 is %d bytes", sz)
 	}
 
-	for _, passthrough := range []bool{true, false} {
+	// Writes reach us one by one (passthrough, direct) or in batches from
+	// the kernel's page cache (writeback).
+	for _, mode := range []string{"passthrough", "direct", "writeback"} {
+		passthrough := mode == "passthrough"
 		for _, sc := range cowScenarios() {
-			t.Run(fmt.Sprintf("%s/passthrough=%v", sc.name, passthrough), func(t *testing.T) {
+			t.Run(sc.name+"/"+mode, func(t *testing.T) {
 				upper := filepath.Join(t.TempDir(), "upper")
-				opts := fusefs.Options{UID: testUID, GID: testGID, NoPassthrough: !passthrough}
+				opts := fusefs.Options{UID: testUID, GID: testGID, NoPassthrough: mode == "direct", WritebackCache: mode == "writeback"}
+				opts.Log = func(msg string) { t.Log(msg) }
 				mt := mountCoW(t, "", p, upper, opts)
 				m := initial.clone()
 				sc.run(t, mt.dir, m)
@@ -118,7 +122,7 @@ func TestCoW(t *testing.T) {
 				// Files wholly in the upper directory are offered to the
 				// kernel for passthrough, unless the mount says not to.
 				if !passthrough && st.PassthroughOpens != 0 {
-					t.Errorf("NoPassthrough mount made %d passthrough opens", st.PassthroughOpens)
+					t.Errorf("%s mount made %d passthrough opens", mode, st.PassthroughOpens)
 				}
 				if sc.name == "partial-writes" && st.BlocksWritten == 0 {
 					t.Errorf("block writes to overlays are not counted: %+v", st)

@@ -30,7 +30,13 @@ type Options struct {
 	// NoPassthrough serves whole files through the daemon even where the
 	// kernel could read them directly (for measurements and old kernels).
 	NoPassthrough bool
-	Debug         bool
+	// WritebackCache (copy-on-write mounts) lets the kernel keep writes in
+	// its page cache and send them in batches, as for a local file system,
+	// instead of holding the writer for a round trip to us per write. The
+	// kernel offers no passthrough with it, so files wholly in the upper
+	// directory are then served through us too.
+	WritebackCache bool
+	Debug          bool
 	// Log receives read errors and other events worth a line.
 	Log func(msg string)
 	// FsName is shown by mount(8) and df.
@@ -171,6 +177,8 @@ func (m *Mount) mountOptions(readOnly bool) fuse.MountOptions {
 	}
 	if readOnly {
 		o.Options = append(o.Options, "ro")
+	} else if m.opts.WritebackCache {
+		o.ExtraCapabilities |= fuse.CAP_WRITEBACK_CACHE
 	}
 	if m.opts.DefaultPermissions {
 		o.Options = append(o.Options, "default_permissions")

@@ -3,7 +3,6 @@ package fusefs
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"syscall"
 	"time"
@@ -188,9 +187,10 @@ func (h *wholeHandle) PassthroughFd() (int, bool) {
 }
 
 func (h *wholeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	n, err := h.src.ReadAt(dest, off)
-	if want := min(int64(len(dest)), max(h.size-off, 0)); int64(n) < want {
-		if err == nil || err == io.EOF {
+	want := min(int64(len(dest)), max(h.size-off, 0))
+	n, err := readFull(h.src, dest[:want], off)
+	if int64(n) < want {
+		if err == nil {
 			err = fmt.Errorf("short read: %d of %d bytes", n, want)
 		}
 		h.m.logf("read %s at %d: %v", h.src.Name(), off, err)
@@ -199,7 +199,7 @@ func (h *wholeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 	}
 	n = int(min(int64(n), max(h.size-off, 0)))
 	h.m.stats.bytesServed.Add(uint64(n))
-	return fuse.ReadResultData(dest[:n]), 0
+	return bytesResult(dest[:n]), 0
 }
 
 func (h *wholeHandle) Release(ctx context.Context) syscall.Errno {
@@ -217,7 +217,7 @@ type reconHandle struct {
 func (h *reconHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	size := h.f.Size()
 	if off >= size {
-		return fuse.ReadResultData(nil), 0
+		return bytesResult(nil), 0
 	}
 	n := min(int64(len(dest)), size-off)
 	vecs, err := h.m.src.appendRange(make([][]byte, 0, n/8192+2), h.plan, off, n)
@@ -244,7 +244,7 @@ func (l *labelFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint
 
 func (l *labelFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	if off >= int64(len(l.data)) {
-		return fuse.ReadResultData(nil), 0
+		return bytesResult(nil), 0
 	}
-	return fuse.ReadResultData(l.data[off:min(int64(len(l.data)), off+int64(len(dest)))]), 0
+	return bytesResult(l.data[off:min(int64(len(l.data)), off+int64(len(dest)))]), 0
 }

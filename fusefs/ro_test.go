@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -833,4 +834,96 @@ func TestReadOnlyMountOptions(t *testing.T) {
 	if isMounted(m.dir) {
 		t.Errorf("%s still mounted", m.dir)
 	}
+}
+
+// TestBackupPagesNotKept reads every file of a mount and checks that the
+// backup files' pages did not stay in the page cache: the data is held by
+// the mounted files' pages, and a second copy would halve what fits in
+// memory. Needs RWF_DONTCACHE (Linux 6.14+ on ext4, xfs, btrfs).
+func TestBackupPagesNotKept(t *testing.T) {
+	requireFUSE(t)
+	s := buildSynth(t, 5, 4, 64)
+	p := openPoint(t, s.dirs)
+	probe := filepath.Join(s.dirs[0], "backup_manifest")
+	if f, err := os.Open(probe); err == nil {
+		_, err = unix.Preadv2(int(f.Fd()), [][]byte{make([]byte, 512)}, 0, unix.RWF_DONTCACHE)
+		f.Close()
+		if err != nil {
+			t.Skipf("this kernel or file system has no uncached reads (RWF_DONTCACHE): %v", err)
+		}
+	}
+	m := mountRO(t, p, fusefs.Options{UID: testUID, GID: testGID, NoPassthrough: true, CacheBytes: 256 << 10})
+	// Start from nothing cached (what the test wrote and the mount read
+	// while opening the chain).
+	backups := map[string]int64{} // file -> where its block data starts
+	filepath.WalkDir(s.c.Root, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			f, err := os.Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			backups[path] = 0
+			if strings.HasPrefix(d.Name(), "INCREMENTAL.") {
+				fi, _ := f.Stat()
+				inc, err := format.ParseIncremental(f, fi.Size(), path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// Opening the chain reads the header, and the kernel's
+				// readahead the block after it.
+				backups[path] = inc.BlockOffset(min(1, len(inc.Blocks)))
+			}
+			f.Sync()
+			unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+			f.Close()
+		}
+		return nil
+	})
+	if got := residentBytes(t, backups); got != 0 {
+		t.Fatalf("%d bytes of the backups still cached after dropping them", got)
+	}
+	checkWholeReads(t, s, m.dir)
+	st := m.Stats()
+	if st.SourceBytes < 1<<20 {
+		t.Fatalf("reading every file read only %d bytes from the backups", st.SourceBytes)
+	}
+	got := residentBytes(t, backups)
+	t.Logf("read %d bytes of the backups through the mount; %d bytes of their block data stayed cached", st.SourceBytes, got)
+	if got > int64(st.SourceBytes)/50 {
+		t.Errorf("after the mount read %d bytes of the backups, %d bytes of them are cached", st.SourceBytes, got)
+	}
+}
+
+// residentBytes sums the page-cache residency of files (mincore) from the
+// offset given for each (past the header of an INCREMENTAL file, which is
+// read through the cache).
+func residentBytes(t *testing.T, files map[string]int64) int64 {
+	var total int64
+	pg := int64(os.Getpagesize())
+	for path := range files {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, _ := f.Stat()
+		skip := files[path] / pg
+		if fi.Size() > 0 {
+			mem, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+			if err != nil {
+				t.Fatal(err)
+			}
+			vec := make([]byte, (fi.Size()+pg-1)/pg)
+			if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&mem[0])), uintptr(len(mem)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+				t.Fatal(e)
+			}
+			for i, v := range vec {
+				if v&1 != 0 && int64(i) >= skip {
+					total += pg
+				}
+			}
+			unix.Munmap(mem)
+		}
+		f.Close()
+	}
+	return total
 }

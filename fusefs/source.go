@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/combinefs/combinefs/cache"
@@ -38,6 +39,10 @@ func (s *sources) open(path string) (uint32, *os.File, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	// No readahead: reads are merged spans of exactly the blocks needed,
+	// and readahead would bring in (and leave cached, see preadUncached)
+	// blocks that newer backups supersede.
+	unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM)
 	id := uint32(len(s.files))
 	s.ids[path] = id
 	s.files = append(s.files, f)
@@ -193,7 +198,7 @@ func (s *sources) readSpan(src *source, idx []int) error {
 	}
 	first, last := src.need[idx[0]], src.need[idx[len(idx)-1]]
 	want := int(last-first+1) * format.BlockSize
-	m, err := unix.Preadv(int(src.f.Fd()), iov, first*format.BlockSize)
+	m, err := preadUncached(src.f, iov, first*format.BlockSize)
 	s.readCalls.Add(1)
 	s.readBytes.Add(uint64(max(m, 0)))
 	if m < want {
@@ -221,4 +226,52 @@ func extentIndex(p *resolver.Plan, off int64) int {
 		}
 	}
 	return lo
+}
+
+// bytesResult is a read reply from a buffer. go-fuse writes a vector with
+// writev; a plain data result it first tries to splice through a pipe,
+// which fails (and logs) for replies near 1 MiB, the size of our reads.
+func bytesResult(b []byte) fuse.ReadResult {
+	return fuse.ReadResultVector([][]byte{b})
+}
+
+// noDropBehind is set once the kernel refuses RWF_DONTCACHE (before 6.14, or
+// a file system without it).
+var noDropBehind atomic.Bool
+
+// preadUncached reads a backup file without keeping its pages: the data is
+// about to live in the block cache and the kernel's cache of the mounted
+// file, and a third copy would push the mounted files out of memory on a
+// database near the size of RAM. FADV_DONTNEED after the read does not do
+// it: it leaves the large folios that straddle the range's ends, which is
+// nearly all of them for single blocks. RWF_DONTCACHE drops the folios the
+// read brought in once it is done, and leaves those already cached.
+func preadUncached(f *os.File, iov [][]byte, off int64) (int, error) {
+	if !noDropBehind.Load() {
+		n, err := unix.Preadv2(int(f.Fd()), iov, off, unix.RWF_DONTCACHE)
+		if err != unix.EOPNOTSUPP && err != unix.EINVAL {
+			return n, err
+		}
+		noDropBehind.Store(true)
+	}
+	return unix.Preadv(int(f.Fd()), iov, off)
+}
+
+// readFull fills b from f at off, uncached, up to the end of the file.
+func readFull(f *os.File, b []byte, off int64) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := preadUncached(f, [][]byte{b[n:]}, off+int64(n))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		if m == 0 {
+			break
+		}
+		n += m
+	}
+	return n, nil
 }

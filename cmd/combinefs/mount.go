@@ -37,6 +37,7 @@ type mountOptions struct {
 	logFile       string
 	debugFUSE     bool
 	noPassthrough bool
+	writeback     bool
 	cow           string
 }
 
@@ -53,6 +54,7 @@ func (o *mountOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.logFile, "log", "", "append the mount's log to `FILE` (default: stderr; none with --daemon)")
 	f.BoolVar(&o.debugFUSE, "debug-fuse", false, "log every FUSE request")
 	f.BoolVar(&o.noPassthrough, "no-passthrough", false, "serve whole files through combinefs instead of FUSE passthrough")
+	f.BoolVar(&o.writeback, "writeback-cache", true, "with --cow: let the kernel cache writes and send them in batches (no passthrough then)")
 }
 
 func setupMount(f *pflag.FlagSet) func(ctx context.Context, args []string) error {
@@ -161,7 +163,7 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	}
 	fopts := fusefs.Options{
 		UID: uid, GID: gid, AllowOther: o.allowOther, DefaultPermissions: o.defaultPerms,
-		CacheBytes: cacheBytes, NoPassthrough: o.noPassthrough, Debug: o.debugFUSE,
+		CacheBytes: cacheBytes, NoPassthrough: o.noPassthrough, WritebackCache: o.writeback, Debug: o.debugFUSE,
 		Log:    func(msg string) { lg.Print(msg) },
 		FsName: "combinefs:" + filepath.Base(chain.Final().Dir),
 	}
