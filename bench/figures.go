@@ -392,6 +392,9 @@ func (b *bench) figTPS(t *benchTB) {
 	refSrv := startServer(t, b.e, ref, map[string]string{"recovery_init_sync_method": "syncfs"})
 	refSrv.waitReady(t, 30*time.Minute)
 	b.progressf(t, "pgbench -S: warming both servers (read every file, then %d s of pgbench -S each)", b.tpsWarm)
+	// Both sides start from the same page cache: what earlier figures and
+	// the chain's build left there must not decide whose pages stay.
+	b.settle(t, true)
 	prewarm(b.e.Host(m.dir))
 	prewarm(b.e.Host(ref))
 	c := strconv.Itoa(b.tpsClients)
