@@ -237,6 +237,10 @@ func MountCoW(dir string, p *resolver.Point, upperDir string, opts Options) (*Mo
 	if err != nil {
 		return nil, err
 	}
+	if opts.WritebackCache {
+		// The kernel offers no passthrough alongside the writeback cache.
+		opts.NoPassthrough = true
+	}
 	m := newMount(dir, p, opts)
 	m.onRelease = up.close
 	c := newCowFS(m, up)

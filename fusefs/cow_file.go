@@ -609,7 +609,7 @@ func (n *cowNode) newHandle() (gofs.FileHandle, uint32) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st := n.st
-	passthrough := !n.c.m.opts.NoPassthrough && !n.c.m.opts.WritebackCache
+	passthrough := !n.c.m.opts.NoPassthrough
 	if st.kind == kindWhole && st.cachedOpens == 0 && passthrough {
 		n.c.m.stats.wholeOpens.Add(1)
 		return &cowHandle{n: n, passthrough: true}, 0

@@ -33,8 +33,7 @@ type Options struct {
 	// WritebackCache (copy-on-write mounts) lets the kernel keep writes in
 	// its page cache and send them in batches, as for a local file system,
 	// instead of holding the writer for a round trip to us per write. The
-	// kernel offers no passthrough with it, so files wholly in the upper
-	// directory are then served through us too.
+	// kernel offers no passthrough with it, so it implies NoPassthrough.
 	WritebackCache bool
 	Debug          bool
 	// Log receives read errors and other events worth a line.

@@ -197,7 +197,6 @@ func (h *wholeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 		h.m.stats.ioErrors.Add(1)
 		return nil, syscall.EIO
 	}
-	n = int(min(int64(n), max(h.size-off, 0)))
 	h.m.stats.bytesServed.Add(uint64(n))
 	return bytesResult(dest[:n]), 0
 }

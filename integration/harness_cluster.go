@@ -238,11 +238,7 @@ func (c *Cluster) start() (string, error) {
 // pidFileStatus reads the status line of postmaster.pid if the file belongs
 // to our postmaster (a killed server leaves a stale one saying "ready").
 func (c *Cluster) pidFileStatus() string {
-	b, err := os.ReadFile(c.pidFile())
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(string(b), "\n")
+	lines := pidFileLines(c.pidFile())
 	if len(lines) < 8 || strings.TrimSpace(lines[0]) != strconv.Itoa(c.PID()) {
 		return ""
 	}
@@ -380,11 +376,7 @@ func WaitServerGone(pid int, pidFile string, d time.Duration) bool {
 // shmIDOf is the System V shared memory id recorded in a postmaster.pid, -1
 // if there is none (the file is removed by a clean shutdown).
 func shmIDOf(pidFile string) int {
-	b, err := os.ReadFile(pidFile)
-	if err != nil {
-		return -1
-	}
-	lines := strings.Split(string(b), "\n")
+	lines := pidFileLines(pidFile)
 	if len(lines) < 7 {
 		return -1
 	}
@@ -398,6 +390,15 @@ func shmIDOf(pidFile string) int {
 		return -1
 	}
 	return id
+}
+
+// pidFileLines is the lines of a postmaster.pid, none if it cannot be read.
+func pidFileLines(pidFile string) []string {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return nil
+	}
+	return strings.Split(string(b), "\n")
 }
 
 // shmAttached reports whether a process still has segment shmid attached.
