@@ -1,13 +1,16 @@
 package capture
 
 import (
+	"bufio"
 	"context"
+	"io"
 	"fmt"
 	"net/url"
 	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // ConnConfig builds a replication connection config from a libpq connection
@@ -40,7 +43,19 @@ func ConnConfig(connString, host, port, user string) (*pgconn.Config, error) {
 	if _, ok := cfg.RuntimeParams["application_name"]; !ok {
 		cfg.RuntimeParams["application_name"] = "combinefs"
 	}
+	cfg.BuildFrontend = bufferedFrontend
 	return cfg, nil
+}
+
+// socketBuffer is how much one read of the connection may take.
+const socketBuffer = 256 << 10
+
+// bufferedFrontend puts a buffer under pgconn's message reader, which reads
+// the socket through an 8 kB buffer of its own: a 6 GB backup in 32 kB
+// CopyData messages took 390k reads of 16 kB where pg_basebackup made 208k
+// of 29 kB.
+func bufferedFrontend(r io.Reader, w io.Writer) *pgproto3.Frontend {
+	return pgproto3.NewFrontend(bufio.NewReaderSize(r, socketBuffer), w)
 }
 
 // mergeConnString adds settings to a connection string in either of its two
