@@ -88,7 +88,7 @@ func (b *bench) figCapture(t *benchTB) {
 			}
 		}
 		b.progressf(t, "capture %s vs pg_basebackup (%d runs each, plus A/A)", kind, b.runs)
-		spec := figSpec{id: "capture-" + kind, name: "capture " + kind + " (time)", unit: "s", cold: true,
+		spec := figSpec{id: "capture-" + kind, name: "capture " + kind + " (time)", unit: "s", cold: true, warmup: true,
 			target: "at least as fast as pg_basebackup (ratio >= 1)", targetMet: ratioAtLeast(1)}
 		var rss *figSpec
 		if kind == "full" {
@@ -137,7 +137,7 @@ func (b *bench) figFlatten(t *benchTB) {
 			}
 		}
 		b.progressf(t, "flatten --%s vs pg_combinebackup --%s (%d runs each, plus A/A)", mode, mode, b.runs)
-		spec := figSpec{id: "flatten-" + mode, name: "flatten --" + mode + " (time)", unit: "s", cold: true,
+		spec := figSpec{id: "flatten-" + mode, name: "flatten --" + mode + " (time)", unit: "s", cold: true, warmup: true,
 			target: "faster than pg_combinebackup at >= 1.5 GB (ratio > 1)", targetMet: ratioAbove(1)}
 		var rss *figSpec
 		if mode == "copy" {

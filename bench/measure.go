@@ -32,7 +32,11 @@ type figSpec struct {
 	unit     string // "s", "MB/s", "TPS", "MiB"
 	higher   bool   // a higher value is better (rates); else lower (times, memory)
 	cold     bool   // drop the page cache before each timed run
-	target   string // quoted from the issues
+	// warmup runs each side once, untimed, before the timed runs: the first
+	// timed capture of a figure was the slowest of its six in three runs
+	// out of three (1.4x to 2x the median), and the first run is ours.
+	warmup bool
+	target string // quoted from the issues
 	// targetMet decides from the ratio whether the target is met; nil: no target.
 	targetMet func(f *Figure) bool
 }
@@ -124,6 +128,19 @@ func (b *bench) compare(t *benchTB, spec figSpec, ours, ref *variant, rss *figSp
 			t.Logf("%s %s run %d: %.4g %s", spec.id, name, run, s.v, spec.unit)
 			*into = append(*into, s)
 		})
+	}
+	if spec.warmup {
+		var discard []sample
+		for _, v := range []*variant{ref, ours} {
+			if v == nil {
+				continue
+			}
+			if err := do("warm-up", v, 0, &discard); err != nil {
+				fig.errorf("warm-up: %v", firstLine(err.Error()))
+				fig.ElapsedSec = time.Since(start).Seconds()
+				return fig, nil
+			}
+		}
 	}
 	for r := 0; r < b.runs; r++ {
 		type step struct {
