@@ -3,8 +3,8 @@ package capture
 import (
 	"bufio"
 	"context"
-	"io"
 	"fmt"
+	"io"
 	"net/url"
 	"strconv"
 	"strings"

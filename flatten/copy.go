@@ -32,7 +32,18 @@ func (m CopyMethod) String() string {
 
 const copyChunk = 1 << 20
 
+// bufPool holds the 1 MiB buffers of copies, windows and assemblers. Taken
+// fresh for every file they made garbage at the copy rate, and the heap,
+// collected only as it doubled, kept growing with the size of the backup.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, copyChunk); return &b }}
+
+// getBuf returns a pooled buffer of copyChunk bytes; putBuf gives it back.
+func getBuf() []byte { return *bufPool.Get().(*[]byte) }
+
+func putBuf(b []byte) {
+	b = b[:cap(b)]
+	bufPool.Put(&b)
+}
 
 // zeros is written for runs no backup supplies (pg_combinebackup writes zero
 // blocks rather than leaving holes, so the output is fully allocated).
@@ -190,11 +201,15 @@ func writeReconstructed(plan *resolver.Plan, dst string, mode os.FileMode, m Cop
 	if err != nil {
 		return err
 	}
-	w := &assembler{out: out, h: h, buf: make([]byte, 0, chunkSize)}
+	w := &assembler{out: out, h: h, buf: getBuf()[:0]}
 	srcs := map[string]*window{}
 	defer func() {
+		putBuf(w.buf)
 		for _, s := range srcs {
 			s.f.Close()
+			if cap(s.buf) > 0 {
+				putBuf(s.buf)
+			}
 		}
 	}()
 	fail := func(err error) error {
@@ -252,8 +267,8 @@ func writeReconstructed(plan *resolver.Plan, dst string, mode os.FileMode, m Cop
 }
 
 const (
-	windowSize = 1 << 20
-	chunkSize  = 1 << 20
+	windowSize = copyChunk
+	chunkSize  = copyChunk
 )
 
 // window reads a source file forward in windowSize pieces.
@@ -271,7 +286,7 @@ func (w *window) get(off, n int64) ([]byte, error) {
 		return b[:min(int64(len(b)), n)], nil
 	}
 	if cap(w.buf) == 0 {
-		w.buf = make([]byte, windowSize)
+		w.buf = getBuf()
 	}
 	w.buf = w.buf[:cap(w.buf)]
 	m, err := w.f.ReadAt(w.buf, off)

@@ -108,6 +108,7 @@ type job struct {
 	size     int64
 	mtime    time.Time
 	reusable bool
+	whole    bool // copied whole from one backup (for Result)
 }
 
 type target struct {
@@ -280,7 +281,7 @@ func Run(ctx context.Context, p *resolver.Point, opts Options) (res Result, err 
 		res.Files++
 		res.Bytes += j.file.Size()
 		if j.file.Incremental() {
-			if pl, _ := j.file.Plan(); pl != nil && pl.Whole {
+			if j.whole {
 				res.WholeFromOlder++
 			} else {
 				res.Reconstructed++
@@ -333,10 +334,11 @@ func Run(ctx context.Context, p *resolver.Point, opts Options) (res Result, err 
 
 // write produces one output file and records what its manifest entry needs.
 func (j *job) write(p *resolver.Point, opts Options, logf func(Level, string, ...any)) error {
-	plan, err := j.file.Plan()
+	plan, err := j.file.Resolve()
 	if err != nil {
 		return err
 	}
+	j.whole = plan.Whole
 	algo := opts.ManifestChecksums
 	if j.noSum {
 		algo = format.ChecksumNone

@@ -67,6 +67,13 @@ func (f *File) Plan() (*Plan, error) {
 	return f.plan, f.err
 }
 
+// Resolve is Plan without keeping the result, for a reader that needs each
+// file's plan once (flatten): kept, the plans of a whole point grow with the
+// size of the database.
+func (f *File) Resolve() (*Plan, error) {
+	return f.resolve()
+}
+
 func (f *File) resolve() (*Plan, error) {
 	last := len(f.chain.Backups) - 1
 	if f.inc == nil {
