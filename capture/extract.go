@@ -233,7 +233,7 @@ func (x *extractor) addDir(dir string) {
 func (x *extractor) untar(r io.Reader, dir string, main bool) error {
 	src := &eofReader{r: r}
 	tr := tar.NewReader(src)
-	buf := make([]byte, 1<<20)
+	buf := make([]byte, writeSize)
 	links := map[string]bool{} // symlinks made, which no entry may pass through
 	madeDir := ""              // the last parent directory known to exist
 	for {
@@ -428,10 +428,15 @@ type chunkQueue struct {
 	closed bool
 }
 
+// Hand-overs and file writes are small enough to stay in the CPU's cache
+// between the copy that fills them and write(2), which reads them: with
+// 1 MiB for both, a 6 GB capture took 12.5 s of CPU (the kernel's copy into
+// the page cache alone twice pg_basebackup's), with 128 kB 7.5 s.
 const (
-	chunkSize  = 1 << 20              // the size of a hand-over
-	queueLen   = 8                    // hand-overs that may wait
+	chunkSize  = 128 << 10            // the size of a hand-over
+	queueLen   = 32                   // hand-overs that may wait
 	flushDelay = 2 * time.Millisecond // how long a partial chunk may wait
+	writeSize  = 128 << 10            // the largest write(2) of file data
 )
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, 0, chunkSize); return &b }}
