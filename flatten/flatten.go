@@ -345,21 +345,11 @@ func (j *job) write(p *resolver.Point, opts Options, logf func(Level, string, ..
 	}
 	// Reuse the checksum of a whole copy from the manifest of the backup it
 	// comes from, as pg_combinebackup does.
-	if plan.Whole && algo != format.ChecksumNone {
-		b := p.Chain.Backups[plan.WholeLayer]
-		if b.Manifest != nil {
-			if mf, ok := b.Manifest.Lookup(j.path); !ok {
-				mp := filepath.Join(b.Dir, "backup_manifest")
-				if plan.WholeLayer == len(p.Chain.Backups)-1 || p.Chain.Major >= 18 {
-					logf(Warning, "manifest file %q contains no entry for file %q", mp, j.path)
-				} else {
-					logf(Warning, "%q contains no entry for %q", mp, j.path)
-				}
-			} else if mf.Algorithm == algo {
-				j.sum = mf.Checksum
-				algo = format.ChecksumNone
-			}
-		}
+	if sum, warn := p.WholeChecksum(j.path, plan, algo); sum != nil {
+		j.sum = sum
+		algo = format.ChecksumNone
+	} else if warn != "" {
+		logf(Warning, "%s", warn)
 	}
 	if opts.DryRun {
 		return nil

@@ -36,6 +36,7 @@ type lowerEntry struct {
 	dir   bool
 	file  *resolver.File // a file of the chain
 	label []byte         // or the rewritten backup_label
+	man   *manifest      // or the point's backup_manifest
 	link  string         // or a tablespace symlink's target
 	mtime time.Time
 	names []string // a directory's children
@@ -44,6 +45,9 @@ type lowerEntry struct {
 func (le *lowerEntry) size() int64 {
 	if le.file != nil {
 		return le.file.Size()
+	}
+	if le.man != nil {
+		return le.man.size
 	}
 	return int64(len(le.label))
 }
@@ -81,6 +85,10 @@ func newCowFS(m *Mount, up *upper) *cowFS {
 	root := add("", p.Root)
 	c.lower["backup_label"] = &lowerEntry{rel: "backup_label", label: p.Label, mtime: p.Root.ModTime}
 	root.names = append(root.names, "backup_label")
+	if man := newManifest(m, p); man != nil {
+		c.lower["backup_manifest"] = &lowerEntry{rel: "backup_manifest", man: man, mtime: man.mtime}
+		root.names = append(root.names, "backup_manifest")
+	}
 	// Tablespaces as in the read-only mount (see TablespaceDir).
 	if len(p.Tablespaces) > 0 {
 		tblspc := c.lower["pg_tblspc"]

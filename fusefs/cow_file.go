@@ -266,7 +266,14 @@ func (n *cowNode) stateNS() (*fileState, syscall.Errno) {
 // copyLower writes all of a lower file to f.
 func (c *cowFS) copyLower(le *lowerEntry, f *os.File) error {
 	if le.file == nil {
-		_, err := f.Write(le.label)
+		data := le.label
+		if le.man != nil {
+			var err error
+			if data, err = le.man.content(); err != nil {
+				return err
+			}
+		}
+		_, err := f.Write(data)
 		return err
 	}
 	r, err := le.file.Open()
@@ -281,10 +288,17 @@ func (c *cowFS) copyLower(le *lowerEntry, f *os.File) error {
 // readLower fills dest from a lower file at off, returning the byte count.
 func (c *cowFS) readLower(le *lowerEntry, dest []byte, off int64) (int, error) {
 	if le.file == nil {
-		if off >= int64(len(le.label)) {
+		data := le.label
+		if le.man != nil {
+			var err error
+			if data, err = le.man.content(); err != nil {
+				return 0, err
+			}
+		}
+		if off >= int64(len(data)) {
 			return 0, nil
 		}
-		return copy(dest, le.label[off:]), nil
+		return copy(dest, data[off:]), nil
 	}
 	size := le.file.Size()
 	if off >= size {

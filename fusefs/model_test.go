@@ -53,6 +53,11 @@ func pointModel(t *testing.T, p *resolver.Point) model {
 		}
 	}
 	m["backup_label"] = &mnode{data: bytes.Clone(p.Label), perm: p.FileMode}
+	var man bytes.Buffer
+	if err := p.WriteManifest(&man, p.Root.ModTime, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	m["backup_manifest"] = &mnode{data: man.Bytes(), perm: p.FileMode}
 	return m
 }
 

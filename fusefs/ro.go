@@ -79,6 +79,10 @@ func (r *roRoot) OnAdd(ctx context.Context) {
 	add(&r.Inode, p.Root)
 	label := &labelFile{m: r.m, data: p.Label, mtime: p.Root.ModTime}
 	r.AddChild("backup_label", r.NewPersistentInode(ctx, label, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.m.nextIno()}), true)
+	if mf := newManifest(r.m, p); mf != nil {
+		node := &manifestFile{manifest: mf}
+		r.AddChild("backup_manifest", r.NewPersistentInode(ctx, node, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.m.nextIno()}), true)
+	}
 	// Tablespaces live inside the mount, in TablespaceDir, and
 	// pg_tblspc/<oid> is a relative symlink there: everything a server needs
 	// is in the mount, and pg_tblspc holds only symlinks, as recovery wants

@@ -49,6 +49,7 @@ func TestReadOnlySynthetic(t *testing.T) {
 			if st := m.Stats(); st.SourceReads != 0 || st.SourceBytes != 0 || st.Cache.Hits+st.Cache.Misses != 0 || st.WholeOpens+st.ReconOpens != 0 {
 				t.Errorf("listing and stat of the tree read data: %+v", st)
 			}
+			checkROManifest(t, s, p, m.dir)
 
 			t.Run("whole-reads", func(t *testing.T) { checkWholeReads(t, s, m.dir) })
 			t.Run("preads", func(t *testing.T) { checkPreads(t, s, p, m.dir, seed, false) })
@@ -167,8 +168,8 @@ func readResolver(t *testing.T, f *resolver.File) []byte {
 }
 
 // checkROTree compares the mounted tree with the point and the model: names,
-// kinds, sizes, modes, owners and times; backup_label stripped; no
-// backup_manifest.
+// kinds, sizes, modes, owners and times; backup_label stripped;
+// backup_manifest there (its content: checkROManifest).
 func checkROTree(t *testing.T, s *synth, p *resolver.Point, dir string) {
 	t.Helper()
 	dirMode, fileMode := fs.FileMode(0o700), fs.FileMode(0o600)
@@ -182,7 +183,7 @@ func checkROTree(t *testing.T, s *synth, p *resolver.Point, dir string) {
 	// What the mount must hold, from the model: its files, backup_label and
 	// the directories above them (plus those every backup has).
 	// Tablespaces are under fusefs.TablespaceDir, linked from pg_tblspc.
-	wantFiles := map[string]int64{"backup_label": int64(len(s.label))}
+	wantFiles := map[string]int64{"backup_label": int64(len(s.label)), "backup_manifest": -1}
 	wantDirs := map[string]bool{"": true, "base": true, "global": true, "pg_tblspc": true, "pg_wal": true}
 	wantLinks := map[string]string{}
 	for _, ts := range p.Tablespaces {
@@ -237,7 +238,7 @@ func checkROTree(t *testing.T, s *synth, p *resolver.Point, dir string) {
 				t.Errorf("unexpected file %q", rel)
 				return nil
 			}
-			if st.Size != size {
+			if st.Size != size && size >= 0 {
 				t.Errorf("%q: size %d, want %d", rel, st.Size, size)
 			}
 			if perm != fileMode {
@@ -277,9 +278,6 @@ func checkROTree(t *testing.T, s *synth, p *resolver.Point, dir string) {
 			t.Errorf("directory %q is missing from the mount", rel)
 		}
 	}
-	if _, err := os.Lstat(filepath.Join(dir, "backup_manifest")); !os.IsNotExist(err) {
-		t.Errorf("backup_manifest: %v; want it absent", err)
-	}
 	for _, name := range []string{"INCREMENTAL.16385", "base/5/INCREMENTAL.16385"} {
 		if _, err := os.Lstat(filepath.Join(dir, name)); !os.IsNotExist(err) {
 			t.Errorf("%s: %v; want it absent", name, err)
@@ -300,7 +298,7 @@ func checkROTree(t *testing.T, s *synth, p *resolver.Point, dir string) {
 			wantNames = append(wantNames, fmt.Sprintf("%s:%v", c.Name, c.Kind == resolver.KindDir))
 		}
 		if rel == "" {
-			wantNames = append(wantNames, "backup_label:false")
+			wantNames = append(wantNames, "backup_label:false", "backup_manifest:false")
 			if len(p.Tablespaces) > 0 {
 				wantNames = append(wantNames, fusefs.TablespaceDir+":true")
 			}
@@ -926,4 +924,69 @@ func residentBytes(t *testing.T, files map[string]int64) int64 {
 		f.Close()
 	}
 	return total
+}
+
+// checkROManifest reads the mount's backup_manifest: as long as stat said,
+// a valid manifest (its own checksum verified), listing backup_label and
+// then every file of the model with its size and the CRC32C of the model's
+// bytes (none under pg_wal), and the final backup's WAL ranges.
+func checkROManifest(t *testing.T, s *synth, p *resolver.Point, dir string) {
+	t.Helper()
+	name := filepath.Join(dir, "backup_manifest")
+	st, err := os.Stat(name)
+	if err != nil {
+		t.Fatalf("backup_manifest: %v", err)
+	}
+	data, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatalf("backup_manifest: %v", err)
+	}
+	if int64(len(data)) != st.Size() {
+		t.Errorf("backup_manifest: stat says %d bytes, read %d", st.Size(), len(data))
+	}
+	m, err := format.ParseManifest(data, name)
+	if err != nil {
+		t.Fatalf("backup_manifest through the mount: %v", err)
+	}
+	if m.Version != 2 || m.SystemIdentifier != p.Chain.SystemIdentifier {
+		t.Errorf("backup_manifest: version %d, system identifier %d; want 2, %d", m.Version, m.SystemIdentifier, p.Chain.SystemIdentifier)
+	}
+	want := map[string][]byte{"backup_label": s.label}
+	for rel, b := range s.want {
+		want[rel] = b
+	}
+	if len(m.Files) == 0 || m.Files[0].Path != "backup_label" {
+		t.Errorf("backup_manifest does not list backup_label first")
+	}
+	seen := map[string]bool{}
+	for _, f := range m.Files {
+		b, ok := want[f.Path]
+		if !ok || seen[f.Path] {
+			t.Errorf("backup_manifest lists %q: not a file of the point, or twice", f.Path)
+			continue
+		}
+		seen[f.Path] = true
+		if f.Size != int64(len(b)) {
+			t.Errorf("backup_manifest: %q has size %d, want %d", f.Path, f.Size, len(b))
+		}
+		if strings.HasPrefix(f.Path, "pg_wal/") {
+			if f.Algorithm != format.ChecksumNone {
+				t.Errorf("backup_manifest: %q has a %v checksum; pg_wal files have none", f.Path, f.Algorithm)
+			}
+			continue
+		}
+		h := format.ChecksumCRC32C.New()
+		h.Write(b)
+		if f.Algorithm != format.ChecksumCRC32C || !bytes.Equal(f.Checksum, h.Sum(nil)) {
+			t.Errorf("backup_manifest: %q has %v %x, want CRC32C %x", f.Path, f.Algorithm, f.Checksum, h.Sum(nil))
+		}
+	}
+	for rel := range want {
+		if !seen[rel] {
+			t.Errorf("backup_manifest does not list %q", rel)
+		}
+	}
+	if fmt.Sprint(m.WALRanges) != fmt.Sprint(p.Chain.Final().Manifest.WALRanges) {
+		t.Errorf("backup_manifest WAL ranges %v, want the final backup's %v", m.WALRanges, p.Chain.Final().Manifest.WALRanges)
+	}
 }

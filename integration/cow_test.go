@@ -623,7 +623,7 @@ func TestCowPOSIX(t *testing.T) {
 	k := len(ch.Backups) - 1
 	before := fingerprintBackups(t, ch)
 	ref := path.Join(ch.Dir, "ref")
-	ch.Combine(t, k, ref, "--no-manifest", "-N")
+	ch.Combine(t, k, ref, "-N")
 
 	acc := ch.Cluster.Psql(t, "postgres", "SELECT pg_relation_filepath('pgbench_accounts')")
 	pkey := ch.Cluster.Psql(t, "postgres", "SELECT pg_relation_filepath('pgbench_accounts_pkey')")
@@ -656,6 +656,13 @@ func TestCowPOSIX(t *testing.T) {
 	m := mountCoW(t, e, upper, mp, ch.Upto(k)...)
 	h := func(rel string) string { return e.Host(path.Join(mp, rel)) }
 	model := newTreeModel(t, e.Host(ref))
+	// backup_manifest: pg_combinebackup's but for the Last-Modified times.
+	if d := ManifestDiff(e.Host(path.Join(ref, "backup_manifest")), h("backup_manifest")); d != "" {
+		t.Errorf("backup_manifest of the mount differs from pg_combinebackup's (ignoring Last-Modified):\n%s", d)
+	}
+	man, err := os.ReadFile(h("backup_manifest"))
+	mustOK(t, err, "read backup_manifest")
+	model.create("backup_manifest", model.get("backup_manifest").perm, man)
 	model.check(t, e.Host(mp), "right after mounting")
 	if s := m.Stats(t); s.BytesServed == 0 || s.ReconOpens == 0 {
 		t.Errorf("minor BUG: after reading every file through the copy-on-write mount its stats say %d bytes served, %d reconstructed opens", s.BytesServed, s.ReconOpens)

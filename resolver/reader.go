@@ -24,7 +24,11 @@ func (f *File) Open() (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Reader{plan: p, size: f.size, fds: map[string]*os.File{}}, nil
+	return newReader(p, f.size), nil
+}
+
+func newReader(p *Plan, size int64) *Reader {
+	return &Reader{plan: p, size: size, fds: map[string]*os.File{}}
 }
 
 // Size is the length of the file.

@@ -1,0 +1,139 @@
+package resolver
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/combinefs/combinefs/format"
+)
+
+// WholeChecksum is the checksum a whole copy of the file at manifest path
+// can take from the manifest of the backup it comes from, as
+// pg_combinebackup does instead of reading the file again: only when plan is
+// Whole and that manifest lists the file with algo. warn is
+// pg_combinebackup's warning when the manifest lacks the file.
+func (p *Point) WholeChecksum(path string, plan *Plan, algo format.ChecksumType) (sum []byte, warn string) {
+	if !plan.Whole || algo == format.ChecksumNone {
+		return nil, ""
+	}
+	b := p.Chain.Backups[plan.WholeLayer]
+	if b.Manifest == nil {
+		return nil, ""
+	}
+	mf, ok := b.Manifest.Lookup(path)
+	if !ok {
+		mp := filepath.Join(b.Dir, "backup_manifest")
+		if plan.WholeLayer == len(p.Chain.Backups)-1 || p.Chain.Major >= 18 {
+			return nil, fmt.Sprintf("manifest file %q contains no entry for file %q", mp, path)
+		}
+		return nil, fmt.Sprintf("%q contains no entry for %q", mp, path)
+	}
+	if mf.Algorithm != algo {
+		return nil, ""
+	}
+	return mf.Checksum, ""
+}
+
+// ManifestEntry is one file of the point in backup_manifest order.
+type ManifestEntry struct {
+	Path    string
+	Entry   *Entry // nil for backup_label
+	ModTime time.Time
+	NoSum   bool // under pg_wal: listed without a checksum
+}
+
+// ManifestEntries lists the files of the point in the order
+// pg_combinebackup's backup_manifest lists them: backup_label (with
+// labelTime), then the main tree depth first, then each tablespace.
+func (p *Point) ManifestEntries(labelTime time.Time) []ManifestEntry {
+	out := []ManifestEntry{{Path: "backup_label", ModTime: labelTime}}
+	var walk func(e *Entry, rel string, main bool)
+	walk = func(e *Entry, rel string, main bool) {
+		for _, c := range e.Children {
+			r := c.Name
+			if rel != "" {
+				r = rel + "/" + c.Name
+			}
+			if c.Kind == KindDir {
+				walk(c, r, main)
+				continue
+			}
+			noSum := main && (r == "pg_wal" || strings.HasPrefix(r, "pg_wal/"))
+			out = append(out, ManifestEntry{Path: c.File.Path, Entry: c, ModTime: c.ModTime, NoSum: noSum})
+		}
+	}
+	walk(p.Root, "", true)
+	for _, ts := range p.Tablespaces {
+		walk(ts.Root, "", false)
+	}
+	return out
+}
+
+// ErrNoFinalManifest: the final backup has no backup_manifest, so the
+// point's WAL ranges are unknown.
+var ErrNoFinalManifest = errors.New("cannot generate a manifest because no manifest is available for the final input backup")
+
+// WriteManifest writes the backup_manifest of the point as a read-only view
+// presents it: what pg_combinebackup writes with CRC32C checksums, Last-Modified
+// taken from the entries (pg_combinebackup has the times it wrote the
+// files). The checksums of files not copied whole are computed by reading
+// them; with sums false every checksum is zeros instead, which gives the
+// same length without reading anything. onFile, if not nil, is called
+// before each file is read.
+func (p *Point) WriteManifest(w io.Writer, labelTime time.Time, sums bool, onFile func(path string)) error {
+	final := p.Chain.Final()
+	if final.Manifest == nil {
+		return ErrNoFinalManifest
+	}
+	const algo = format.ChecksumCRC32C
+	mw := format.NewManifestWriter(w, p.Chain.SystemIdentifier)
+	zero := make([]byte, algo.Size())
+	buf := make([]byte, 1<<20)
+	for _, me := range p.ManifestEntries(labelTime) {
+		if me.Entry == nil {
+			h := algo.New()
+			h.Write(p.Label)
+			mw.AddFile(me.Path, int64(len(p.Label)), me.ModTime, algo, h.Sum(nil))
+			continue
+		}
+		f := me.Entry.File
+		switch {
+		case me.NoSum:
+			mw.AddFile(me.Path, f.Size(), me.ModTime, format.ChecksumNone, nil)
+		case !sums:
+			mw.AddFile(me.Path, f.Size(), me.ModTime, algo, zero)
+		default:
+			sum, err := p.fileChecksum(f, algo, buf, onFile)
+			if err != nil {
+				return err
+			}
+			mw.AddFile(me.Path, f.Size(), me.ModTime, algo, sum)
+		}
+	}
+	return mw.Finish(final.Manifest.WALRanges)
+}
+
+// fileChecksum reuses a whole copy's checksum or reads the file for it.
+func (p *Point) fileChecksum(f *File, algo format.ChecksumType, buf []byte, onFile func(string)) ([]byte, error) {
+	plan, err := f.Resolve()
+	if err != nil {
+		return nil, err
+	}
+	if sum, _ := p.WholeChecksum(f.Path, plan, algo); sum != nil {
+		return sum, nil
+	}
+	if onFile != nil {
+		onFile(f.Path)
+	}
+	r := newReader(plan, f.size)
+	defer r.Close()
+	h := algo.New()
+	if _, err := io.CopyBuffer(h, io.NewSectionReader(r, 0, f.size), buf); err != nil {
+		return nil, fmt.Errorf("%s: %w", f.Path, err)
+	}
+	return h.Sum(nil), nil
+}
