@@ -52,7 +52,7 @@ type bench struct {
 	src     *integration.Cluster
 
 	refPoint   string   // pg_combinebackup's output of the last point (in-root)
-	pointFiles []string // its files, relative, without backup_manifest
+	pointFiles []string // its files, relative, without backup_manifest (see pointFiles)
 	counter    int
 
 	figs  []*Figure

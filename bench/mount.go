@@ -107,7 +107,8 @@ func (m *mnt) umount(t *benchTB) {
 }
 
 // pointFiles lists the regular files of a data directory (relative
-// paths, sorted), without backup_manifest, which a mount does not have.
+// paths, sorted), without backup_manifest: a mount builds its own on first
+// read by checksumming the point, which is not a read of the point.
 func pointFiles(t *benchTB, hostDir string) (files []string, total int64) {
 	err := filepath.WalkDir(hostDir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
