@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/combinefs/combinefs/format"
@@ -90,10 +92,17 @@ func (p *Point) WriteManifest(w io.Writer, labelTime time.Time, sums bool, onFil
 		return ErrNoFinalManifest
 	}
 	const algo = format.ChecksumCRC32C
+	entries := p.ManifestEntries(labelTime)
+	var checksums [][]byte
+	if sums {
+		var err error
+		if checksums, err = p.checksums(entries, algo, onFile); err != nil {
+			return err
+		}
+	}
 	mw := format.NewManifestWriter(w, p.Chain.SystemIdentifier)
 	zero := make([]byte, algo.Size())
-	buf := make([]byte, 1<<20)
-	for _, me := range p.ManifestEntries(labelTime) {
+	for i, me := range entries {
 		if me.Entry == nil {
 			h := algo.New()
 			h.Write(p.Label)
@@ -107,14 +116,58 @@ func (p *Point) WriteManifest(w io.Writer, labelTime time.Time, sums bool, onFil
 		case !sums:
 			mw.AddFile(me.Path, f.Size(), me.ModTime, algo, zero)
 		default:
-			sum, err := p.fileChecksum(f, algo, buf, onFile)
-			if err != nil {
-				return err
-			}
-			mw.AddFile(me.Path, f.Size(), me.ModTime, algo, sum)
+			mw.AddFile(me.Path, f.Size(), me.ModTime, algo, checksums[i])
 		}
 	}
 	return mw.Finish(final.Manifest.WALRanges)
+}
+
+// checksums computes the checksums of entries (nil for backup_label and
+// pg_wal files), reading files a few at a time: one reader alone waits on
+// the disk most of the time.
+func (p *Point) checksums(entries []ManifestEntry, algo format.ChecksumType, onFile func(string)) ([][]byte, error) {
+	out := make([][]byte, len(entries))
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex // guards first and onFile calls
+		first error
+	)
+	next := make(chan int)
+	for range 2 * runtime.NumCPU() {
+		wg.Go(func() {
+			buf := make([]byte, 1<<20)
+			for i := range next {
+				f := entries[i].Entry.File
+				sum, err := p.fileChecksum(f, algo, buf, func(path string) {
+					if onFile != nil {
+						mu.Lock()
+						onFile(path)
+						mu.Unlock()
+					}
+				})
+				mu.Lock()
+				if err != nil && first == nil {
+					first = err
+				}
+				mu.Unlock()
+				out[i] = sum
+			}
+		})
+	}
+	for i, me := range entries {
+		mu.Lock()
+		failed := first != nil
+		mu.Unlock()
+		if failed {
+			break
+		}
+		if me.Entry != nil && !me.NoSum {
+			next <- i
+		}
+	}
+	close(next)
+	wg.Wait()
+	return out, first
 }
 
 // fileChecksum reuses a whole copy's checksum or reads the file for it.
