@@ -282,8 +282,10 @@ func TestMountReadOnly(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		// Ready: mounted, and its state file (for combinefs umount) written
+		// just after the kernel serves the mount.
 		deadline := time.Now().Add(30 * time.Second)
-		for !isMountedHost(e.Host(mp)) {
+		for !isMountedHost(e.Host(mp)) || stateFileOf(t, e, mp) == nil {
 			if time.Now().After(deadline) {
 				cmd.Process.Kill()
 				cmd.Wait()
