@@ -203,15 +203,11 @@ func Run(ctx context.Context, p *resolver.Point, opts Options) (res Result, err 
 	}
 
 	// Create directories in walk order and collect the files.
-	collect := func(root *resolver.Entry, outDir, manifestPrefix string) error {
-		var walk func(e *resolver.Entry, out, rel string) error
-		walk = func(e *resolver.Entry, out, rel string) error {
+	collect := func(root *resolver.Entry, outDir string) error {
+		var walk func(e *resolver.Entry, out string) error
+		walk = func(e *resolver.Entry, out string) error {
 			for _, ch := range e.Children {
 				o := filepath.Join(out, ch.Name)
-				r := ch.Name
-				if rel != "" {
-					r = rel + "/" + ch.Name
-				}
 				if ch.Kind == resolver.KindDir {
 					if !opts.DryRun {
 						if err := os.Mkdir(o, p.DirMode); err != nil {
@@ -219,20 +215,19 @@ func Run(ctx context.Context, p *resolver.Point, opts Options) (res Result, err 
 						}
 					}
 					dirs = append(dirs, o)
-					if err := walk(ch, o, r); err != nil {
+					if err := walk(ch, o); err != nil {
 						return err
 					}
 					continue
 				}
-				noSum := manifestPrefix == "" && (r == "pg_wal" || strings.HasPrefix(r, "pg_wal/"))
-				jobs = append(jobs, &job{path: ch.File.Path, out: o, file: ch.File, noSum: noSum})
+				jobs = append(jobs, &job{path: ch.File.Path, out: o, file: ch.File, noSum: resolver.WALPath(ch.File.Path)})
 			}
 			return nil
 		}
-		return walk(root, outDir, "")
+		return walk(root, outDir)
 	}
 	logf(Debug, "processing backup directory %q", final.Dir)
-	if err := collect(p.Root, opts.Output, ""); err != nil {
+	if err := collect(p.Root, opts.Output); err != nil {
 		return res, err
 	}
 	for _, t := range targets {
@@ -246,7 +241,7 @@ func Run(ctx context.Context, p *resolver.Point, opts Options) (res Result, err 
 			}
 		}
 		dirs = append(dirs, t.dir)
-		if err := collect(t.ts.Root, t.dir, "pg_tblspc/"+t.ts.Root.Name+"/"); err != nil {
+		if err := collect(t.ts.Root, t.dir); err != nil {
 			return res, err
 		}
 	}

@@ -42,6 +42,15 @@ type lowerEntry struct {
 	names []string // a directory's children
 }
 
+// inMemory is the content of a lower file that is not a file of the chain:
+// backup_label, or backup_manifest (built on first use).
+func (le *lowerEntry) inMemory() ([]byte, error) {
+	if le.man != nil {
+		return le.man.content()
+	}
+	return le.label, nil
+}
+
 func (le *lowerEntry) size() int64 {
 	if le.file != nil {
 		return le.file.Size()

@@ -266,14 +266,11 @@ func (n *cowNode) stateNS() (*fileState, syscall.Errno) {
 // copyLower writes all of a lower file to f.
 func (c *cowFS) copyLower(le *lowerEntry, f *os.File) error {
 	if le.file == nil {
-		data := le.label
-		if le.man != nil {
-			var err error
-			if data, err = le.man.content(); err != nil {
-				return err
-			}
+		data, err := le.inMemory()
+		if err != nil {
+			return err
 		}
-		_, err := f.Write(data)
+		_, err = f.Write(data)
 		return err
 	}
 	r, err := le.file.Open()
@@ -288,12 +285,9 @@ func (c *cowFS) copyLower(le *lowerEntry, f *os.File) error {
 // readLower fills dest from a lower file at off, returning the byte count.
 func (c *cowFS) readLower(le *lowerEntry, dest []byte, off int64) (int, error) {
 	if le.file == nil {
-		data := le.label
-		if le.man != nil {
-			var err error
-			if data, err = le.man.content(); err != nil {
-				return 0, err
-			}
+		data, err := le.inMemory()
+		if err != nil {
+			return 0, err
 		}
 		if off >= int64(len(data)) {
 			return 0, nil

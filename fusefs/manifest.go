@@ -105,8 +105,5 @@ func (f *manifestFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, 
 	if err != nil {
 		return nil, syscall.EIO
 	}
-	if off >= int64(len(data)) {
-		return bytesResult(nil), 0
-	}
-	return bytesResult(data[off:min(int64(len(data)), off+int64(len(dest)))]), 0
+	return memResult(data, len(dest), off), 0
 }

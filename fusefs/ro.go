@@ -246,8 +246,13 @@ func (l *labelFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint
 }
 
 func (l *labelFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if off >= int64(len(l.data)) {
-		return bytesResult(nil), 0
+	return memResult(l.data, len(dest), off), 0
+}
+
+// memResult is a read of n bytes at off from a file held in memory.
+func memResult(data []byte, n int, off int64) fuse.ReadResult {
+	if off >= int64(len(data)) {
+		return bytesResult(nil)
 	}
-	return bytesResult(l.data[off:min(int64(len(l.data)), off+int64(len(dest)))]), 0
+	return bytesResult(data[off:min(int64(len(data)), off+int64(n))])
 }

@@ -40,6 +40,13 @@ func (p *Point) WholeChecksum(path string, plan *Plan, algo format.ChecksumType)
 	return mf.Checksum, ""
 }
 
+// WALPath reports whether the file at manifestPath is in the main data
+// directory's pg_wal tree, whose files pg_combinebackup lists in its
+// manifest without a checksum (tablespace paths start with pg_tblspc/).
+func WALPath(manifestPath string) bool {
+	return manifestPath == "pg_wal" || strings.HasPrefix(manifestPath, "pg_wal/")
+}
+
 // ManifestEntry is one file of the point in backup_manifest order.
 type ManifestEntry struct {
 	Path    string
@@ -53,24 +60,19 @@ type ManifestEntry struct {
 // labelTime), then the main tree depth first, then each tablespace.
 func (p *Point) ManifestEntries(labelTime time.Time) []ManifestEntry {
 	out := []ManifestEntry{{Path: "backup_label", ModTime: labelTime}}
-	var walk func(e *Entry, rel string, main bool)
-	walk = func(e *Entry, rel string, main bool) {
+	var walk func(e *Entry)
+	walk = func(e *Entry) {
 		for _, c := range e.Children {
-			r := c.Name
-			if rel != "" {
-				r = rel + "/" + c.Name
-			}
 			if c.Kind == KindDir {
-				walk(c, r, main)
+				walk(c)
 				continue
 			}
-			noSum := main && (r == "pg_wal" || strings.HasPrefix(r, "pg_wal/"))
-			out = append(out, ManifestEntry{Path: c.File.Path, Entry: c, ModTime: c.ModTime, NoSum: noSum})
+			out = append(out, ManifestEntry{Path: c.File.Path, Entry: c, ModTime: c.ModTime, NoSum: WALPath(c.File.Path)})
 		}
 	}
-	walk(p.Root, "", true)
+	walk(p.Root)
 	for _, ts := range p.Tablespaces {
-		walk(ts.Root, "", false)
+		walk(ts.Root)
 	}
 	return out
 }
