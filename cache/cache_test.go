@@ -4,30 +4,51 @@ import (
 	"bytes"
 	"sync"
 	"testing"
+	"unsafe"
 )
 
-func block(b byte) []byte { return bytes.Repeat([]byte{b}, 8192) }
+// put reads a block "into" the cache the way a reader does: Alloc, fill,
+// Publish, Release.
+func put(c *Cache, k Key, fill byte) {
+	r, b := c.Alloc()
+	for i := range b {
+		b[i] = fill
+	}
+	c.Publish(k, r)
+	c.Release(r)
+}
+
+// get returns a copy of the cached block and releases it.
+func get(c *Cache, k Key) ([]byte, bool) {
+	r, b, ok := c.Get(k)
+	if !ok {
+		return nil, false
+	}
+	out := bytes.Clone(b)
+	c.Release(r)
+	return out, true
+}
 
 func TestHitMissEvict(t *testing.T) {
-	c := New(3 * 8192)
+	c := New(3 * BlockSize)
 	for i := 0; i < 3; i++ {
-		c.Add(Key{1, int64(i)}, block(byte(i)))
+		put(c, Key{1, int64(i)}, byte(i))
 	}
-	if v, ok := c.Get(Key{1, 0}); !ok || v[0] != 0 {
+	if v, ok := get(c, Key{1, 0}); !ok || v[0] != 0 || v[BlockSize-1] != 0 {
 		t.Fatalf("block 0 missing")
 	}
 	// Block 1 is now the least recently used; adding a fourth evicts it.
-	c.Add(Key{1, 3}, block(3))
-	if _, ok := c.Get(Key{1, 1}); ok {
+	put(c, Key{1, 3}, 3)
+	if _, ok := get(c, Key{1, 1}); ok {
 		t.Fatalf("block 1 should have been evicted")
 	}
 	for _, b := range []int64{0, 2, 3} {
-		if v, ok := c.Get(Key{1, b}); !ok || v[0] != byte(b) {
+		if v, ok := get(c, Key{1, b}); !ok || !bytes.Equal(v, bytes.Repeat([]byte{byte(b)}, BlockSize)) {
 			t.Fatalf("block %d missing or wrong", b)
 		}
 	}
 	s := c.Stats()
-	if s.Hits != 4 || s.Misses != 1 || s.Evictions != 1 || s.Entries != 3 || s.Bytes != 3*8192 {
+	if s.Hits != 4 || s.Misses != 1 || s.Evictions != 1 || s.Entries != 3 || s.Bytes != 3*BlockSize {
 		t.Fatalf("stats = %+v", s)
 	}
 	if r := s.HitRate(); r != 0.8 {
@@ -37,54 +58,140 @@ func TestHitMissEvict(t *testing.T) {
 
 func TestSourcesAreDistinct(t *testing.T) {
 	c := New(1 << 20)
-	c.Add(Key{1, 5}, block(1))
-	c.Add(Key{2, 5}, block(2))
-	if v, _ := c.Get(Key{1, 5}); v[0] != 1 {
+	put(c, Key{1, 5}, 1)
+	put(c, Key{2, 5}, 2)
+	if v, _ := get(c, Key{1, 5}); v[0] != 1 {
 		t.Fatal("source 1 overwritten")
 	}
-	if v, _ := c.Get(Key{2, 5}); v[0] != 2 {
+	if v, _ := get(c, Key{2, 5}); v[0] != 2 {
 		t.Fatal("source 2 wrong")
 	}
 }
 
-func TestReplaceKeepsByteCount(t *testing.T) {
-	c := New(1 << 20)
-	c.Add(Key{1, 1}, block(1))
-	c.Add(Key{1, 1}, block(2))
-	if s := c.Stats(); s.Bytes != 8192 || s.Entries != 1 {
-		t.Fatalf("stats after replace = %+v", s)
+// Two readers that missed the same block both read it; the first to
+// publish is cached, the other's buffer goes back to the free slots.
+func TestPublishTwiceKeepsOne(t *testing.T) {
+	c := New(4 * BlockSize)
+	r1, b1 := c.Alloc()
+	r2, b2 := c.Alloc()
+	b1[0], b2[0] = 1, 2
+	c.Publish(Key{1, 1}, r1)
+	c.Publish(Key{1, 1}, r2)
+	c.Release(r1)
+	c.Release(r2)
+	if s := c.Stats(); s.Bytes != BlockSize || s.Entries != 1 {
+		t.Fatalf("stats after a second publish = %+v", s)
+	}
+	if v, _ := get(c, Key{1, 1}); v[0] != 1 {
+		t.Fatalf("cached block %d, want the first published", v[0])
+	}
+	// The second buffer is reused before any eviction.
+	put(c, Key{1, 2}, 3)
+	put(c, Key{1, 3}, 4)
+	put(c, Key{1, 4}, 5)
+	if s := c.Stats(); s.Evictions != 0 || s.Entries != 4 {
+		t.Fatalf("stats = %+v; want 4 blocks and no eviction", s)
+	}
+}
+
+// A pinned block is never evicted nor its buffer reused: the kernel may
+// still be copying it. With every slot pinned, Alloc hands out a buffer of
+// its own.
+func TestPinnedBlocksStay(t *testing.T) {
+	c := New(2 * BlockSize)
+	put(c, Key{1, 0}, 7)
+	r0, b0, ok := c.Get(Key{1, 0}) // pinned from here
+	if !ok {
+		t.Fatal("block 0 missing")
+	}
+	for i := int64(1); i < 10; i++ {
+		put(c, Key{1, i}, byte(i))
+	}
+	if b0[0] != 7 || b0[BlockSize-1] != 7 {
+		t.Fatalf("a pinned block's buffer was reused")
+	}
+	if _, ok := get(c, Key{1, 0}); !ok {
+		t.Fatalf("a pinned block was evicted")
+	}
+	r1, _ := c.Alloc()
+	r2, b2 := c.Alloc()
+	if r1 == NoSlot || r2 != NoSlot || len(b2) != BlockSize {
+		t.Fatalf("with every slot pinned: refs %d, %d", r1, r2)
+	}
+	c.Publish(Key{9, 9}, r2) // no slot: nothing cached
+	c.Release(r2)
+	c.Release(r1)
+	c.Release(r0)
+	if _, ok := get(c, Key{9, 9}); ok {
+		t.Fatalf("a buffer outside the arena was cached")
+	}
+}
+
+func TestBuffersAreAligned(t *testing.T) {
+	c := New(300 * BlockSize)
+	for i := 0; i < 300; i++ {
+		r, b := c.Alloc()
+		if p := uintptr(unsafe.Pointer(unsafe.SliceData(b))); p%dioAlign != 0 || len(b) != BlockSize || cap(b) != BlockSize {
+			t.Fatalf("slot %d: address %#x, len %d, cap %d", r, p, len(b), cap(b))
+		}
+	}
+	for _, n := range []int{1, 100, BlockSize, 3 * BlockSize} {
+		if p := uintptr(unsafe.Pointer(unsafe.SliceData(AlignedBuf(n)))); p%dioAlign != 0 {
+			t.Fatalf("AlignedBuf(%d) at %#x", n, p)
+		}
 	}
 }
 
 func TestBoundedUnderConcurrency(t *testing.T) {
-	const max = 64 * 8192
+	const max = 64 * BlockSize
 	c := New(max)
 	var wg sync.WaitGroup
 	for g := 0; g < 8; g++ {
-		wg.Add(1)
-		go func(g int) {
-			defer wg.Done()
+		wg.Go(func() {
 			for i := 0; i < 2000; i++ {
 				k := Key{uint32(g), int64(i % 100)}
-				if v, ok := c.Get(k); ok && v[0] != byte(g) {
-					t.Errorf("wrong block for %v", k)
-					return
+				if r, v, ok := c.Get(k); ok {
+					bad := v[0] != byte(g) || v[BlockSize-1] != byte(i%100)
+					c.Release(r)
+					if bad {
+						t.Errorf("wrong block for %v", k)
+						return
+					}
+					continue
 				}
-				c.Add(k, block(byte(g)))
+				r, b := c.Alloc()
+				for j := range b {
+					b[j] = byte(g)
+				}
+				b[BlockSize-1] = byte(i % 100)
+				c.Publish(k, r)
+				c.Release(r)
 				if b := c.Stats().Bytes; b > max {
 					t.Errorf("cache holds %d bytes, max %d", b, max)
 					return
 				}
 			}
-		}(g)
+		})
 	}
 	wg.Wait()
 }
 
 func TestZeroSizeCachesNothing(t *testing.T) {
 	c := New(0)
-	c.Add(Key{1, 1}, block(1))
-	if _, ok := c.Get(Key{1, 1}); ok {
+	put(c, Key{1, 1}, 1)
+	if _, ok := get(c, Key{1, 1}); ok {
 		t.Fatal("a zero-size cache kept a block")
 	}
+}
+
+func TestReleaseOfUnpinnedPanics(t *testing.T) {
+	c := New(BlockSize)
+	r, _ := c.Alloc()
+	c.Release(r)
+	defer func() {
+		if recover() == nil {
+			t.Fatal("no panic")
+		}
+	}()
+	c.Release(r)
 }

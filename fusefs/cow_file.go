@@ -308,7 +308,7 @@ func (c *cowFS) readLower(le *lowerEntry, dest []byte, off int64) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		m, err := readFull(f, dest[:n], off)
+		m, err := f.readFull(dest[:n], off)
 		if int64(m) < n {
 			if err == nil {
 				err = fmt.Errorf("%s: short read", plan.WholeSrc)
@@ -317,15 +317,11 @@ func (c *cowFS) readLower(le *lowerEntry, dest []byte, off int64) (int, error) {
 		}
 		return m, nil
 	}
-	vecs, err := c.m.src.appendRange(nil, plan, off, n)
+	r, err := c.m.src.readRange(plan, off, n)
 	if err != nil {
 		return 0, err
 	}
-	w := 0
-	for _, v := range vecs {
-		w += copy(dest[w:], v)
-	}
-	return w, nil
+	return r.copyTo(dest), nil
 }
 
 // materialize copies block b of the origin into the overlay file. Caller
@@ -416,11 +412,11 @@ func (n *cowNode) readAt(dest []byte, off int64) (fuse.ReadResult, syscall.Errno
 				if off >= size {
 					return bytesResult(nil), 0
 				}
-				vecs, err := n.c.m.src.appendRange(nil, plan, off, min(int64(len(dest)), size-off))
+				r, err := n.c.m.src.readRange(plan, off, min(int64(len(dest)), size-off))
 				if err != nil {
 					return nil, n.readErr(err, off)
 				}
-				return fuse.ReadResultVector(vecs), 0
+				return r, 0
 			}
 		}
 		m, err := n.c.readLower(le, dest, off)

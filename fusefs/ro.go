@@ -168,10 +168,10 @@ func (f *roFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32,
 			return nil, 0, syscall.EIO
 		}
 		f.m.stats.wholeOpens.Add(1)
-		return &wholeHandle{m: f.m, src: src, size: f.f.Size()}, fuse.FOPEN_KEEP_CACHE, 0
+		return &wholeHandle{m: f.m, src: src, size: f.f.Size()}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 	}
 	f.m.stats.reconOpens.Add(1)
-	return &reconHandle{m: f.m, f: f.f, plan: plan}, fuse.FOPEN_KEEP_CACHE, 0
+	return &reconHandle{m: f.m, f: f.f, plan: plan}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 }
 
 // wholeHandle serves a file that is one backup file: the kernel reads it
@@ -223,14 +223,14 @@ func (h *reconHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 		return bytesResult(nil), 0
 	}
 	n := min(int64(len(dest)), size-off)
-	vecs, err := h.m.src.appendRange(make([][]byte, 0, n/8192+2), h.plan, off, n)
+	r, err := h.m.src.readRange(h.plan, off, n)
 	if err != nil {
 		h.m.logf("read %s at %d: %v", h.f.Path, off, err)
 		h.m.stats.ioErrors.Add(1)
 		return nil, syscall.EIO
 	}
 	h.m.stats.bytesServed.Add(uint64(n))
-	return fuse.ReadResultVector(vecs), 0
+	return r, 0
 }
 
 func (l *labelFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {

@@ -597,10 +597,23 @@ func TestReadOnlyCache(t *testing.T) {
 		t.Errorf("after 5 distinct blocks: %+v", s)
 	}
 
-	// The whole file, bigger than the cache: evictions, bounded bytes.
+	// The whole file in one read, bigger than the cache: the blocks a
+	// reply holds stay pinned until the kernel has them, so the ones that
+	// do not fit are read into buffers of their own; bytes stay bounded.
 	got, err := pread(f, blocks*bs, 0)
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("whole read: %v, %s", err, firstDiff(got, want))
+	}
+	if s := m.Stats().Cache; s.Bytes > limit || s.Entries > limit/bs {
+		t.Errorf("after reading %d blocks at once through a %d-byte cache: %+v", blocks, limit, s)
+	}
+	// The whole file in reads smaller than the cache: evictions, least
+	// recently used first.
+	for off := int64(0); off < blocks*bs; off += 4 * bs {
+		got, err := pread(f, 4*bs, off)
+		if err != nil || !bytes.Equal(got, slice(want, off, 4*bs)) {
+			t.Fatalf("read 4 blocks at %d: %v, %s", off, err, firstDiff(got, slice(want, off, 4*bs)))
+		}
 	}
 	s := m.Stats().Cache
 	if s.Evictions == 0 || s.Bytes > limit || s.Entries > limit/bs {
