@@ -152,7 +152,7 @@ func (c *capturer) run(ctx context.Context) (*Result, error) {
 	}
 	c.sync = newSyncer(o.NoSync)
 	lay := &layout{root: c.tmp, inPlace: o.InPlaceTablespaces, mapping: o.TablespaceMap, byLocation: map[string]uint32{}}
-	c.x = &extractor{layout: lay, sync: c.sync, onFail: cancel}
+	c.x = &extractor{layout: lay, sync: c.sync}
 	c.x.onData = func(done int64, archive string) {
 		c.report(Progress{Phase: PhaseTransfer, Done: done, Total: max(c.total, done), Archive: archive})
 	}

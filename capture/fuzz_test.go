@@ -64,13 +64,11 @@ func FuzzCopyStream(f *testing.F) {
 		if err := os.Mkdir(root, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancelCause(context.Background())
-		defer cancel(nil)
 		s := newSyncer(true)
 		x := &extractor{layout: &layout{root: root, inPlace: true, byLocation: map[string]uint32{"/x": 1}}, sync: s,
-			onData: func(int64, string) {}, onFail: cancel}
+			onData: func(int64, string) {}}
 		msgs := fuzzMessages(data)
-		r := &streamReader{ctx: ctx, src: &sliceSource{msgs: msgs}}
+		r := &streamReader{ctx: context.Background(), src: &sliceSource{msgs: msgs}}
 		err := r.readCopy(x, 2)
 		if err != nil {
 			x.abort()
