@@ -14,9 +14,9 @@ package cache
 import (
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/combinefs/combinefs/format"
+	"github.com/combinefs/combinefs/internal/dio"
 )
 
 // BlockSize is the size of every cached block.
@@ -122,7 +122,7 @@ func (c *Cache) Alloc() (Ref, []byte) {
 	s := c.takeSlot()
 	if s < 0 {
 		c.mu.Unlock()
-		return NoSlot, AlignedBuf(BlockSize)
+		return NoSlot, dio.AlignedBuf(BlockSize)
 	}
 	c.slots[s].pins = 1
 	b := c.data(s)
@@ -139,7 +139,7 @@ func (c *Cache) takeSlot() int32 {
 	if n := int32(len(c.slots)); n < c.maxSlots {
 		if int(n) == len(c.chunks)*slotsPerChunk {
 			k := min(slotsPerChunk, int(c.maxSlots-n))
-			c.chunks = append(c.chunks, AlignedBuf(k*BlockSize))
+			c.chunks = append(c.chunks, dio.AlignedBuf(k*BlockSize))
 		}
 		c.slots = append(c.slots, slot{prev: -1, next: -1})
 		return n
@@ -227,20 +227,4 @@ func (c *Cache) Stats() Stats {
 	c.mu.Unlock()
 	return Stats{Hits: c.hits.Load(), Misses: c.misses.Load(), Evictions: c.evictions.Load(),
 		Entries: entries, Bytes: int64(entries) * BlockSize, MaxBytes: c.maxBytes}
-}
-
-// dioAlign is the memory alignment direct I/O needs on common devices.
-const dioAlign = 4096
-
-// AlignedBuf returns n bytes starting on a 4096-byte boundary, for direct
-// reads. Go places large allocations on page boundaries in practice; the
-// padded allocation is the fallback.
-func AlignedBuf(n int) []byte {
-	b := make([]byte, n)
-	if p := uintptr(unsafe.Pointer(unsafe.SliceData(b))); p%dioAlign != 0 {
-		b = make([]byte, n+dioAlign)
-		skip := int(dioAlign - uintptr(unsafe.Pointer(unsafe.SliceData(b)))%dioAlign)
-		b = b[skip : skip+n : skip+n]
-	}
-	return b
 }

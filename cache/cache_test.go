@@ -5,6 +5,8 @@ import (
 	"sync"
 	"testing"
 	"unsafe"
+
+	"github.com/combinefs/combinefs/internal/dio"
 )
 
 // put reads a block "into" the cache the way a reader does: Alloc, fill,
@@ -131,12 +133,12 @@ func TestBuffersAreAligned(t *testing.T) {
 	c := New(300 * BlockSize)
 	for i := 0; i < 300; i++ {
 		r, b := c.Alloc()
-		if p := uintptr(unsafe.Pointer(unsafe.SliceData(b))); p%dioAlign != 0 || len(b) != BlockSize || cap(b) != BlockSize {
+		if p := uintptr(unsafe.Pointer(unsafe.SliceData(b))); p%dio.Align != 0 || len(b) != BlockSize || cap(b) != BlockSize {
 			t.Fatalf("slot %d: address %#x, len %d, cap %d", r, p, len(b), cap(b))
 		}
 	}
 	for _, n := range []int{1, 100, BlockSize, 3 * BlockSize} {
-		if p := uintptr(unsafe.Pointer(unsafe.SliceData(AlignedBuf(n)))); p%dioAlign != 0 {
+		if p := uintptr(unsafe.Pointer(unsafe.SliceData(dio.AlignedBuf(n)))); p%dio.Align != 0 {
 			t.Fatalf("AlignedBuf(%d) at %#x", n, p)
 		}
 	}

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/combinefs/combinefs/internal/dio"
 )
 
 // manifestTmpName is the name the manifest has until the backup is complete
@@ -82,7 +84,7 @@ func cleanRel(name string) (string, error) {
 type extractor struct {
 	layout *layout
 	sync   *syncer
-	dio    directIO
+	dio    dio.Creator // large files are written direct (package dio)
 	// onData is called with the archive bytes received so far.
 	onData func(done int64, archive string)
 	// onProgress is called with the server's own count.
@@ -243,6 +245,6 @@ func isDigits(s string) bool {
 var errNoTrailer = fmt.Errorf("%w: archive ends without its tar trailer (truncated)", ErrProtocol)
 
 // writeSize is the largest write(2) of file data: large files are written
-// direct (direct.go), and the device takes larger direct writes faster (dd
+// direct (package dio), and the device takes larger direct writes faster (dd
 // on the test machine: 1 MiB 1-1.9 GB/s, 128 kB 0.55-0.9 GB/s).
 const writeSize = 1 << 20

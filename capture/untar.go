@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/combinefs/combinefs/internal/dio"
 )
 
 // untar unpacks one tar archive as its bytes arrive, in the goroutine that
@@ -32,7 +34,8 @@ type untar struct {
 	hdr  [tarBlock]byte
 	nhdr int // bytes of hdr filled
 
-	f      *outFile // the file being written, nil between members
+	f      *dio.File // the file being written, nil between members
+	off    int64     // where its next bytes go
 	target string
 	left   int64  // bytes of the current member's data still to come
 	skip   int64  // bytes to pass over: padding, or a directory's data
@@ -45,7 +48,7 @@ type untar struct {
 const tarBlock = 512
 
 func newUntar(x *extractor, dir string, main bool) *untar {
-	return &untar{x: x, dir: dir, main: main, links: map[string]bool{}, buf: alignedBuf(writeSize)[:0]}
+	return &untar{x: x, dir: dir, main: main, links: map[string]bool{}, buf: dio.AlignedBuf(writeSize)[:0]}
 }
 
 // push consumes the next bytes of the archive.
@@ -103,7 +106,8 @@ func (u *untar) flush() error {
 	if len(u.buf) == 0 {
 		return nil
 	}
-	err := u.f.write(u.buf)
+	_, err := u.f.WriteAt(u.buf, u.off)
+	u.off += int64(len(u.buf))
 	u.buf = u.buf[:0]
 	return err
 }
@@ -214,11 +218,11 @@ func (u *untar) header() error {
 		}
 		u.madeDir = parent
 	}
-	f, err := u.x.dio.create(target, perm|0o600, size)
+	f, err := u.x.dio.Create(target, perm|0o600, size)
 	if err != nil {
 		return err
 	}
-	u.f, u.target, u.left, u.skip = f, target, size, pad
+	u.f, u.off, u.target, u.left, u.skip = f, 0, target, size, pad
 	if size == 0 {
 		return u.endFile()
 	}

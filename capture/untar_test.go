@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/combinefs/combinefs/internal/dio"
 )
 
 // The streaming untar extracts what archive/tar wrote, whatever the sizes
@@ -15,7 +17,7 @@ import (
 // direct-write boundaries, empty files, directories, modes.
 func TestUntarPieces(t *testing.T) {
 	rng := rand.New(rand.NewSource(3))
-	sizes := []int{0, 1, 511, 512, 513, 8192, writeSize - 1, writeSize, writeSize + 1, directMin + dioAlign + 77, 2*writeSize + 5}
+	sizes := []int{0, 1, 511, 512, 513, 8192, writeSize - 1, writeSize, writeSize + 1, dio.MinSize + dio.Align + 77, 2*writeSize + 5}
 	var entries []tarEntry
 	want := map[string][]byte{}
 	entries = append(entries, tarEntry{name: "base", dir: true}, tarEntry{name: "base/5", dir: true})

@@ -10,8 +10,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/combinefs/combinefs/internal/dio"
 	"github.com/combinefs/combinefs/resolver"
 )
+
+// outFiles creates the output files the data of which passes through us
+// (--copy): those of 1 MiB and more are written direct (package dio). With
+// copy_file_range, clone or link the kernel moves the data itself.
+var outFiles dio.Creator
 
 // CopyMethod is how whole files (and, where the method allows, runs of
 // blocks) are copied. The bytes written are the same for every method.
@@ -35,7 +41,7 @@ const copyChunk = 1 << 20
 // bufPool holds the 1 MiB buffers of copies, windows and assemblers. Taken
 // fresh for every file they made garbage at the copy rate, and the heap,
 // collected only as it doubled, kept growing with the size of the backup.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, copyChunk); return &b }}
+var bufPool = sync.Pool{New: func() any { b := dio.AlignedBuf(copyChunk); return &b }}
 
 // getBuf returns a pooled buffer of copyChunk bytes; putBuf gives it back.
 func getBuf() []byte { return *bufPool.Get().(*[]byte) }
@@ -64,6 +70,18 @@ func copyWhole(src, dst string, size int64, mode os.FileMode, m CopyMethod, h ha
 		return err
 	}
 	defer in.Close()
+	if m == Copy && h != nil {
+		// The data passes through us for the checksum anyway.
+		out, err := outFiles.Create(dst, mode, size)
+		if err != nil {
+			return err
+		}
+		if err := copyBuffered(out, in, 0, 0, size, h); err != nil {
+			out.Close()
+			return fmt.Errorf("could not copy %q to %q: %w", src, dst, err)
+		}
+		return finish(out.File, writeback)
+	}
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
 		return err
@@ -89,15 +107,11 @@ func copyWhole(src, dst string, size int64, mode os.FileMode, m CopyMethod, h ha
 		}
 		return hashFile(src, h)
 	}
-	// Copy: without a checksum to compute the kernel can move the data
-	// itself; with one, the data passes through us once anyway.
-	if h == nil {
-		err = copyRange(out, in, 0, 0, size)
-		if errors.Is(err, errNoCopyRange) {
-			err = copyBuffered(out, in, 0, 0, size, nil)
-		}
-	} else {
-		err = copyBuffered(out, in, 0, 0, size, h)
+	// Copy without a checksum to compute: the kernel can move the data
+	// itself.
+	err = copyRange(out, in, 0, 0, size)
+	if errors.Is(err, errNoCopyRange) {
+		err = copyBuffered(out, in, 0, 0, size, nil)
 	}
 	if err != nil {
 		out.Close()
@@ -142,7 +156,7 @@ func copyRange(out, in *os.File, outOff, inOff, n int64) error {
 }
 
 // copyBuffered copies n bytes through a buffer, hashing them into h.
-func copyBuffered(out, in *os.File, outOff, inOff, n int64, h hash.Hash) error {
+func copyBuffered(out io.WriterAt, in *os.File, outOff, inOff, n int64, h hash.Hash) error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -196,12 +210,26 @@ func hashFile(path string, h hash.Hash) error {
 // incremental files' block lists being sorted — and the output is assembled
 // in a buffer written chunkSize bytes at a time. Only runs of at least
 // chunkSize that need no hashing go through copy_file_range or a clone.
-func writeReconstructed(plan *resolver.Plan, dst string, mode os.FileMode, m CopyMethod, h hash.Hash, writeback bool) error {
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if err != nil {
-		return err
+func writeReconstructed(plan *resolver.Plan, dst string, size int64, mode os.FileMode, m CopyMethod, h hash.Hash, writeback bool) error {
+	var (
+		out *os.File
+		w   *assembler
+		err error
+	)
+	if m == Copy {
+		f, err := outFiles.Create(dst, mode, size)
+		if err != nil {
+			return err
+		}
+		out, w = f.File, &assembler{out: f}
+	} else {
+		f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+		if err != nil {
+			return err
+		}
+		out, w = f, &assembler{out: f}
 	}
-	w := &assembler{out: out, h: h, buf: getBuf()[:0]}
+	w.h, w.buf = h, getBuf()[:0]
 	srcs := map[string]*window{}
 	defer func() {
 		putBuf(w.buf)
@@ -302,7 +330,7 @@ func (w *window) get(off, n int64) ([]byte, error) {
 
 // assembler writes the output sequentially in chunkSize writes, hashing it.
 type assembler struct {
-	out *os.File
+	out io.WriterAt
 	h   hash.Hash
 	buf []byte
 	off int64 // output offset of buf[0]

@@ -360,7 +360,7 @@ func (j *job) write(p *resolver.Point, opts Options, logf func(Level, string, ..
 		if m == Link {
 			m = Copy
 		}
-		err = writeReconstructed(plan, j.out, p.FileMode, m, h, !opts.NoSync)
+		err = writeReconstructed(plan, j.out, j.file.Size(), p.FileMode, m, h, !opts.NoSync)
 	}
 	if err != nil {
 		return err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/combinefs/combinefs/cache"
 	"github.com/combinefs/combinefs/format"
+	"github.com/combinefs/combinefs/internal/dio"
 	"github.com/combinefs/combinefs/resolver"
 )
 
@@ -85,7 +86,7 @@ func (s *sources) open(path string) (uint32, *srcFile, error) {
 	return id, sf, nil
 }
 
-// pread reads into iov, whose buffers are cache.AlignedBufs (or slices of
+// pread reads into iov, whose buffers are dio.AlignedBufs (or slices of
 // them at block boundaries), at a block offset.
 func (sf *srcFile) pread(iov [][]byte, off int64) (int, error) {
 	if sf.direct.Load() {
@@ -260,7 +261,7 @@ const (
 )
 
 // scratchPool holds the buffers gaps are read into.
-var scratchPool = sync.Pool{New: func() any { b := cache.AlignedBuf(maxGap * format.BlockSize); return &b }}
+var scratchPool = sync.Pool{New: func() any { b := dio.AlignedBuf(maxGap * format.BlockSize); return &b }}
 
 // fetch fills the got of every source and adds the blocks' pins to r: each
 // block from the cache, or read (and then cached). (Reading the spans of a

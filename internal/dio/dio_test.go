@@ -1,4 +1,4 @@
-package capture
+package dio
 
 import (
 	"bytes"
@@ -14,11 +14,11 @@ import (
 // Either way the file holds exactly what was written.
 func TestDirectWrites(t *testing.T) {
 	dir := t.TempDir()
-	data := make([]byte, 2*directMin+dioAlign+777)
+	data := make([]byte, 2*MinSize+Align+777)
 	rand.New(rand.NewSource(1)).Read(data)
-	buf := alignedBuf(directMin)
-	if p := uintptr(unsafe.Pointer(unsafe.SliceData(buf))); p%dioAlign != 0 || len(buf) != directMin {
-		t.Fatalf("alignedBuf: address %#x, length %d", p, len(buf))
+	buf := AlignedBuf(MinSize)
+	if p := uintptr(unsafe.Pointer(unsafe.SliceData(buf))); p%Align != 0 || len(buf) != MinSize {
+		t.Fatalf("AlignedBuf: address %#x, length %d", p, len(buf))
 	}
 	for _, tc := range []struct {
 		name      string
@@ -27,29 +27,32 @@ func TestDirectWrites(t *testing.T) {
 		mayDirect bool
 	}{
 		{"large", len(data), false, true},
-		{"small", directMin - 1, false, false},
+		{"small", MinSize - 1, false, false},
 		{"refused before", len(data), true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var d directIO
-			d.off.Store(tc.off)
+			var d Creator
+			if tc.off {
+				d.Disable()
+			}
 			path := filepath.Join(dir, tc.name)
-			f, err := d.create(path, 0o600, int64(tc.size))
+			f, err := d.Create(path, 0o600, int64(tc.size))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if f.direct && !tc.mayDirect {
+			if f.Direct() && !tc.mayDirect {
 				t.Fatalf("opened with O_DIRECT")
 			}
-			startedDirect := f.direct
+			startedDirect := f.Direct()
+			off := int64(0)
 			for rest := data[:tc.size]; len(rest) > 0; {
 				n := copy(buf, rest)
-				if err := f.write(buf[:n]); err != nil {
-					t.Fatal(err)
+				if m, err := f.WriteAt(buf[:n], off); err != nil || m != n {
+					t.Fatalf("WriteAt %d at %d: %d, %v", n, off, m, err)
 				}
-				rest = rest[n:]
+				rest, off = rest[n:], off+int64(n)
 			}
-			if startedDirect && tc.size%dioAlign != 0 && f.direct {
+			if startedDirect && tc.size%Align != 0 && f.Direct() {
 				t.Errorf("still O_DIRECT after the unaligned tail")
 			}
 			if err := f.Close(); err != nil {
