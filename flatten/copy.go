@@ -15,8 +15,9 @@ import (
 )
 
 // outFiles creates the output files the data of which passes through us
-// (--copy): those of 1 MiB and more are written direct (package dio). With
-// copy_file_range, clone or link the kernel moves the data itself.
+// (--copy, and reconstructed files whose checksum we compute): those of
+// 1 MiB and more are written direct (package dio). Where copy_file_range,
+// a clone or a link moves the data, the kernel writes it.
 var outFiles dio.Creator
 
 // CopyMethod is how whole files (and, where the method allows, runs of
@@ -216,7 +217,9 @@ func writeReconstructed(plan *resolver.Plan, dst string, size int64, mode os.Fil
 		w   *assembler
 		err error
 	)
-	if m == Copy {
+	if m == Copy || h != nil {
+		// Every byte passes through us (no copy_file_range or clone of
+		// runs, which is only for unhashed output): write direct.
 		f, err := outFiles.Create(dst, mode, size)
 		if err != nil {
 			return err
