@@ -241,6 +241,7 @@ func writeReconstructed(plan *resolver.Plan, dst string, size int64, mode os.Fil
 		}
 	}()
 	fail := func(err error) error {
+		w.wait()
 		out.Close()
 		return fmt.Errorf("reconstructing %q: %w", dst, err)
 	}
@@ -282,18 +283,36 @@ func writeReconstructed(plan *resolver.Plan, dst string, size int64, mode os.Fil
 	if err := w.flush(); err != nil {
 		return fail(err)
 	}
+	if err := w.wait(); err != nil {
+		return fail(err)
+	}
 	return finish(out, writeback)
 }
 
 const chunkSize = copyChunk
 
 // assembler writes the output sequentially in chunkSize writes, hashing it.
+// The writes of a file larger than a chunk are made by a goroutine of their
+// own, up to writesAhead behind, so that reading the next chunk overlaps
+// writing the last: a direct write returns only once the device has the
+// data, and the largest segment, alone at the end of a flatten, was a
+// read-then-wait loop.
 type assembler struct {
 	out io.WriterAt
 	h   hash.Hash
 	buf []byte
 	off int64 // output offset of buf[0]
+
+	queue chan chunk // to the writer, once started
+	done  chan error // the writer's first error, when it ends
 }
+
+type chunk struct {
+	b   []byte
+	off int64
+}
+
+const writesAhead = 2
 
 func (a *assembler) add(b []byte) error {
 	for len(b) > 0 {
@@ -350,12 +369,43 @@ func (a *assembler) flush() error {
 	if a.h != nil {
 		a.h.Write(a.buf)
 	}
-	if _, err := a.out.WriteAt(a.buf, a.off); err != nil {
-		return err
+	if len(a.buf) < cap(a.buf) && a.queue == nil {
+		// The whole file, or the rest of it before a copied run.
+		if _, err := a.out.WriteAt(a.buf, a.off); err != nil {
+			return err
+		}
+		a.off += int64(len(a.buf))
+		a.buf = a.buf[:0]
+		return nil
 	}
+	if a.queue == nil {
+		a.queue, a.done = make(chan chunk, writesAhead), make(chan error, 1)
+		go func(out io.WriterAt, queue <-chan chunk) {
+			var err error
+			for c := range queue {
+				if err == nil {
+					_, err = out.WriteAt(c.b, c.off)
+				}
+				putBuf(c.b)
+			}
+			a.done <- err
+		}(a.out, a.queue)
+	}
+	a.queue <- chunk{a.buf, a.off}
 	a.off += int64(len(a.buf))
-	a.buf = a.buf[:0]
+	a.buf = getBuf()[:0]
 	return nil
+}
+
+// wait returns once every write is made, with the first error.
+func (a *assembler) wait() error {
+	if a.queue == nil {
+		return nil
+	}
+	close(a.queue)
+	err := <-a.done
+	a.queue = nil
+	return err
 }
 
 func cloneRange(out, in *os.File, outOff, inOff, n int64) error {
