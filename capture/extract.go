@@ -240,11 +240,3 @@ func isDigits(s string) bool {
 	}
 	return true
 }
-
-// errNoTrailer is returned for an archive that ends without its trailer.
-var errNoTrailer = fmt.Errorf("%w: archive ends without its tar trailer (truncated)", ErrProtocol)
-
-// writeSize is the largest write(2) of file data: large files are written
-// direct (package dio), and the device takes larger direct writes faster (dd
-// on the test machine: 1 MiB 1-1.9 GB/s, 128 kB 0.55-0.9 GB/s).
-const writeSize = 1 << 20

@@ -47,6 +47,14 @@ type untar struct {
 
 const tarBlock = 512
 
+// writeSize is the largest write(2) of file data: large files are written
+// direct (package dio), and the device takes larger direct writes faster (dd
+// on the test machine: 1 MiB 1-1.9 GB/s, 128 kB 0.55-0.9 GB/s).
+const writeSize = 1 << 20
+
+// errNoTrailer is returned for an archive that ends without its trailer.
+var errNoTrailer = fmt.Errorf("%w: archive ends without its tar trailer (truncated)", ErrProtocol)
+
 func newUntar(x *extractor, dir string, main bool) *untar {
 	return &untar{x: x, dir: dir, main: main, links: map[string]bool{}, buf: dio.AlignedBuf(writeSize)[:0]}
 }
@@ -56,7 +64,7 @@ func (u *untar) push(p []byte) error {
 	for len(p) > 0 {
 		switch {
 		case u.ended:
-			if bytes.ContainsFunc(p, func(r rune) bool { return r != 0 }) {
+			if !isZero(p) {
 				return protocolErrorf("data after the end of the tar archive")
 			}
 			return nil

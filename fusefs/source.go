@@ -1,12 +1,10 @@
 package fusefs
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
@@ -65,21 +63,16 @@ func (s *sources) open(path string) (uint32, *srcFile, error) {
 	if id, ok := s.ids[path]; ok {
 		return id, s.files[id], nil
 	}
-	sf := &srcFile{}
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0)
-	if err == nil {
-		sf.direct.Store(true)
-	} else if errors.Is(err, syscall.EINVAL) {
-		f, err = os.Open(path)
-	}
+	f, direct, err := dio.OpenRead(path)
 	if err != nil {
 		return 0, nil, err
 	}
+	sf := &srcFile{f: f}
+	sf.direct.Store(direct)
 	// No readahead (for buffered reads): reads are merged spans of exactly
 	// the blocks needed, and readahead would bring in (and leave cached, see
 	// preadUncached) blocks that newer backups supersede.
 	unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM)
-	sf.f = f
 	id := uint32(len(s.files))
 	s.ids[path] = id
 	s.files = append(s.files, sf)
@@ -96,10 +89,7 @@ func (sf *srcFile) pread(iov [][]byte, off int64) (int, error) {
 		}
 		// The device wants more alignment than a block: buffered from now on.
 		sf.direct.Store(false)
-		fd := uintptr(sf.f.Fd())
-		if fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0); err == nil {
-			unix.FcntlInt(fd, unix.F_SETFL, fl&^syscall.O_DIRECT)
-		}
+		dio.ClearDirect(sf.f)
 	}
 	return preadUncached(sf.f, iov, off)
 }

@@ -1,5 +1,6 @@
 // Package dio writes large new files with O_DIRECT where the file system
-// allows it, and makes the aligned buffers direct I/O needs.
+// allows it, opens files for direct reads, and makes the aligned buffers
+// direct I/O needs.
 //
 // A buffered write copies every byte into freshly allocated page cache and
 // the kernel then writes it back: on the 2-CPU test machine that copy was
@@ -123,14 +124,37 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 
 // buffered turns O_DIRECT off for the rest of the file.
 func (f *File) buffered() error {
-	fd := uintptr(f.File.Fd())
+	if err := ClearDirect(f.File); err != nil {
+		return err
+	}
+	f.direct = false
+	return nil
+}
+
+// OpenRead opens path for reading, with O_DIRECT where the file system
+// allows it; direct says which.
+func OpenRead(path string) (f *os.File, direct bool, err error) {
+	f, err = os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0)
+	if err == nil {
+		return f, true, nil
+	}
+	if !errors.Is(err, syscall.EINVAL) {
+		return nil, false, err
+	}
+	f, err = os.Open(path)
+	return f, false, err
+}
+
+// ClearDirect turns O_DIRECT off on f, for I/O the device's alignment does
+// not allow.
+func ClearDirect(f *os.File) error {
+	fd := f.Fd()
 	fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
 	if err == nil {
 		_, err = unix.FcntlInt(fd, unix.F_SETFL, fl&^syscall.O_DIRECT)
 	}
 	if err != nil {
-		return &fs.PathError{Op: "fcntl", Path: f.File.Name(), Err: err}
+		return &fs.PathError{Op: "fcntl", Path: f.Name(), Err: err}
 	}
-	f.direct = false
 	return nil
 }

@@ -69,3 +69,31 @@ func TestDirectWrites(t *testing.T) {
 		})
 	}
 }
+
+// OpenRead opens direct where it can; ClearDirect then allows reads at any
+// alignment on the same descriptor.
+func TestOpenReadClearDirect(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	data := make([]byte, 3*Align)
+	rand.New(rand.NewSource(2)).Read(data)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, direct, err := OpenRead(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := AlignedBuf(2 * Align)
+	if n, err := f.ReadAt(buf, Align); err != nil || !bytes.Equal(buf[:n], data[Align:]) {
+		t.Fatalf("aligned read: %d, %v", n, err)
+	}
+	if err := ClearDirect(f); err != nil {
+		t.Fatal(err)
+	}
+	odd := make([]byte, 100)
+	if n, err := f.ReadAt(odd, 7); err != nil || !bytes.Equal(odd[:n], data[7:107]) {
+		t.Fatalf("unaligned read after ClearDirect: %d, %v", n, err)
+	}
+	t.Logf("direct: %v", direct)
+}
