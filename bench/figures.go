@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -45,7 +46,8 @@ func (b *bench) refPointDir(t *benchTB) string {
 	out := path.Join(dir, "data")
 	runCmd(t, b.pgTool("pg_combinebackup", append([]string{"-o", out}, b.chain...)...))
 	b.refPoint = out
-	files, total := pointFiles(t, b.e.Host(out))
+	files, total, largest := pointFiles(t, b.e.Host(out))
+	b.largestFile = largest
 	b.res.Sizes.PointBytes, b.res.Sizes.PointFiles = total, len(files)
 	b.pointFiles = files
 	return out
@@ -261,6 +263,14 @@ func (b *bench) figRead(t *benchTB) {
 		if hr, ok := cold.Parts["ours.cache_hit_rate"]; ok {
 			cold.Note = fmt.Sprintf("block cache hit rate %.1f%% (median hits %.0f, misses %.0f); %.0f MiB served by the daemon, %.0f MiB read from backups; passthrough opens %.0f",
 				100*hr, cold.Parts["ours.cache_hits"], cold.Parts["ours.cache_misses"], cold.Parts["ours.bytes_served_by_daemon_MiB"], cold.Parts["ours.bytes_from_backups_MiB"], cold.Parts["ours.passthrough_opens"])
+			// Reconstructed blocks are patchworks of several backups; reading
+			// only the blocks needed costs a request each, so gaps are read
+			// too. Where both sides are bound by the disk's throughput,
+			// this share bounds the ratio.
+			if pointMiB := float64(b.res.Sizes.PointBytes) / (1 << 20); pointMiB > 0 {
+				amp := cold.Parts["ours.bytes_from_backups_MiB"] / pointMiB
+				cold.Note += fmt.Sprintf("; the mount read %.2fx the point's bytes from the backups (the reference reads each byte once: at equal disk throughput that alone bounds the ratio near %.2f)", amp, 1/amp)
+			}
 		}
 	}
 	if rss != nil {
@@ -295,8 +305,61 @@ func (b *bench) figRead(t *benchTB) {
 	} else {
 		warm.Note = fmt.Sprintf("no block cache lookups during the timed runs: the kernel page cache served them (%s served by the daemon)", human(int64(served)))
 	}
-	wm.umount(t)
+	share, err := largeFolioShare(path.Join(b.e.Host(wm.dir), b.largestFile), 64<<20)
+	rshare, rerr := largeFolioShare(path.Join(b.e.Host(ref), b.largestFile), 64<<20)
+	if err = errors.Join(err, rerr); err == nil {
+		warm.Note += fmt.Sprintf("; page cache in large folios (first 64 MiB of %s): mount %.0f%%, reference %.0f%%", b.largestFile, 100*share, 100*rshare)
+	} else {
+		warm.Note += fmt.Sprintf("; large folios not counted: %s", firstLine(err.Error()))
+	}
 	b.add(t, warm)
+	b.figWarmParts(t, wm, ref, files)
+	wm.umount(t)
+}
+
+// figWarmParts splits a warm read in its two costs, each side against the
+// other: copying out of the page cache (every file opened before the timed
+// run) and opening and closing the files (a round trip to the daemon each
+// on a mount). Diagnostics, with no target of their own.
+func (b *bench) figWarmParts(t *benchTB, wm *mnt, ref string, files []string) {
+	unit := "MiB/s"
+	held := func(dir string) *variant {
+		var open []*os.File
+		return &variant{
+			setup: func(t *benchTB, run int) { open = openFiles(t, dir, files) },
+			timed: func(t *benchTB, run int) sample {
+				n, d := readOpen(t, open)
+				return sample{v: float64(n) / (1 << 20) / d.Seconds()}
+			},
+			teardown: func(t *benchTB, run int) {
+				for _, f := range open {
+					f.Close()
+				}
+			},
+		}
+	}
+	fig, _ := b.compare(t, figSpec{id: "read-warm-held", name: "sequential read, warm, files open before (throughput)", unit: unit, higher: true},
+		held(b.e.Host(wm.dir)), held(b.e.Host(ref)), nil)
+	fig.OursLabel = "read every file through the warm mount, opened before the timed run"
+	fig.RefLabel = "the same of pg_combinebackup's output"
+	fig.Note = "diagnostic: the page-cache copy alone, without the opens"
+	b.add(t, fig)
+
+	openClose := func(dir string) *variant {
+		return &variant{timed: func(t *benchTB, run int) sample {
+			t0 := time.Now()
+			for _, f := range openFiles(t, dir, files) {
+				f.Close()
+			}
+			return sample{v: time.Since(t0).Seconds()}
+		}}
+	}
+	fig, _ = b.compare(t, figSpec{id: "open-close", name: fmt.Sprintf("open and close the point's %d files (time)", len(files)), unit: "s"},
+		openClose(b.e.Host(wm.dir)), openClose(b.e.Host(ref)), nil)
+	fig.OursLabel = "through the mount"
+	fig.RefLabel = "pg_combinebackup's output"
+	fig.Note = "diagnostic: the opens' share of a warm read (each is a round trip to the daemon on a mount)"
+	b.add(t, fig)
 }
 
 // 5. Time to first query: combinefs mount --cow + server start on the mount

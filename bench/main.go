@@ -51,9 +51,10 @@ type bench struct {
 	chain   []string
 	src     *integration.Cluster
 
-	refPoint   string   // pg_combinebackup's output of the last point (in-root)
-	pointFiles []string // its files, relative, without backup_manifest (see pointFiles)
-	counter    int
+	refPoint    string   // pg_combinebackup's output of the last point (in-root)
+	pointFiles  []string // its files, relative, without backup_manifest (see pointFiles)
+	largestFile string   // the largest of them
+	counter     int
 
 	figs  []*Figure
 	notes []string

@@ -109,7 +109,8 @@ func (m *mnt) umount(t *benchTB) {
 // pointFiles lists the regular files of a data directory (relative
 // paths, sorted), without backup_manifest: a mount builds its own on first
 // read by checksumming the point, which is not a read of the point.
-func pointFiles(t *benchTB, hostDir string) (files []string, total int64) {
+func pointFiles(t *benchTB, hostDir string) (files []string, total int64, largest string) {
+	var most int64
 	err := filepath.WalkDir(hostDir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -127,13 +128,16 @@ func pointFiles(t *benchTB, hostDir string) (files []string, total int64) {
 		}
 		files = append(files, rel)
 		total += fi.Size()
+		if fi.Size() > most {
+			most, largest = fi.Size(), rel
+		}
 		return nil
 	})
 	if err != nil {
 		t.Fatalf("listing %s: %v", hostDir, err)
 	}
 	sort.Strings(files)
-	return files, total
+	return files, total, largest
 }
 
 // readFiles reads every file in turn, start to end, in 1 MiB reads, and
@@ -147,20 +151,53 @@ func readFiles(t *benchTB, hostDir string, files []string) (int64, time.Duration
 		if err != nil {
 			t.Fatalf("read: %v", err)
 		}
-		for {
-			n, err := f.Read(buf)
-			total += int64(n)
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				f.Close()
-				t.Fatalf("read %s: %v", rel, err)
-			}
-		}
+		total += readAll(t, f, buf)
 		f.Close()
 	}
 	return total, time.Since(t0)
+}
+
+// openFiles opens every file of files below hostDir.
+func openFiles(t *benchTB, hostDir string, files []string) []*os.File {
+	open := make([]*os.File, 0, len(files))
+	for _, rel := range files {
+		f, err := os.Open(filepath.Join(hostDir, rel))
+		if err != nil {
+			for _, f := range open {
+				f.Close()
+			}
+			t.Fatalf("open: %v", err)
+		}
+		open = append(open, f)
+	}
+	return open
+}
+
+// readOpen reads every file of open from its start.
+func readOpen(t *benchTB, open []*os.File) (int64, time.Duration) {
+	buf := make([]byte, 1<<20)
+	var total int64
+	t0 := time.Now()
+	for _, f := range open {
+		total += readAll(t, f, buf)
+	}
+	return total, time.Since(t0)
+}
+
+// readAll reads f from its start to its end, len(buf) bytes at a time.
+func readAll(t *benchTB, f *os.File, buf []byte) int64 {
+	var off int64
+	for {
+		n, err := f.ReadAt(buf, off)
+		off += int64(n)
+		if err == io.EOF {
+			return off
+		}
+		if err != nil {
+			f.Close()
+			t.Fatalf("read %s: %v", f.Name(), err)
+		}
+	}
 }
 
 // prewarm reads every regular file below hostDir (errors ignored: a
