@@ -1,7 +1,8 @@
 // Package format reads and writes the files of PostgreSQL 17+ plain-format
 // base backups that combinefs needs: INCREMENTAL.* relation files,
 // backup_label, backup_manifest (versions 1 and 2), PG_VERSION, the fields of
-// global/pg_control used for chain checks, and relation file names.
+// global/pg_control used for chain checks, relation file names, and WAL
+// (page and record headers and CRCs, for verify; see wal.go).
 //
 // It does no I/O beyond io.Reader/io.ReaderAt and byte slices, so everything
 // here is deterministic and fuzzed. Errors about file contents are *Error

@@ -1,7 +1,9 @@
 // Package verify checks a plain-format backup against its backup_manifest,
 // as pg_verifybackup does: every file listed exists with the listed size and
 // checksum, nothing unlisted is present, the manifest's own checksum and
-// system identifier are right, and the WAL the backup needs is there.
+// system identifier are right, and the WAL the backup needs is there and
+// reads: every page header and record of each WAL range is checked, CRCs
+// included, as pg_waldump (which pg_verifybackup runs) checks them.
 package verify
 
 import (
@@ -14,7 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 
 	"github.com/combinefs/combinefs/format"
@@ -120,7 +121,7 @@ func Backup(ctx context.Context, dir string, opts Options) (*Result, error) {
 		return nil, err
 	}
 	if !opts.SkipWAL {
-		for _, p := range checkWAL(dir, m.WALRanges) {
+		for _, p := range checkWAL(dir, m) {
 			problem("%s", p)
 		}
 	}
@@ -227,10 +228,13 @@ func checkOne(path string, f *format.ManifestFile, buf []byte) (string, error) {
 	return "", nil
 }
 
-// checkWAL looks for the WAL segments covering each range in pg_wal. Unlike
-// pg_verifybackup it does not parse the records (that needs pg_waldump); a
-// missing or short segment is still caught.
-func checkWAL(dir string, ranges []format.WALRange) []string {
+// checkWAL checks the WAL each range of the manifest needs, as
+// pg_verifybackup does by running pg_waldump on pg_wal for each range: the
+// segment files are there with the right size, then every record from the
+// range's start to its end reads and checks (format.WALReader). Each
+// problem is one line naming the segment file; a range stops at its first.
+func checkWAL(dir string, m *format.Manifest) []string {
+	ranges := m.WALRanges
 	walDir := filepath.Join(dir, "pg_wal")
 	ents, err := os.ReadDir(walDir)
 	if err != nil {
@@ -239,37 +243,140 @@ func checkWAL(dir string, ranges []format.WALRange) []string {
 		}
 		return nil
 	}
-	var segSize int64
-	for _, e := range ents {
-		if len(e.Name()) == 24 && !strings.Contains(e.Name(), ".") {
-			if info, err := e.Info(); err == nil && info.Mode().IsRegular() {
-				segSize = info.Size()
-				break
-			}
-		}
-	}
-	if segSize <= 0 || segSize&(segSize-1) != 0 {
+	segSize := walSegmentSize(walDir, ents)
+	if segSize <= 0 {
 		if len(ranges) > 0 {
 			return []string{fmt.Sprintf("no WAL segments found in %q", walDir)}
 		}
 		return nil
 	}
+	if len(ranges) == 0 {
+		return nil
+	}
+	major, majorErr := backupMajor(dir)
 	var probs []string
 	for _, r := range ranges {
-		segsPerID := uint64(0x100000000) / uint64(segSize)
 		first, last := uint64(r.Start)/uint64(segSize), uint64(r.Start)/uint64(segSize)
 		if r.End > r.Start {
 			last = uint64(r.End-1) / uint64(segSize)
 		}
+		complete := true
 		for seg := first; seg <= last; seg++ {
-			name := fmt.Sprintf("%08X%08X%08X", r.TLI, seg/segsPerID, seg%segsPerID)
+			name := format.WALSegmentName(r.TLI, seg, segSize)
 			info, err := os.Stat(filepath.Join(walDir, name))
 			if err != nil {
 				probs = append(probs, fmt.Sprintf("WAL segment %q needed for timeline %d from %s to %s is missing", name, r.TLI, r.Start, r.End))
+				complete = false
 			} else if info.Size() != segSize {
 				probs = append(probs, fmt.Sprintf("WAL segment %q has size %d, expected %d", name, info.Size(), segSize))
+				complete = false
 			}
+		}
+		if !complete {
+			continue // the records cannot all be read; the lines above say why
+		}
+		if majorErr != nil {
+			probs = append(probs, fmt.Sprintf("WAL for timeline %d from %s to %s not parsed: %v", r.TLI, r.Start, r.End, majorErr))
+			continue
+		}
+		if err := readWALRange(walDir, r, segSize, major, m.SystemIdentifier); err != nil {
+			probs = append(probs, fmt.Sprintf("WAL parsing failed for timeline %d from %s to %s: %v", r.TLI, r.Start, r.End, err))
 		}
 	}
 	return probs
+}
+
+// walSegmentSize is the segment size of the WAL in walDir, taken like
+// pg_waldump from the long page header of a segment file (initdb
+// --wal-segsize changes it), or from the file's size when that header is
+// unreadable; 0 when there is no segment file.
+func walSegmentSize(walDir string, ents []os.DirEntry) int64 {
+	for _, e := range ents {
+		if !isWALFileName(e.Name()) {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() {
+			continue
+		}
+		size := info.Size()
+		if f, err := os.Open(filepath.Join(walDir, e.Name())); err == nil {
+			page := make([]byte, format.WALLongPageHeaderSize)
+			if _, err := io.ReadFull(f, page); err == nil {
+				if h, err := format.ParseWALPageHeader(page, e.Name(), 0); err == nil && h.Long() && format.ValidWALSegmentSize(int64(h.SegmentSize)) {
+					size = int64(h.SegmentSize)
+				}
+			}
+			f.Close()
+		}
+		if format.ValidWALSegmentSize(size) {
+			return size
+		}
+	}
+	return 0
+}
+
+// isWALFileName is IsXLogFileName: 24 upper-case hexadecimal digits.
+func isWALFileName(name string) bool {
+	if len(name) != 24 {
+		return false
+	}
+	for _, c := range name {
+		if !('0' <= c && c <= '9' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+// backupMajor is the PostgreSQL major of the backup in dir, from its
+// PG_VERSION: it decides the WAL page magic.
+func backupMajor(dir string) (int, error) {
+	p := filepath.Join(dir, "PG_VERSION")
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return 0, fmt.Errorf("could not read %q: %w", p, err)
+	}
+	major, err := format.ParsePGVersion(data, p)
+	if err != nil {
+		return 0, err
+	}
+	if _, ok := format.WALPageMagic(major); !ok {
+		return 0, fmt.Errorf("%s: reading WAL of PostgreSQL %d is not supported", p, major)
+	}
+	return major, nil
+}
+
+// readWALRange reads the records of one range with format.WALReader, one
+// segment file open at a time.
+func readWALRange(walDir string, r format.WALRange, segSize int64, major int, sysid uint64) error {
+	var cur *os.File
+	defer func() {
+		if cur != nil {
+			cur.Close()
+		}
+	}()
+	rd, err := format.NewWALReader(format.WALReaderOptions{
+		Major:            major,
+		TLI:              r.TLI,
+		SegmentSize:      segSize,
+		SystemIdentifier: sysid,
+		Open: func(segNo uint64) (io.ReaderAt, error) {
+			if cur != nil {
+				cur.Close()
+				cur = nil
+			}
+			f, err := os.Open(filepath.Join(walDir, format.WALSegmentName(r.TLI, segNo, segSize)))
+			if err != nil {
+				return nil, err
+			}
+			cur = f
+			return f, nil
+		},
+	})
+	if err != nil {
+		return err
+	}
+	_, err = rd.Scan(r.Start, r.End)
+	return err
 }

@@ -15,7 +15,7 @@ func setupVerify(f *pflag.FlagSet) func(ctx context.Context, args []string) erro
 	var opts verify.Options
 	var progress, chain bool
 	f.BoolVarP(&opts.SkipChecksums, "skip-checksums", "s", false, "check file presence and sizes only")
-	f.BoolVarP(&opts.SkipWAL, "no-parse-wal", "n", false, "do not check the WAL segments the backup needs")
+	f.BoolVarP(&opts.SkipWAL, "no-parse-wal", "n", false, "do not check (parse) the WAL the backup needs")
 	f.BoolVar(&chain, "chain", false, "also check that the backups, oldest first, form one chain")
 	f.IntVarP(&opts.Jobs, "jobs", "j", runtime.NumCPU(), "files checksummed at once")
 	f.BoolVarP(&progress, "progress", "P", false, "show a progress bar (default: when stderr is a terminal)")
