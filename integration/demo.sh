@@ -9,8 +9,9 @@
 #   4. combinefs list shows the repository and its chains
 #   5. mount point 2 and point 1 copy-on-write, start a server on each:
 #      SELECT * FROM sample_table shows 3 rows and 2 rows
-#   6. combinefs flatten point 2 (like pg_combinebackup) and start a server
-#      on the result: 3 rows again
+#   6. combinefs flatten point 2 (like pg_combinebackup), verify it with
+#      pg_verifybackup and combinefs verify, and start a server on the
+#      result: 3 rows again
 # Everything lives under ROOT/srv/combinefs/demo and is removed at the end
 # (DEMO_KEEP=1 keeps it).
 set -euo pipefail
@@ -104,6 +105,7 @@ chain=()
 for i in 0 1 2; do chain+=($work/repo/${points[$i]}); done
 as_pg combinefs flatten -o $work/flat "${chain[@]}"
 as_pg pg_verifybackup $work/flat | tail -1
+as_pg combinefs verify $work/flat
 p=$(free_port)
 start_on $work/flat "$p"
 as_pg psql -X -h 127.0.0.1 -p "$p" -c "SELECT * FROM sample_table ORDER BY id" postgres
