@@ -48,6 +48,9 @@ const repoLockName = ".combinefs.lock"
 // Repo is a backup repository.
 type Repo struct {
 	Dir string
+	// created: OpenRepo made Dir, so a first capture that fails removes it
+	// again rather than leave an empty repository behind.
+	created bool
 }
 
 // OpenRepo opens the repository in dir; with create, it makes the
@@ -58,10 +61,12 @@ func OpenRepo(dir string, create bool) (*Repo, error) {
 		return nil, err
 	}
 	fi, err := os.Stat(abs)
+	created := false
 	if errors.Is(err, fs.ErrNotExist) && create {
 		if err := os.MkdirAll(abs, 0o700); err != nil {
 			return nil, err
 		}
+		created = true
 		fi, err = os.Stat(abs)
 	}
 	if err != nil {
@@ -70,7 +75,16 @@ func OpenRepo(dir string, create bool) (*Repo, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("repository %s is not a directory", abs)
 	}
-	return &Repo{Dir: abs}, nil
+	return &Repo{Dir: abs, created: created}, nil
+}
+
+// dropIfNew removes the repository OpenRepo made, if nothing but the lock
+// file is in it.
+func (r *Repo) dropIfNew() {
+	if r.created {
+		os.Remove(filepath.Join(r.Dir, repoLockName))
+		os.Remove(r.Dir) // fails, as it should, unless empty
+	}
 }
 
 // ErrRepoLocked means another capture holds the repository's lock.
@@ -121,12 +135,18 @@ func (r *Repo) NewName(kind Kind, t time.Time) string {
 // RepoCapture takes a backup into the repository: an incremental one from
 // the newest backup, or a full one when there is none or full is set. o.Dir
 // is ignored. It returns the new point's name.
-func RepoCapture(ctx context.Context, r *Repo, o Options, full bool) (string, *Result, error) {
+func RepoCapture(ctx context.Context, r *Repo, o Options, full bool) (name string, res *Result, err error) {
 	unlock, err := r.Lock()
 	if err != nil {
+		r.dropIfNew()
 		return "", nil, err
 	}
-	defer unlock()
+	defer func() {
+		unlock()
+		if err != nil {
+			r.dropIfNew()
+		}
+	}()
 	// Holding the lock, nothing else writes here: hidden partial
 	// directories are what killed captures left behind.
 	leftovers, err := r.Leftovers()
@@ -158,7 +178,6 @@ func RepoCapture(ctx context.Context, r *Repo, o Options, full bool) (string, *R
 			kind = KindIncremental
 		}
 	}
-	var name string
 	for {
 		if name = r.NewName(kind, time.Now()); name != "" {
 			break
@@ -172,7 +191,7 @@ func RepoCapture(ctx context.Context, r *Repo, o Options, full bool) (string, *R
 	o.Dir = filepath.Join(r.Dir, name)
 	o.InPlaceTablespaces = true
 	o.TablespaceMap = nil
-	res, err := Capture(ctx, o)
+	res, err = Capture(ctx, o)
 	if errors.Is(err, ErrOtherCluster) {
 		err = fmt.Errorf("%w (the repository's newest backup is of another cluster; use a separate repository, or --full)", err)
 	}

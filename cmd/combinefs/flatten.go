@@ -84,20 +84,20 @@ func (o *flattenOptions) config(args []string) (flatten.Options, error) {
 		return opts, usageError{"no input directories specified"}
 	}
 	if o.output == "" {
-		return opts, errors.New("no output directory specified")
+		return opts, optionError{"no output directory specified"}
 	}
 	t, ok := format.ParseChecksumType(o.checksums)
 	if !ok {
-		return opts, fmt.Errorf("unrecognized checksum algorithm: %q", o.checksums)
+		return opts, optionError{fmt.Sprintf("unrecognized checksum algorithm: %q", o.checksums)}
 	}
 	opts.ManifestChecksums = t
 	if o.syncMethod != "fsync" && o.syncMethod != "syncfs" {
-		return opts, fmt.Errorf("unrecognized sync method: %s", o.syncMethod)
+		return opts, optionError{fmt.Sprintf("unrecognized sync method: %s", o.syncMethod)}
 	}
 	for _, m := range o.mappings {
 		mp, err := flatten.ParseMapping(m)
 		if err != nil {
-			return opts, err
+			return opts, optionError{err.Error()}
 		}
 		opts.Mappings = append([]flatten.Mapping{mp}, opts.Mappings...)
 	}
@@ -230,7 +230,7 @@ func runPgCombinebackup(ctx context.Context, args []string, w io.Writer) int {
 		fmt.Fprintf(w, "pg_combinebackup: error: %s\npg_combinebackup: hint: Try \"pg_combinebackup --help\" for more information.\n", ue.msg)
 		return 1
 	}
-	fmt.Fprintf(w, "pg_combinebackup: error: %s\n", resolver.PgMessage(err))
+	fmt.Fprintf(w, "pg_combinebackup: error: %s\n", oneLine(resolver.PgMessage(err)))
 	return 1
 }
 

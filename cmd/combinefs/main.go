@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -45,6 +46,13 @@ var stderr io.Writer = os.Stderr
 type usageError struct{ msg string }
 
 func (e usageError) Error() string { return e.msg }
+
+// optionError is a bad option value: a usage error for combinefs, but one
+// pg_combinebackup reports without its usage hint (pg_fatal), so its mode
+// keeps that.
+type optionError struct{ msg string }
+
+func (e optionError) Error() string { return e.msg }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -100,9 +108,10 @@ func exitCode(stderr io.Writer, name string, err error) int {
 	if err == nil {
 		return 0
 	}
-	msg := strings.TrimSpace(err.Error())
+	msg := oneLine(err.Error())
 	var ue usageError
-	if errors.As(err, &ue) {
+	var oe optionError
+	if errors.As(err, &ue) || errors.As(err, &oe) {
 		fmt.Fprintf(stderr, "combinefs %s: %s\nTry \"combinefs %s --help\".\n", name, msg, name)
 		return 2
 	}
@@ -112,6 +121,30 @@ func exitCode(stderr io.Writer, name string, err error) int {
 	}
 	fmt.Fprintf(stderr, "combinefs %s: %s\n", name, msg)
 	return 1
+}
+
+// oneLine folds a multi-line error into the one line a failure prints (the
+// PostgreSQL driver, for one, lists every address it tried on a line of its
+// own, the same one twice when it tried with and without TLS).
+func oneLine(msg string) string {
+	var out strings.Builder
+	var seen []string
+	for _, l := range strings.Split(msg, "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || slices.Contains(seen, l) {
+			continue
+		}
+		if len(seen) > 0 {
+			if strings.HasSuffix(seen[len(seen)-1], ":") {
+				out.WriteString(" ")
+			} else {
+				out.WriteString("; ")
+			}
+		}
+		seen = append(seen, l)
+		out.WriteString(l)
+	}
+	return out.String()
 }
 
 func printUsage(w io.Writer) {
