@@ -41,7 +41,10 @@ type Options struct {
 	CopyMethod        CopyMethod
 	// Jobs is how many files are written at once (0: a default).
 	Jobs int
-	// Progress, if set, is called with bytes written so far and the total.
+	// Progress, if set, is called with bytes written so far and the total,
+	// after each file, from the workers writing them: concurrently, so it
+	// must be safe for that, and with Jobs > 1 the counts may arrive out of
+	// order (the largest seen is the progress).
 	Progress func(done, total int64)
 	// Log receives pg_combinebackup's debug, info and warning messages.
 	Log func(level Level, msg string)
@@ -62,16 +65,16 @@ const (
 func ParseMapping(arg string) (Mapping, error) {
 	var old, nw strings.Builder
 	dst := &old
-	seenEq := false
 	for i := 0; i < len(arg); i++ {
 		switch {
 		case arg[i] == '\\' && i+1 < len(arg) && arg[i+1] == '=':
 			// skip the backslash escaping =
 		case arg[i] == '=' && (i == 0 || arg[i-1] != '\\'):
-			if seenEq {
+			// Like pg_combinebackup, a second = is an error only once the
+			// new directory has begun: "/a==/b" maps /a to /b.
+			if nw.Len() > 0 {
 				return Mapping{}, errors.New(`multiple "=" signs in tablespace mapping`)
 			}
-			seenEq = true
 			dst = &nw
 		default:
 			dst.WriteByte(arg[i])

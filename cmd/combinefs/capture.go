@@ -217,7 +217,9 @@ func parseTablespaceMapping(arg string) (old, nu string, err error) {
 		switch {
 		case arg[i] == '\\' && i+1 < len(arg) && arg[i+1] == '=':
 		case arg[i] == '=' && (i == 0 || arg[i-1] != '\\'):
-			if side == 1 {
+			// As in pg_basebackup, a second = is an error only once the new
+			// directory has begun: "/a==/b" maps /a to /b.
+			if b[1].Len() > 0 {
 				return "", "", fmt.Errorf(`multiple "=" signs in tablespace mapping`)
 			}
 			side = 1

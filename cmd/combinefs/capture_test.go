@@ -152,3 +152,18 @@ func TestCaptureRepoNotLeftBehind(t *testing.T) {
 		t.Errorf("the failed capture left the new repository %s behind, holding %q", repo, names)
 	}
 }
+
+// TestTablespaceMappingRepeatedEquals: pg_basebackup refuses a second "="
+// only once the new directory has begun, so "/a==/b" maps /a to /b, and
+// "/a=/b=" is refused.
+func TestTablespaceMappingRepeatedEquals(t *testing.T) {
+	for _, arg := range []string{"/a==/b", "/a===/b"} {
+		old, nu, err := parseTablespaceMapping(arg)
+		if err != nil || old != "/a" || nu != "/b" {
+			t.Errorf("parseTablespaceMapping(%q) = %q, %q, %v; want /a, /b", arg, old, nu, err)
+		}
+	}
+	if _, _, err := parseTablespaceMapping("/a=/b=/c"); err == nil || !strings.Contains(err.Error(), "multiple") {
+		t.Errorf(`parseTablespaceMapping("/a=/b=/c"): %v, want the multiple "=" error`, err)
+	}
+}

@@ -19,8 +19,9 @@ func isTerminal(w io.Writer) bool {
 // progress is a byte progress bar on w, or a no-op when w is not a terminal
 // (logs and pipes stay clean). Set may be called from several goroutines.
 type progress struct {
-	mu  sync.Mutex
-	bar *progressbar.ProgressBar
+	mu   sync.Mutex
+	bar  *progressbar.ProgressBar
+	done int64 // the most reported: reports from workers may cross
 }
 
 func newProgress(w io.Writer, show bool, desc string) *progress {
@@ -49,7 +50,8 @@ func (p *progress) Set(done, total int64) {
 	if p.bar.GetMax64() != total {
 		p.bar.ChangeMax64(total)
 	}
-	p.bar.Set64(done)
+	p.done = max(p.done, done)
+	p.bar.Set64(p.done)
 }
 
 // Finish clears the bar.
