@@ -60,12 +60,18 @@ const (
 	Warning
 )
 
+// maxPGPath is MAXPGPATH, pg_combinebackup's limit on a mapped directory.
+const maxPGPath = 1024
+
 // ParseMapping parses OLDDIR=NEWDIR as pg_combinebackup does (\= is a
 // literal =, both sides absolute, canonicalized).
 func ParseMapping(arg string) (Mapping, error) {
 	var old, nw strings.Builder
 	dst := &old
 	for i := 0; i < len(arg); i++ {
+		if dst.Len() >= maxPGPath {
+			return Mapping{}, errors.New("directory name too long")
+		}
 		switch {
 		case arg[i] == '\\' && i+1 < len(arg) && arg[i+1] == '=':
 			// skip the backslash escaping =

@@ -589,3 +589,17 @@ func TestParseMappingRepeatedEquals(t *testing.T) {
 		}
 	}
 }
+
+// TestParseMappingLongName: pg_combinebackup refuses a directory name of
+// MAXPGPATH (1024) bytes or more on either side.
+func TestParseMappingLongName(t *testing.T) {
+	long := "/" + strings.Repeat("d", 1023) // 1024 bytes
+	for _, arg := range []string{long + "=/b", "/a=" + long + "x"} {
+		if _, err := flatten.ParseMapping(arg); err == nil || err.Error() != "directory name too long" {
+			t.Errorf("ParseMapping(%d bytes): %v, want directory name too long", len(arg), err)
+		}
+	}
+	if _, err := flatten.ParseMapping("/a=" + long[:1023]); err != nil {
+		t.Errorf("ParseMapping of a 1023-byte new directory: %v", err)
+	}
+}

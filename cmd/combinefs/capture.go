@@ -214,6 +214,9 @@ func parseTablespaceMapping(arg string) (old, nu string, err error) {
 	var b [2]strings.Builder
 	side := 0
 	for i := 0; i < len(arg); i++ {
+		if b[side].Len() >= 1024 { // MAXPGPATH
+			return "", "", fmt.Errorf("directory name too long")
+		}
 		switch {
 		case arg[i] == '\\' && i+1 < len(arg) && arg[i+1] == '=':
 		case arg[i] == '=' && (i == 0 || arg[i-1] != '\\'):

@@ -167,3 +167,15 @@ func TestTablespaceMappingRepeatedEquals(t *testing.T) {
 		t.Errorf(`parseTablespaceMapping("/a=/b=/c"): %v, want the multiple "=" error`, err)
 	}
 }
+
+// TestTablespaceMappingLongName: pg_basebackup refuses a directory name of
+// MAXPGPATH (1024) bytes or more.
+func TestTablespaceMappingLongName(t *testing.T) {
+	long := "/" + strings.Repeat("d", 1023)
+	if _, _, err := parseTablespaceMapping(long + "=/b"); err == nil || err.Error() != "directory name too long" {
+		t.Errorf("parseTablespaceMapping of a 1024-byte old directory: %v, want directory name too long", err)
+	}
+	if _, _, err := parseTablespaceMapping("/a=" + long[:1023]); err != nil {
+		t.Errorf("parseTablespaceMapping of a 1023-byte new directory: %v", err)
+	}
+}
