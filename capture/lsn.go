@@ -31,10 +31,3 @@ func ParseLSN(s string) (LSN, error) {
 	}
 	return LSN(h<<32 | l), nil
 }
-
-// walFileName is PostgreSQL's XLogFileName: the name of the segment file that
-// holds segment number segno of timeline tli.
-func walFileName(tli uint32, segno uint64, segSize int64) string {
-	perID := uint64(0x100000000) / uint64(segSize)
-	return fmt.Sprintf("%08X%08X%08X", tli, uint32(segno/perID), uint32(segno%perID))
-}

@@ -64,25 +64,6 @@ func TestLSN(t *testing.T) {
 	}
 }
 
-func TestWALFileName(t *testing.T) {
-	for _, tc := range []struct {
-		tli   uint32
-		segno uint64
-		size  int64
-		want  string
-	}{
-		{1, 3, 16 << 20, "000000010000000000000003"},
-		{1, 0x100, 16 << 20, "000000010000000100000000"},
-		{2, 0x30, 1 << 20, "000000020000000000000030"},
-		{1, 4096 + 5, 1 << 20, "000000010000000100000005"},
-		{3, 5, 1 << 30, "000000030000000100000001"},
-	} {
-		if got := walFileName(tc.tli, tc.segno, tc.size); got != tc.want {
-			t.Errorf("walFileName(%d, %d, %d) = %s, want %s", tc.tli, tc.segno, tc.size, got, tc.want)
-		}
-	}
-}
-
 func TestParseSize(t *testing.T) {
 	for s, want := range map[string]int64{"16MB": 16 << 20, "1GB": 1 << 30, "512kB": 512 << 10, "8192": 8192, "64B": 64} {
 		if got, err := parseSize(s); err != nil || got != want {

@@ -14,6 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/combinefs/combinefs/format"
 )
 
 // walStreamer receives WAL over its own replication connection into a
@@ -309,7 +311,7 @@ func (w *walStreamer) write(data []byte) error {
 // zeros, like the preallocated file pg_basebackup writes).
 func (w *walStreamer) open(segno uint64) error {
 	w.started = true
-	f, err := os.OpenFile(filepath.Join(w.dir, walFileName(w.timeline, segno, w.segSize)), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := os.OpenFile(filepath.Join(w.dir, format.WALSegmentName(w.timeline, segno, w.segSize)), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
