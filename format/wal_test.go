@@ -9,11 +9,11 @@ import (
 	"testing"
 
 	"github.com/combinefs/combinefs/format"
+	"github.com/combinefs/combinefs/format/waltest"
 )
 
-// Synthetic WAL, laid out the way XLogInsert lays it out: page headers (long
-// on a segment's first page), records MAXALIGNed, records that do not fit
-// going on over the next pages with XLP_FIRST_IS_CONTRECORD and xlp_rem_len.
+// Synthetic WAL comes from package waltest; walBuilder adds what the reader
+// tests need on top: segments cut short, and the reader over the pages.
 
 const (
 	testSegSize = format.WALMinSegmentSize // 1 MiB: 128 pages
@@ -23,112 +23,31 @@ const (
 )
 
 type walBuilder struct {
-	major   int
-	magic   uint16
-	tli     uint32
-	sysid   uint64
-	segSize int64
-	pages   map[format.LSN][]byte
-	pos     format.LSN
-	prev    format.LSN
-	recs    []format.WALRecord // every record written, in order
-	trunc   map[uint64]int64   // segment number → truncated size
+	*waltest.Builder                  // sysid testSysID, 1 MiB segments
+	trunc            map[uint64]int64 // segment number → truncated size
 }
 
-// newWALBuilder starts writing at page boundary at; prev is the xl_prev of
-// the first record.
+// newWALBuilder starts writing at page boundary at.
 func newWALBuilder(major int, at format.LSN) *walBuilder {
-	magic, _ := format.WALPageMagic(major)
-	return &walBuilder{major: major, magic: magic, tli: testTLI, sysid: testSysID, segSize: testSegSize,
-		pages: map[format.LSN][]byte{}, pos: at, prev: at - 0x28, trunc: map[uint64]int64{}}
-}
-
-// initPage writes the header of page addr; rem is the length still to come
-// of a record continued onto it.
-func (b *walBuilder) initPage(addr format.LSN, rem uint32) int {
-	p := make([]byte, blk)
-	info := uint16(0)
-	hsz := format.WALShortPageHeaderSize
-	if int64(addr)%b.segSize == 0 {
-		info |= 0x0002
-		hsz = format.WALLongPageHeaderSize
-		binary.NativeEndian.PutUint64(p[24:], b.sysid)
-		binary.NativeEndian.PutUint32(p[32:], uint32(b.segSize))
-		binary.NativeEndian.PutUint32(p[36:], blk)
-	}
-	if rem > 0 {
-		info |= 0x0001
-	}
-	binary.NativeEndian.PutUint16(p[0:], b.magic)
-	binary.NativeEndian.PutUint16(p[2:], info)
-	binary.NativeEndian.PutUint32(p[4:], b.tli)
-	binary.NativeEndian.PutUint64(p[8:], uint64(addr))
-	binary.NativeEndian.PutUint32(p[16:], rem)
-	b.pages[addr] = p
-	return hsz
-}
-
-// add writes a record of dataLen bytes after its header; mutate, if set,
-// may change the whole record before its CRC is computed.
-func (b *walBuilder) add(rmid, info uint8, dataLen int, mutate func(rec []byte)) format.LSN {
-	rec := make([]byte, format.WALRecordHeaderSize+dataLen)
-	for i := format.WALRecordHeaderSize; i < len(rec); i++ {
-		rec[i] = byte(i*131 + dataLen)
-	}
-	binary.NativeEndian.PutUint32(rec[0:], uint32(len(rec)))
-	binary.NativeEndian.PutUint32(rec[4:], 1000+uint32(len(b.recs)))
-	binary.NativeEndian.PutUint64(rec[8:], uint64(b.prev))
-	rec[16], rec[17] = info, rmid
-	if mutate != nil {
-		mutate(rec)
-	}
-	binary.NativeEndian.PutUint32(rec[20:], format.WALRecordCRC(rec))
-	if b.pos%blk == 0 {
-		b.pos += format.LSN(b.initPage(b.pos, 0))
-	}
-	start := b.pos
-	for rest := rec; len(rest) > 0; {
-		page := b.pos &^ (blk - 1)
-		if b.pos == page {
-			b.pos += format.LSN(b.initPage(page, uint32(len(rest))))
-		}
-		n := copy(b.pages[page][b.pos-page:], rest)
-		rest = rest[n:]
-		b.pos += format.LSN(n)
-	}
-	b.pos = (b.pos + 7) &^ 7
-	next := b.pos
-	if rmid == 0 && info&0xF0 == 0x40 { // XLOG_SWITCH
-		seg := format.LSN(b.segSize)
-		next = (b.pos + seg - 1) / seg * seg
-		b.pos = next
-	}
-	b.prev = start
-	b.recs = append(b.recs, format.WALRecord{LSN: start, Next: next})
-	return start
-}
-
-// at returns the byte at lsn, which must be on a written page.
-func (b *walBuilder) at(lsn format.LSN) *byte {
-	return &b.pages[lsn&^(blk-1)][lsn%blk]
+	return &walBuilder{Builder: waltest.New(major, testSysID, testSegSize, at), trunc: map[uint64]int64{}}
 }
 
 func (b *walBuilder) segName(lsn format.LSN) string {
-	return format.WALSegmentName(b.tli, uint64(lsn)/uint64(b.segSize), b.segSize)
+	return format.WALSegmentName(b.TLI, uint64(lsn)/uint64(b.SegSize), b.SegSize)
 }
 
 func (b *walBuilder) open(segNo uint64) (io.ReaderAt, error) {
-	size := b.segSize
+	size := b.SegSize
 	if n, ok := b.trunc[segNo]; ok {
 		size = n
 	}
-	return &sparseSegment{pages: b.pages, base: format.LSN(segNo * uint64(b.segSize)), size: size}, nil
+	return &sparseSegment{pages: b.Pages, base: format.LSN(segNo * uint64(b.SegSize)), size: size}, nil
 }
 
 func (b *walBuilder) reader(t testing.TB) *format.WALReader {
 	t.Helper()
 	r, err := format.NewWALReader(format.WALReaderOptions{
-		Major: b.major, TLI: b.tli, SegmentSize: b.segSize, SystemIdentifier: testSysID, Open: b.open,
+		Major: b.Major, TLI: b.TLI, SegmentSize: b.SegSize, SystemIdentifier: testSysID, Open: b.open,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +59,7 @@ func (b *walBuilder) reader(t testing.TB) *format.WALReader {
 // starting at or after start, those that end by end.
 func (b *walBuilder) want(start, end format.LSN) []format.LSN {
 	var out []format.LSN
-	for _, r := range b.recs {
+	for _, r := range b.Recs {
 		if r.LSN >= start && b.recEnd(r) <= end {
 			out = append(out, r.LSN)
 		}
@@ -152,7 +71,7 @@ func (b *walBuilder) want(start, end format.LSN) []format.LSN {
 func (b *walBuilder) recEnd(r format.WALRecord) format.LSN {
 	totLen := 0
 	for i, p := 0, r.LSN; i < 4; i++ {
-		totLen |= int(*b.at(p)) << (8 * i)
+		totLen |= int(*b.At(p)) << (8 * i)
 		p++
 	}
 	pos, left := r.LSN, totLen
@@ -169,7 +88,7 @@ func (b *walBuilder) recEnd(r format.WALRecord) format.LSN {
 }
 
 func (b *walBuilder) hdrSize(page format.LSN) int {
-	if int64(page)%b.segSize == 0 {
+	if int64(page)%b.SegSize == 0 {
 		return format.WALLongPageHeaderSize
 	}
 	return format.WALShortPageHeaderSize
@@ -210,29 +129,29 @@ func (s *sparseSegment) ReadAt(p []byte, off int64) (int, error) {
 func buildOneSegment(major int) *walBuilder {
 	b := newWALBuilder(major, testSegSize)
 	for i, n := range []int{26, 100, 0, 3000, 9000, 20000, 50} {
-		b.add(uint8(i%22), 0x10, n, nil)
+		b.Add(uint8(i%22), 0x10, n, nil)
 	}
 	// Fill up to 16 bytes before a page end: the next header is cut.
-	page := (b.pos &^ (blk - 1)) + blk
-	if left := int(page - b.pos); left >= 48 {
-		b.add(10, 0, left-16-format.WALRecordHeaderSize, nil)
+	page := (b.Pos &^ (blk - 1)) + blk
+	if left := int(page - b.Pos); left >= 48 {
+		b.Add(10, 0, left-16-format.WALRecordHeaderSize, nil)
 	} else {
-		b.add(10, 0, left+blk-16-format.WALRecordHeaderSize-format.WALShortPageHeaderSize, nil)
+		b.Add(10, 0, left+blk-16-format.WALRecordHeaderSize-format.WALShortPageHeaderSize, nil)
 	}
-	if got := int(b.pos % blk); got != blk-16 {
+	if got := int(b.Pos % blk); got != blk-16 {
 		panic(got)
 	}
-	b.add(11, 0, 500, nil) // header cut by the page boundary
+	b.Add(11, 0, 500, nil) // header cut by the page boundary
 	// One ending exactly at the end of its page.
-	page = (b.pos &^ (blk - 1)) + blk
-	b.add(12, 0, int(page-b.pos)-format.WALRecordHeaderSize, nil)
-	if b.pos%blk != 0 {
+	page = (b.Pos &^ (blk - 1)) + blk
+	b.Add(12, 0, int(page-b.Pos)-format.WALRecordHeaderSize, nil)
+	if b.Pos%blk != 0 {
 		panic("not at a page boundary")
 	}
 	for i := range 20 {
-		b.add(uint8(128+i), 0, 40+i*37, nil) // custom resource managers are valid
+		b.Add(uint8(128+i), 0, 40+i*37, nil) // custom resource managers are valid
 	}
-	b.add(9, 0, 70, nil)
+	b.Add(9, 0, 70, nil)
 	return b
 }
 
@@ -241,13 +160,13 @@ func buildOneSegment(major int) *walBuilder {
 // at the start of segment 3.
 func buildAcrossSegments(major, m int) *walBuilder {
 	b := newWALBuilder(major, 2*testSegSize-format.LSN(m*blk))
-	b.initPage(testSegSize, 0) // segment 1's first page: the reader checks its long header
+	b.InitPage(testSegSize, 0) // segment 1's first page: the reader checks its long header
 	for i, n := range []int{200, 5000, 3*blk + 100, 300, 17000, 64} {
-		b.add(uint8(i), 0, n, nil)
+		b.Add(uint8(i), 0, n, nil)
 	}
-	b.add(0, 0x40, 0, nil) // XLOG_SWITCH
-	b.add(1, 0, 120, nil)
-	b.add(2, 0, 9000, nil)
+	b.Add(0, 0x40, 0, nil) // XLOG_SWITCH
+	b.Add(1, 0, 120, nil)
+	b.Add(2, 0, 9000, nil)
 	return b
 }
 
@@ -279,17 +198,17 @@ func TestWALReaderReadsRecords(t *testing.T) {
 			"one page before": buildAcrossSegments(major, 1),
 			"segment start":   buildAcrossSegments(major, 0),
 		} {
-			first, last := b.recs[0], b.recs[len(b.recs)-1]
+			first, last := b.Recs[0], b.Recs[len(b.Recs)-1]
 			cases := []struct {
 				name       string
 				start, end format.LSN
 			}{
 				{"whole", first.LSN, b.recEnd(last)},
 				{"from the page start", first.LSN &^ (blk - 1), b.recEnd(last)},
-				{"mid record", b.recs[2].LSN + 3, b.recEnd(last)},
-				{"inside a continued record", b.recs[4].LSN + 2*blk + 100, b.recEnd(last)},
-				{"end inside a record", b.recs[1].LSN, b.recEnd(b.recs[4]) - 1},
-				{"end at a record end", b.recs[1].LSN, b.recEnd(b.recs[4])},
+				{"mid record", b.Recs[2].LSN + 3, b.recEnd(last)},
+				{"inside a continued record", b.Recs[4].LSN + 2*blk + 100, b.recEnd(last)},
+				{"end inside a record", b.Recs[1].LSN, b.recEnd(b.Recs[4]) - 1},
+				{"end at a record end", b.Recs[1].LSN, b.recEnd(b.Recs[4])},
 			}
 			for _, c := range cases {
 				got, err := scanAll(t, b, c.start, c.end)
@@ -307,13 +226,13 @@ func TestWALReaderReadsRecords(t *testing.T) {
 
 func TestWALReaderScanCountsAndSwitch(t *testing.T) {
 	b := buildAcrossSegments(17, 2)
-	last := b.recs[len(b.recs)-1]
-	n, err := b.reader(t).Scan(b.recs[0].LSN, b.recEnd(last))
-	if err != nil || n != len(b.recs) {
-		t.Fatalf("Scan: %d records, %v; want %d", n, err, len(b.recs))
+	last := b.Recs[len(b.Recs)-1]
+	n, err := b.reader(t).Scan(b.Recs[0].LSN, b.recEnd(last))
+	if err != nil || n != len(b.Recs) {
+		t.Fatalf("Scan: %d records, %v; want %d", n, err, len(b.Recs))
 	}
 	// The record after the switch is on segment 3's first page.
-	if sw := b.recs[len(b.recs)-3]; uint64(b.recs[len(b.recs)-2].LSN)/testSegSize != uint64(sw.LSN)/testSegSize+1 {
+	if sw := b.Recs[len(b.Recs)-3]; uint64(b.Recs[len(b.Recs)-2].LSN)/testSegSize != uint64(sw.LSN)/testSegSize+1 {
 		t.Fatalf("switch record at %s did not end its segment", sw.LSN)
 	}
 }
@@ -329,90 +248,90 @@ type walProblem struct {
 
 func walProblems() []walProblem {
 	whole := func(b *walBuilder) (format.LSN, format.LSN) {
-		return b.recs[0].LSN, b.recEnd(b.recs[len(b.recs)-1])
+		return b.Recs[0].LSN, b.recEnd(b.Recs[len(b.Recs)-1])
 	}
 	seg1, seg2 := format.LSN(testSegSize), format.LSN(2*testSegSize)
 	return []walProblem{
 		{"bad CRC", func() (*walBuilder, format.LSN, format.LSN) {
 			b := buildOneSegment(17)
-			*b.at(b.recs[3].LSN + 1000) ^= 0x10
+			*b.At(b.Recs[3].LSN + 1000) ^= 0x10
 			s, e := whole(b)
 			return b, s, e
 		}, seg1, "incorrect resource manager data checksum in record at 0/"},
 		{"bad CRC in a record over two segments", func() (*walBuilder, format.LSN, format.LSN) {
 			b := buildAcrossSegments(17, 1)
-			*b.at(seg2 + 200) ^= 1
+			*b.At(seg2 + 200) ^= 1
 			s, e := whole(b)
 			return b, s, e
 		}, seg1, "incorrect resource manager data checksum"},
 		{"bad xl_prev", func() (*walBuilder, format.LSN, format.LSN) {
 			b := newWALBuilder(17, testSegSize)
-			b.add(1, 0, 10, nil)
-			b.add(1, 0, 10, nil)
-			b.add(1, 0, 10, func(rec []byte) { rec[8] ^= 8 })
-			b.add(1, 0, 10, nil)
+			b.Add(1, 0, 10, nil)
+			b.Add(1, 0, 10, nil)
+			b.Add(1, 0, 10, func(rec []byte) { rec[8] ^= 8 })
+			b.Add(1, 0, 10, nil)
 			s, e := whole(b)
 			return b, s, e
 		}, seg1, "record with incorrect prev-link"},
 		{"first xl_prev not before the record", func() (*walBuilder, format.LSN, format.LSN) {
 			b := newWALBuilder(17, testSegSize)
-			b.add(1, 0, 10, func(rec []byte) { binary.NativeEndian.PutUint64(rec[8:], 5*testSegSize) })
-			b.add(1, 0, 10, nil)
+			b.Add(1, 0, 10, func(rec []byte) { binary.NativeEndian.PutUint64(rec[8:], 5*testSegSize) })
+			b.Add(1, 0, 10, nil)
 			s, e := whole(b)
 			return b, s, e
 		}, seg1, "record with incorrect prev-link 0/500000 at 0/100028"},
 		{"bad magic", func() (*walBuilder, format.LSN, format.LSN) {
 			b := buildOneSegment(17)
-			*b.at(seg1 + 2*blk) ^= 1
+			*b.At(seg1 + 2*blk) ^= 1
 			s, e := whole(b)
 			return b, s, e
 		}, seg1, "invalid magic number D117 in page header (PostgreSQL 17 writes D116)"},
 		{"PostgreSQL 18 WAL read as 17", func() (*walBuilder, format.LSN, format.LSN) {
 			b := buildOneSegment(18)
-			b.major = 17
+			b.Major = 17
 			s, e := whole(b)
 			return b, s, e
 		}, seg1, "invalid magic number D118"},
 		{"bad info bits", func() (*walBuilder, format.LSN, format.LSN) {
 			b := buildOneSegment(17)
-			*b.at(seg1 + blk + 2) |= 0x10
+			*b.At(seg1 + blk + 2) |= 0x10
 			s, e := whole(b)
 			return b, s, e
 		}, seg1, "invalid info bits 0011"},
 		{"no long header on a segment's first page", func() (*walBuilder, format.LSN, format.LSN) {
 			b := buildAcrossSegments(17, 2)
-			*b.at(seg2 + 2) &^= 0x02
+			*b.At(seg2 + 2) &^= 0x02
 			s, e := whole(b)
 			return b, s, e
 		}, seg2, "needs a long header"},
 		{"bad pageaddr", func() (*walBuilder, format.LSN, format.LSN) {
 			b := buildOneSegment(17)
-			*b.at(seg1 + 3*blk + 8) ^= 0x01
+			*b.At(seg1 + 3*blk + 8) ^= 0x01
 			s, e := whole(b)
 			return b, s, e
 		}, seg1, "offset 24576: unexpected pageaddr 0/106001 in page header"},
 		{"wrong system identifier", func() (*walBuilder, format.LSN, format.LSN) {
 			b := buildAcrossSegments(17, 2)
-			*b.at(seg2 + 24) ^= 0x01
+			*b.At(seg2 + 24) ^= 0x01
 			s, e := whole(b)
 			return b, s, e
 		}, seg2, "WAL file is from different database system"},
 		{"wrong segment size in the long header", func() (*walBuilder, format.LSN, format.LSN) {
 			b := buildAcrossSegments(17, 2)
-			*b.at(seg1 + 34) = 0x20 // 2 MiB, on the segment's first page, checked on entering the segment
+			*b.At(seg1 + 34) = 0x20 // 2 MiB, on the segment's first page, checked on entering the segment
 			s, e := whole(b)
 			return b, s, e
 		}, seg1, "incorrect segment size in page header"},
 		{"wrong block size in the long header", func() (*walBuilder, format.LSN, format.LSN) {
 			b := buildOneSegment(17)
-			*b.at(seg1 + 37) = 0x40
+			*b.At(seg1 + 37) = 0x40
 			s, e := whole(b)
 			return b, s, e
 		}, seg1, "incorrect XLOG_BLCKSZ"},
 		{"timeline going back", func() (*walBuilder, format.LSN, format.LSN) {
 			b := buildOneSegment(17)
-			b.tli = 2
-			for addr, p := range b.pages {
+			b.TLI = 2
+			for addr, p := range b.Pages {
 				binary.NativeEndian.PutUint32(p[4:], 2)
 				if addr == seg1+4*blk {
 					binary.NativeEndian.PutUint32(p[4:], 1)
@@ -423,7 +342,7 @@ func walProblems() []walProblem {
 		}, seg1, "out-of-sequence timeline ID 1 (after 2)"},
 		{"timeline after the segment's", func() (*walBuilder, format.LSN, format.LSN) {
 			b := buildOneSegment(17)
-			binary.NativeEndian.PutUint32(b.pages[seg1+5*blk][4:], 3)
+			binary.NativeEndian.PutUint32(b.Pages[seg1+5*blk][4:], 3)
 			s, e := whole(b)
 			return b, s, e
 		}, seg1, "timeline ID 3 in page header is after timeline 1"},
@@ -435,39 +354,39 @@ func walProblems() []walProblem {
 		}, seg2, "could not read page: read 100 of 8192"},
 		{"invalid resource manager", func() (*walBuilder, format.LSN, format.LSN) {
 			b := newWALBuilder(18, testSegSize)
-			b.add(1, 0, 10, nil)
-			b.add(22, 0, 10, nil)
+			b.Add(1, 0, 10, nil)
+			b.Add(22, 0, 10, nil)
 			s, e := whole(b)
 			return b, s, e
 		}, seg1, "invalid resource manager ID 22 at 0/100050"},
 		{"record length too small", func() (*walBuilder, format.LSN, format.LSN) {
 			b := newWALBuilder(17, testSegSize)
-			b.add(1, 0, 10, nil)
-			b.add(1, 0, 10, nil)
-			b.add(1, 0, 10, nil)
-			rec := b.recs[1].LSN
-			*b.at(rec) = 20
-			return b, b.recs[0].LSN, b.recEnd(b.recs[2])
+			b.Add(1, 0, 10, nil)
+			b.Add(1, 0, 10, nil)
+			b.Add(1, 0, 10, nil)
+			rec := b.Recs[1].LSN
+			*b.At(rec) = 20
+			return b, b.Recs[0].LSN, b.recEnd(b.Recs[2])
 		}, seg1, "invalid record length at 0/100050: expected at least 24, got 20"},
 		{"no contrecord flag", func() (*walBuilder, format.LSN, format.LSN) {
 			b := buildOneSegment(17)
-			page := (b.recs[4].LSN &^ (blk - 1)) + blk // the 9000-byte record goes on here
-			*b.at(page + 2) &^= 0x01
+			page := (b.Recs[4].LSN &^ (blk - 1)) + blk // the 9000-byte record goes on here
+			*b.At(page + 2) &^= 0x01
 			s, e := whole(b)
 			return b, s, e
 		}, seg1, "there is no contrecord flag at"},
 		{"bad xlp_rem_len", func() (*walBuilder, format.LSN, format.LSN) {
 			b := buildOneSegment(17)
-			page := (b.recs[5].LSN &^ (blk - 1)) + 2*blk // the 20000-byte record's third page
-			*b.at(page + 16) ^= 0x04
+			page := (b.Recs[5].LSN &^ (blk - 1)) + 2*blk // the 20000-byte record's third page
+			*b.At(page + 16) ^= 0x04
 			s, e := whole(b)
 			return b, s, e
 		}, seg1, "invalid contrecord length"},
 		{"contrecord where a record should start", func() (*walBuilder, format.LSN, format.LSN) {
 			b := buildOneSegment(17)
-			for _, r := range b.recs {
-				if r.Next%blk == 0 && r.Next < b.pos { // the record ending at its page end
-					*b.at(r.Next + 2) |= 0x01
+			for _, r := range b.Recs {
+				if r.Next%blk == 0 && r.Next < b.Pos { // the record ending at its page end
+					*b.At(r.Next + 2) |= 0x01
 					s, e := whole(b)
 					return b, s, e
 				}
@@ -481,7 +400,7 @@ func walProblems() []walProblem {
 		}, seg1, "expected at least 24, got 0"},
 		{"no whole record in the range", func() (*walBuilder, format.LSN, format.LSN) {
 			b := buildOneSegment(17)
-			return b, b.recs[4].LSN, b.recs[4].LSN + 100
+			return b, b.Recs[4].LSN, b.Recs[4].LSN + 100
 		}, seg1, "could not find a valid record after 0/"},
 	}
 }
@@ -514,13 +433,13 @@ func TestWALReaderProblems(t *testing.T) {
 // or past --end).
 func TestWALReaderIgnoresOutsideRange(t *testing.T) {
 	b := buildOneSegment(17)
-	last := b.recs[len(b.recs)-1]
-	end := b.recs[len(b.recs)-2].Next
-	*b.at(last.LSN + 30) ^= 0xff                    // in the last record, which ends past end
-	b.pages[testSegSize+20*blk] = make([]byte, blk) // a page of zeros past the end
-	n, err := b.reader(t).Scan(b.recs[8].LSN, end)
-	if err != nil || n != len(b.recs)-9 {
-		t.Fatalf("Scan: %d records, %v; want %d and no error", n, err, len(b.recs)-9)
+	last := b.Recs[len(b.Recs)-1]
+	end := b.Recs[len(b.Recs)-2].Next
+	*b.At(last.LSN + 30) ^= 0xff                    // in the last record, which ends past end
+	b.Pages[testSegSize+20*blk] = make([]byte, blk) // a page of zeros past the end
+	n, err := b.reader(t).Scan(b.Recs[8].LSN, end)
+	if err != nil || n != len(b.Recs)-9 {
+		t.Fatalf("Scan: %d records, %v; want %d and no error", n, err, len(b.Recs)-9)
 	}
 }
 
@@ -609,37 +528,37 @@ func fuzzLayout(data []byte, tail uint8) (map[format.LSN][]byte, format.LSN) {
 // fuzzSeed turns a builder's pages back into a fuzz input.
 func fuzzSeed(b *walBuilder, tail uint8) []byte {
 	var addrs []format.LSN
-	for a := range b.pages {
+	for a := range b.Pages {
 		addrs = append(addrs, a)
 	}
 	slices.Sort(addrs)
 	var out []byte
 	for _, a := range addrs {
-		out = append(out, b.pages[a]...)
+		out = append(out, b.Pages[a]...)
 	}
 	return out
 }
 
 func FuzzWALReader(f *testing.F) {
 	one := buildOneSegment(17)
-	oneEnd := one.recEnd(one.recs[len(one.recs)-1])
-	f.Add(fuzzSeed(one, 0), uint8(0), uint16(one.recs[0].LSN-testSegSize), uint32(oneEnd-one.recs[0].LSN), false)
-	f.Add(fuzzSeed(one, 0), uint8(0), uint16(one.recs[4].LSN-testSegSize+2*blk+100), uint32(oneEnd-one.recs[4].LSN), false)
+	oneEnd := one.recEnd(one.Recs[len(one.Recs)-1])
+	f.Add(fuzzSeed(one, 0), uint8(0), uint16(one.Recs[0].LSN-testSegSize), uint32(oneEnd-one.Recs[0].LSN), false)
+	f.Add(fuzzSeed(one, 0), uint8(0), uint16(one.Recs[4].LSN-testSegSize+2*blk+100), uint32(oneEnd-one.Recs[4].LSN), false)
 	one18 := buildOneSegment(18)
 	f.Add(fuzzSeed(one18, 0), uint8(0), uint16(40), uint32(3*blk), true)
 	for _, m := range []int{1, 2, 3} {
 		b := buildAcrossSegments(17, m)
-		start := b.recs[0].LSN
-		f.Add(fuzzSeed(b, uint8(m)), uint8(m), uint16(start%blk), uint32(b.recEnd(b.recs[len(b.recs)-1])-start), false)
+		start := b.Recs[0].LSN
+		f.Add(fuzzSeed(b, uint8(m)), uint8(m), uint16(start%blk), uint32(b.recEnd(b.Recs[len(b.Recs)-1])-start), false)
 	}
 	for _, p := range walProblems() {
 		b, start, end := p.build()
-		if b.segSize != testSegSize || len(b.trunc) > 0 {
+		if b.SegSize != testSegSize || len(b.trunc) > 0 {
 			continue
 		}
 		tail := uint8(0)
-		if b.pages[2*testSegSize] != nil {
-			tail = uint8((2*testSegSize - b.recs[0].LSN&^(blk-1)) / blk)
+		if b.Pages[2*testSegSize] != nil {
+			tail = uint8((2*testSegSize - b.Recs[0].LSN&^(blk-1)) / blk)
 			if tail == 0 {
 				continue
 			}
@@ -648,7 +567,7 @@ func FuzzWALReader(f *testing.F) {
 		if start < base || start-base > 0xFFFF {
 			continue
 		}
-		f.Add(fuzzSeed(b, tail), tail, uint16(start-base), uint32(end-start), b.major == 18)
+		f.Add(fuzzSeed(b, tail), tail, uint16(start-base), uint32(end-start), b.Major == 18)
 	}
 	f.Fuzz(func(t *testing.T, data []byte, tail uint8, startOff uint16, span uint32, pg18 bool) {
 		if len(data) > 64*blk || int(tail) > 120 {
@@ -659,7 +578,7 @@ func FuzzWALReader(f *testing.F) {
 		if pg18 {
 			major = 18
 		}
-		b := &walBuilder{major: major, tli: testTLI, segSize: testSegSize, pages: pages, trunc: map[uint64]int64{}}
+		b := &walBuilder{Builder: &waltest.Builder{Major: major, TLI: testTLI, SegSize: testSegSize, Pages: pages}, trunc: map[uint64]int64{}}
 		start := base + format.LSN(startOff)
 		end := start + format.LSN(span%(4*testSegSize))
 		allocBound(t, len(data), func() {

@@ -12,89 +12,20 @@ import (
 	"testing"
 
 	"github.com/combinefs/combinefs/format"
+	"github.com/combinefs/combinefs/format/waltest"
 	"github.com/combinefs/combinefs/resolver/resolvertest"
 )
 
-// walWriter lays records out in segment files the way the server does:
-// page headers (long on each segment's first page), MAXALIGNed records,
-// records going on over pages and segments with XLP_FIRST_IS_CONTRECORD.
-type walWriter struct {
-	magic   uint16
-	sysid   uint64
-	tli     uint32
-	segSize int64
-	segs    map[uint64][]byte
-	pos     format.LSN
-	prev    format.LSN
-	recs    []format.LSN
-}
-
-func newWALWriter(major int, sysid uint64, segSize int64, at format.LSN) *walWriter {
-	magic, _ := format.WALPageMagic(major)
-	return &walWriter{magic: magic, sysid: sysid, tli: 1, segSize: segSize, segs: map[uint64][]byte{}, pos: at, prev: at - 0x30}
-}
-
-func (w *walWriter) bytes(lsn format.LSN) []byte {
-	seg := uint64(lsn) / uint64(w.segSize)
-	if w.segs[seg] == nil {
-		w.segs[seg] = make([]byte, w.segSize)
-	}
-	return w.segs[seg][int64(lsn)%w.segSize:]
-}
-
-func (w *walWriter) initPage(addr format.LSN, rem uint32) format.LSN {
-	p := w.bytes(addr)
-	info, hsz := uint16(0), format.LSN(format.WALShortPageHeaderSize)
-	if int64(addr)%w.segSize == 0 {
-		info, hsz = 2, format.WALLongPageHeaderSize
-		binary.NativeEndian.PutUint64(p[24:], w.sysid)
-		binary.NativeEndian.PutUint32(p[32:], uint32(w.segSize))
-		binary.NativeEndian.PutUint32(p[36:], format.WALBlockSize)
-	}
-	if rem > 0 {
-		info |= 1
-	}
-	binary.NativeEndian.PutUint16(p[0:], w.magic)
-	binary.NativeEndian.PutUint16(p[2:], info)
-	binary.NativeEndian.PutUint32(p[4:], w.tli)
-	binary.NativeEndian.PutUint64(p[8:], uint64(addr))
-	binary.NativeEndian.PutUint32(p[16:], rem)
-	return hsz
-}
-
-func (w *walWriter) add(dataLen int) format.LSN {
-	rec := make([]byte, format.WALRecordHeaderSize+dataLen)
-	for i := format.WALRecordHeaderSize; i < len(rec); i++ {
-		rec[i] = byte(i * 7)
-	}
-	binary.NativeEndian.PutUint32(rec[0:], uint32(len(rec)))
-	binary.NativeEndian.PutUint64(rec[8:], uint64(w.prev))
-	rec[17] = 10 // Heap
-	binary.NativeEndian.PutUint32(rec[20:], format.WALRecordCRC(rec))
-	if w.pos%format.WALBlockSize == 0 {
-		w.pos += w.initPage(w.pos, 0)
-	}
-	start := w.pos
-	for rest := rec; len(rest) > 0; {
-		if w.pos%format.WALBlockSize == 0 {
-			w.pos += w.initPage(w.pos, uint32(len(rest)))
-		}
-		page := w.bytes(w.pos)[:format.WALBlockSize-int(w.pos%format.WALBlockSize)]
-		n := copy(page, rest)
-		rest = rest[n:]
-		w.pos += format.LSN(n)
-	}
-	w.pos = (w.pos + 7) &^ 7
-	w.prev = start
-	w.recs = append(w.recs, start)
-	return start
-}
-
-// write puts the segment files into dir/pg_wal.
-func (w *walWriter) write(t *testing.T, dir string) {
+// writeWAL puts the segment files of w into dir/pg_wal; short holds the
+// length of segments cut short.
+func writeWAL(t *testing.T, w *waltest.Builder, dir string, short map[uint64]int) {
 	t.Helper()
-	for seg, data := range w.segs {
-		name := format.WALSegmentName(w.tli, seg, w.segSize)
+	for _, seg := range w.Segments() {
+		data := w.Segment(seg)
+		if n, ok := short[seg]; ok {
+			data = data[:n]
+		}
+		name := format.WALSegmentName(w.TLI, seg, w.SegSize)
 		if err := os.WriteFile(filepath.Join(dir, "pg_wal", name), data, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -121,7 +52,8 @@ func setWALRanges(m []byte, ranges ...format.WALRange) []byte {
 // has one WAL range from the first record to the end of the last one.
 type walBackup struct {
 	dir        string
-	w          *walWriter
+	w          *waltest.Builder
+	short      map[uint64]int // segments written cut short
 	start, end format.LSN
 }
 
@@ -132,11 +64,11 @@ func newWALBackup(t *testing.T, major int, segSize int64, recordSizes ...int) *w
 	b := c.Full()
 	// The first record goes right after the long header of a segment.
 	at := format.LSN(2 * segSize)
-	w := newWALWriter(major, c.SystemIdentifier, segSize, at)
+	w := waltest.New(major, c.SystemIdentifier, segSize, at)
 	for _, n := range recordSizes {
-		w.add(n)
+		w.Add(10, 0, n, nil) // RM_HEAP_ID
 	}
-	wb := &walBackup{dir: b.Dir, w: w, start: w.recs[0], end: w.pos}
+	wb := &walBackup{dir: b.Dir, w: w, short: map[uint64]int{}, start: w.Recs[0].LSN, end: w.Pos}
 	b.EditManifest = func(m []byte) []byte {
 		return setWALRanges(m, format.WALRange{TLI: 1, Start: wb.start, End: wb.end})
 	}
@@ -146,7 +78,7 @@ func newWALBackup(t *testing.T, major int, segSize int64, recordSizes ...int) *w
 
 func (wb *walBackup) verify(t *testing.T, opts Options) []string {
 	t.Helper()
-	wb.w.write(t, wb.dir)
+	writeWAL(t, wb.w, wb.dir, wb.short)
 	res, err := Backup(context.Background(), wb.dir, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +104,7 @@ func TestVerifyWALAcrossSegments(t *testing.T) {
 		sizes = append(sizes, 30000, 4000)
 	}
 	wb := newWALBackup(t, 17, 1<<20, sizes...)
-	if n := len(wb.w.segs); n < 3 {
+	if n := len(wb.w.Segments()); n < 3 {
 		t.Fatalf("the WAL spans %d segments, want 3 or more", n)
 	}
 	if p := wb.verify(t, Options{}); len(p) > 0 {
@@ -181,7 +113,7 @@ func TestVerifyWALAcrossSegments(t *testing.T) {
 	// A flipped byte in the middle segment is found and named.
 	mid := uint64(wb.start)/(1<<20) + 1
 	name := format.WALSegmentName(1, mid, 1<<20)
-	wb.w.segs[mid][300000] ^= 0x40
+	*wb.w.At(format.LSN(mid<<20) + 300000) ^= 0x40
 	p := wb.verify(t, Options{})
 	if len(p) != 1 || !strings.Contains(p[0], "WAL parsing failed for timeline 1") || !strings.Contains(p[0], "checksum") {
 		t.Fatalf("problems %q, want one CRC problem", p)
@@ -202,21 +134,22 @@ func TestVerifyWALProblems(t *testing.T) {
 		want   string
 		skipOK bool // Options.SkipWAL hides it
 	}{
-		{"bad CRC", 17, func(wb *walBackup) { wb.w.bytes(wb.w.recs[3] + 500)[0] ^= 1 }, "incorrect resource manager data checksum", true},
-		{"bad pageaddr", 17, func(wb *walBackup) { wb.w.bytes(wb.start&^8191 + 8192 + 9)[0] ^= 1 }, "unexpected pageaddr", true},
-		{"bad magic", 18, func(wb *walBackup) { wb.w.bytes(wb.start&^8191 + 2*8192)[0] ^= 1 }, "invalid magic number D119", true},
-		{"other system's WAL", 17, func(wb *walBackup) { wb.w.sysid++; wb.w.initPage(wb.start&^8191, 0) }, "WAL file is from different database system", true},
+		{"bad CRC", 17, func(wb *walBackup) { *wb.w.At(wb.w.Recs[3].LSN + 500) ^= 1 }, "incorrect resource manager data checksum", true},
+		{"bad pageaddr", 17, func(wb *walBackup) { *wb.w.At(wb.start&^8191 + 8192 + 9) ^= 1 }, "unexpected pageaddr", true},
+		{"bad magic", 18, func(wb *walBackup) { *wb.w.At(wb.start&^8191 + 2*8192) ^= 1 }, "invalid magic number D119", true},
+		{"other system's WAL", 17, func(wb *walBackup) {
+			binary.NativeEndian.PutUint64(wb.w.Pages[wb.start&^8191][24:], wb.w.SysID+1) // xlp_sysid
+		}, "WAL file is from different database system", true},
 		{"PostgreSQL 17 WAL in a PostgreSQL 18 backup", 18, func(wb *walBackup) {
-			for _, s := range wb.w.segs {
-				for off := 0; off < len(s); off += 8192 {
-					if binary.NativeEndian.Uint16(s[off:]) == 0xD118 {
-						binary.NativeEndian.PutUint16(s[off:], 0xD116)
-					}
+			for _, p := range wb.w.Pages {
+				if binary.NativeEndian.Uint16(p) == 0xD118 {
+					binary.NativeEndian.PutUint16(p, 0xD116)
 				}
 			}
 		}, "invalid magic number D116 in page header (PostgreSQL 18 writes D118)", true},
 		{"bad xl_prev", 17, func(wb *walBackup) {
-			rec := wb.w.bytes(wb.w.recs[5])
+			at := wb.w.Recs[5].LSN
+			rec := wb.w.Pages[at&^8191][at%8192:]
 			rec[8] ^= 8
 			binary.NativeEndian.PutUint32(rec[20:], format.WALRecordCRC(rec[:binary.NativeEndian.Uint32(rec)]))
 		}, "record with incorrect prev-link", true},
@@ -259,7 +192,7 @@ func TestVerifyWALMissingAndShort(t *testing.T) {
 		t.Fatalf("problems %q, want the missing segment", p)
 	}
 	// A short segment: said once, its records not read.
-	wb.w.segs[2] = wb.w.segs[2][:1<<20]
+	wb.short[2] = 1 << 20
 	p = wb.verify(t, Options{})
 	if len(p) != 2 || p[0] != fmt.Sprintf("WAL segment %q has size %d, expected %d", name, 1<<20, 16<<20) {
 		t.Fatalf("problems %q, want the short segment first", p)
@@ -270,8 +203,8 @@ func TestVerifyWALPastEndIgnored(t *testing.T) {
 	wb := newWALBackup(t, 17, 16<<20, walSizes...)
 	// Past End-LSN in the last segment: a garbage record header and a
 	// broken page header, as pg_waldump --end never reads them.
-	wb.w.bytes(wb.end)[0] = 0xff
-	wb.w.bytes(wb.end&^8191 + 3*8192)[0] ^= 0xff
+	*wb.w.At(wb.end) = 0xff
+	*wb.w.At(wb.end&^8191 + 3*8192) ^= 0xff
 	if p := wb.verify(t, Options{}); len(p) > 0 {
 		t.Fatalf("problems past End-LSN: %q", p)
 	}
