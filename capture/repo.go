@@ -78,15 +78,6 @@ func OpenRepo(dir string, create bool) (*Repo, error) {
 	return &Repo{Dir: abs, created: created}, nil
 }
 
-// dropIfNew removes the repository OpenRepo made, if nothing but the lock
-// file is in it.
-func (r *Repo) dropIfNew() {
-	if r.created {
-		os.Remove(filepath.Join(r.Dir, repoLockName))
-		os.Remove(r.Dir) // fails, as it should, unless empty
-	}
-}
-
 // ErrRepoLocked means another capture holds the repository's lock.
 var ErrRepoLocked = errors.New("repository is locked by another capture")
 
@@ -138,13 +129,23 @@ func (r *Repo) NewName(kind Kind, t time.Time) string {
 func RepoCapture(ctx context.Context, r *Repo, o Options, full bool) (name string, res *Result, err error) {
 	unlock, err := r.Lock()
 	if err != nil {
-		r.dropIfNew()
+		if r.created {
+			os.Remove(r.Dir) // only if empty: another capture may hold it now
+		}
 		return "", nil, err
 	}
 	defer func() {
+		// A first capture into a repository OpenRepo made leaves nothing
+		// when it fails: the lock file goes while this capture still holds
+		// it (so no one else's lock is removed), then the directory, if
+		// nothing else came into it.
+		drop := err != nil && r.created
+		if drop {
+			os.Remove(filepath.Join(r.Dir, repoLockName))
+		}
 		unlock()
-		if err != nil {
-			r.dropIfNew()
+		if drop {
+			os.Remove(r.Dir)
 		}
 	}()
 	// Holding the lock, nothing else writes here: hidden partial
