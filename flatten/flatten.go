@@ -13,7 +13,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -60,36 +59,14 @@ const (
 	Warning
 )
 
-// maxPGPath is MAXPGPATH, pg_combinebackup's limit on a mapped directory.
-const maxPGPath = 1024
-
-// ParseMapping parses OLDDIR=NEWDIR as pg_combinebackup does (\= is a
-// literal =, both sides absolute, canonicalized).
+// ParseMapping parses OLDDIR=NEWDIR as pg_combinebackup does (split by
+// format.SplitTablespaceMapping, both sides absolute, canonicalized).
 func ParseMapping(arg string) (Mapping, error) {
-	var old, nw strings.Builder
-	dst := &old
-	for i := 0; i < len(arg); i++ {
-		if dst.Len() >= maxPGPath {
-			return Mapping{}, errors.New("directory name too long")
-		}
-		switch {
-		case arg[i] == '\\' && i+1 < len(arg) && arg[i+1] == '=':
-			// skip the backslash escaping =
-		case arg[i] == '=' && (i == 0 || arg[i-1] != '\\'):
-			// Like pg_combinebackup, a second = is an error only once the
-			// new directory has begun: "/a==/b" maps /a to /b.
-			if nw.Len() > 0 {
-				return Mapping{}, errors.New(`multiple "=" signs in tablespace mapping`)
-			}
-			dst = &nw
-		default:
-			dst.WriteByte(arg[i])
-		}
+	old, nw, err := format.SplitTablespaceMapping(arg)
+	if err != nil {
+		return Mapping{}, err
 	}
-	m := Mapping{Old: old.String(), New: nw.String()}
-	if m.Old == "" || m.New == "" {
-		return Mapping{}, fmt.Errorf("invalid tablespace mapping format %q, must be \"OLDDIR=NEWDIR\"", arg)
-	}
+	m := Mapping{Old: old, New: nw}
 	// pg_combinebackup says "old directory" for both sides; so do we.
 	if !filepath.IsAbs(m.Old) {
 		return Mapping{}, fmt.Errorf("old directory is not an absolute path in tablespace mapping: %s", m.Old)

@@ -1,8 +1,9 @@
 // Package format reads and writes the files of PostgreSQL 17+ plain-format
 // base backups that combinefs needs: INCREMENTAL.* relation files,
 // backup_label, backup_manifest (versions 1 and 2), PG_VERSION, the fields of
-// global/pg_control used for chain checks, relation file names, and WAL
-// (page and record headers and CRCs, for verify; see wal.go).
+// global/pg_control used for chain checks, relation file names, WAL (page
+// and record headers and CRCs, for verify; see wal.go), and the tools'
+// -T OLDDIR=NEWDIR tablespace mappings.
 //
 // It does no I/O beyond io.Reader/io.ReaderAt and byte slices, so everything
 // here is deterministic and fuzzed. Errors about file contents are *Error

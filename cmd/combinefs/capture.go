@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/combinefs/combinefs/capture"
+	"github.com/combinefs/combinefs/format"
 )
 
 // captureOptions are the flags of combinefs capture; where they overlap with
@@ -208,31 +209,11 @@ func parseMaxRate(s string) (int, error) {
 	return int(v), nil
 }
 
-// parseTablespaceMapping reads OLDDIR=NEWDIR as pg_basebackup does: \= is a
-// literal =, both directories absolute.
+// parseTablespaceMapping reads OLDDIR=NEWDIR as pg_basebackup does (split
+// by format.SplitTablespaceMapping, both directories absolute).
 func parseTablespaceMapping(arg string) (old, nu string, err error) {
-	var b [2]strings.Builder
-	side := 0
-	for i := 0; i < len(arg); i++ {
-		if b[side].Len() >= 1024 { // MAXPGPATH
-			return "", "", fmt.Errorf("directory name too long")
-		}
-		switch {
-		case arg[i] == '\\' && i+1 < len(arg) && arg[i+1] == '=':
-		case arg[i] == '=' && (i == 0 || arg[i-1] != '\\'):
-			// As in pg_basebackup, a second = is an error only once the new
-			// directory has begun: "/a==/b" maps /a to /b.
-			if b[1].Len() > 0 {
-				return "", "", fmt.Errorf(`multiple "=" signs in tablespace mapping`)
-			}
-			side = 1
-		default:
-			b[side].WriteByte(arg[i])
-		}
-	}
-	old, nu = b[0].String(), b[1].String()
-	if old == "" || nu == "" {
-		return "", "", fmt.Errorf("invalid tablespace mapping format %q, must be \"OLDDIR=NEWDIR\"", arg)
+	if old, nu, err = format.SplitTablespaceMapping(arg); err != nil {
+		return "", "", err
 	}
 	if !filepath.IsAbs(old) {
 		return "", "", fmt.Errorf("old directory is not an absolute path in tablespace mapping: %s", old)
