@@ -39,11 +39,22 @@ if [ ! -f "$root/.combinefs-ready" ]; then
 	tmp=$root.partial
 	rm -rf "$tmp"
 	mkdir -p "$(dirname "$root")"
+	# The Debian mirror is the machine's own: the first debian (not -security)
+	# URI of its apt sources, or DEBIAN_MIRROR when set.
+	mirror=${DEBIAN_MIRROR:-}
+	if [ -z "$mirror" ]; then
+		for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list; do
+			[ -f "$f" ] || continue
+			mirror=$(grep -v '^[[:space:]]*#' "$f" | grep -oE 'https?://[^[:space:]]+/debian/?([[:space:]]|$)' | head -1 | tr -d '[:space:]' || true)
+			[ -n "$mirror" ] && break
+		done
+	fi
+	[ -n "$mirror" ] || { echo "provision.sh: no Debian mirror in the apt sources (set DEBIAN_MIRROR)" >&2; exit 1; }
 	echo "provision.sh: building PostgreSQL $major root in $root (debootstrap $suite, about a minute)" >&2
 	# fuse3 gives fusermount3 inside the root, for mounts made from there.
 	debootstrap --variant=minbase \
 		--include=postgresql-$major,postgresql-client-$major,fuse3 \
-		"$suite" "$tmp" http://deb.debian.org/debian >"$tmp.log" 2>&1 ||
+		"$suite" "$tmp" "$mirror" >"$tmp.log" 2>&1 ||
 		{ tail -20 "$tmp.log" >&2; echo "provision.sh: debootstrap failed (log: $tmp.log)" >&2; exit 1; }
 	for b in postgres pg_ctl initdb pg_basebackup pg_combinebackup pg_verifybackup pgbench psql; do
 		[ -x "$tmp$bindir/$b" ] || { echo "provision.sh: $bindir/$b missing after debootstrap" >&2; exit 1; }
