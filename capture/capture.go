@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/combinefs/combinefs/internal/dio"
+	"github.com/combinefs/combinefs/repo"
 )
 
 // Result describes a finished backup.
@@ -94,10 +97,14 @@ func (c *capturer) run(ctx context.Context) (*Result, error) {
 	o := c.o
 	// Refuse a non-empty directory before asking the server for anything
 	// (prepareDir checks again, just before writing).
-	if abs, err := filepath.Abs(o.Dir); err != nil {
-		return nil, err
-	} else if err := checkEmptyOrMissing(abs); err != nil {
-		return nil, err
+	if o.into == nil {
+		abs, err := filepath.Abs(o.Dir)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkEmptyOrMissing(abs); err != nil {
+			return nil, err
+		}
 	}
 	c.report(Progress{Phase: PhaseConnect})
 	cfg := o.Conn.Copy()
@@ -252,6 +259,14 @@ func (c *capturer) run(ctx context.Context) (*Result, error) {
 // prepareDir checks the output directory and makes the temporary one next
 // to it.
 func (c *capturer) prepareDir(mode fs.FileMode) error {
+	if in := c.o.into; in != nil {
+		tmp, err := in.r.Stage(in.name)
+		if err != nil {
+			return err
+		}
+		c.tmp = tmp
+		return os.Chmod(tmp, mode)
+	}
 	final, err := filepath.Abs(c.o.Dir)
 	if err != nil {
 		return err
@@ -263,7 +278,7 @@ func (c *capturer) prepareDir(mode fs.FileMode) error {
 	if err := os.MkdirAll(parent, 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(final)+".partial-")
+	tmp, err := repo.StageIn(parent, filepath.Base(final))
 	if err != nil {
 		return err
 	}
@@ -351,6 +366,14 @@ func (c *capturer) finish() error {
 	if err := durableRename(filepath.Join(c.tmp, manifestTmpName), filepath.Join(c.tmp, "backup_manifest"), c.o.NoSync); err != nil {
 		return err
 	}
+	if in := c.o.into; in != nil {
+		final, err := in.r.Publish(c.tmp, in.name)
+		if err != nil {
+			return err
+		}
+		c.final, c.tmp = final, ""
+		return nil
+	}
 	// rename(2), unlike os.Rename, replaces an empty directory, which is
 	// what -D names when it exists.
 	if err := syscall.Rename(c.tmp, c.final); err != nil {
@@ -358,7 +381,7 @@ func (c *capturer) finish() error {
 	}
 	c.tmp = ""
 	if !c.o.NoSync {
-		if err := syncPath(filepath.Dir(c.final)); err != nil {
+		if err := dio.Sync(filepath.Dir(c.final)); err != nil {
 			return err
 		}
 	}

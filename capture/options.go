@@ -90,6 +90,11 @@ type Options struct {
 	Progress func(Progress)
 	// Notice, if set, receives server notices and warnings, one line each.
 	Notice func(string)
+
+	// into, when set (by RepoCapture), names the repository point the
+	// backup becomes: the repository stages and publishes it, and Dir is
+	// not used.
+	into *intoRepo
 }
 
 // Phase names a stage of a capture.
@@ -162,7 +167,7 @@ func (o *Options) validate() error {
 	if o.Conn == nil {
 		return fmt.Errorf("no connection settings")
 	}
-	if o.Dir == "" {
+	if o.Dir == "" && o.into == nil {
 		return fmt.Errorf("no output directory")
 	}
 	if o.MaxRate != 0 && (o.MaxRate < MaxRateLower || o.MaxRate > MaxRateUpper) {

@@ -2,44 +2,21 @@ package capture
 
 import (
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
-)
 
-func TestRepoLock(t *testing.T) {
-	r, err := OpenRepo(filepath.Join(t.TempDir(), "repo"), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	unlock, err := r.Lock()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Lock(); !errors.Is(err, ErrRepoLocked) {
-		t.Errorf("second lock: %v, want ErrRepoLocked", err)
-	}
-	unlock()
-	unlock2, err := r.Lock()
-	if err != nil {
-		t.Errorf("lock after unlock: %v", err)
-	} else {
-		unlock2()
-	}
-	if _, err := OpenRepo(filepath.Join(t.TempDir(), "missing"), false); err == nil {
-		t.Error("opened a missing repository")
-	}
-}
+	"github.com/combinefs/combinefs/repo"
+)
 
 // TestRepoCapture takes backups into a repository from the fake server.
 // Its backups are not real ones (no control file), so the second capture
 // must refuse to chain to them, and --full must still work.
 func TestRepoCapture(t *testing.T) {
 	_, o := newBackupServer(t, fullBackupScript(t), nil)
-	r, err := OpenRepo(filepath.Join(t.TempDir(), "repo"), true)
+	r, err := repo.Open(filepath.Join(t.TempDir(), "repo"), true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +27,7 @@ func TestRepoCapture(t *testing.T) {
 	if l, _ := r.Leftovers(); len(l) != 1 {
 		t.Errorf("leftovers %q", l)
 	}
-	name, res, err := RepoCapture(context.Background(), r, o, false)
+	name, res, err := RepoCapture(context.Background(), r, o, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,8 +37,8 @@ func TestRepoCapture(t *testing.T) {
 	if _, err := os.Stat(leftover); err == nil {
 		t.Error("the leftover of an interrupted capture was not removed")
 	}
-	points, err := r.Points()
-	if err != nil || len(points) != 1 || points[0].Name != name || points[0].Kind != KindFull {
+	points, err := r.Points(context.Background())
+	if err != nil || len(points) != 1 || points[0].Name != name || points[0].Kind != repo.KindFull {
 		t.Fatalf("points %v, %v", points, err)
 	}
 	if points[0].Problem == "" {
@@ -71,10 +48,10 @@ func TestRepoCapture(t *testing.T) {
 		t.Errorf("point %+v", points[0])
 	}
 
-	if _, _, err := RepoCapture(context.Background(), r, o, false); err == nil || !strings.Contains(err.Error(), "--full") {
+	if _, _, err := RepoCapture(context.Background(), r, o, false, nil); err == nil || !strings.Contains(err.Error(), "--full") {
 		t.Errorf("incremental onto a damaged backup: %v", err)
 	}
-	name2, res2, err := RepoCapture(context.Background(), r, o, true)
+	name2, res2, err := RepoCapture(context.Background(), r, o, true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/combinefs/combinefs/internal/dio"
 )
 
 // syncer makes finished files durable the way pg_basebackup does, in two
@@ -123,7 +125,7 @@ func syncDirs(dirs []string) error {
 	for range syncWorkers {
 		wg.Go(func() {
 			for d := range ch {
-				if err := syncPath(d); err != nil {
+				if err := dio.Sync(d); err != nil {
 					mu.Lock()
 					errs = append(errs, err)
 					mu.Unlock()
@@ -139,19 +141,6 @@ func syncDirs(dirs []string) error {
 	return errors.Join(errs...)
 }
 
-// syncPath fsyncs one file or directory by name.
-func syncPath(name string) error {
-	f, err := os.Open(name)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
 // durableRename renames oldpath to newpath and fsyncs the directory that
 // holds newpath (and oldpath's, when it differs), so that the rename
 // survives a crash.
@@ -162,11 +151,11 @@ func durableRename(oldpath, newpath string, noSync bool) error {
 	if noSync {
 		return nil
 	}
-	if err := syncPath(filepath.Dir(newpath)); err != nil {
+	if err := dio.Sync(filepath.Dir(newpath)); err != nil {
 		return err
 	}
 	if od := filepath.Dir(oldpath); od != filepath.Dir(newpath) {
-		return syncPath(od)
+		return dio.Sync(od)
 	}
 	return nil
 }

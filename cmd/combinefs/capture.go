@@ -15,6 +15,7 @@ import (
 
 	"github.com/combinefs/combinefs/capture"
 	"github.com/combinefs/combinefs/format"
+	"github.com/combinefs/combinefs/repo"
 )
 
 // captureOptions are the flags of combinefs capture; where they overlap with
@@ -84,12 +85,12 @@ func setupCapture(f *pflag.FlagSet) func(ctx context.Context, args []string) err
 			res  *capture.Result
 		)
 		if o.repo != "" {
-			repo, err := capture.OpenRepo(o.repo, true)
+			r, err := repo.Open(o.repo, true)
 			if err != nil {
 				bar.Finish()
 				return err
 			}
-			name, res, err = capture.RepoCapture(ctx, repo, opts, o.full)
+			name, res, err = capture.RepoCapture(ctx, r, opts, o.full, waitNotice("capture"))
 			bar.Finish()
 			if err != nil {
 				return err

@@ -29,6 +29,8 @@ type flattenOptions struct {
 	jobs       int
 	progress   bool
 	copyMethod flatten.CopyMethod // the last of the copy flags given wins
+	repo       string
+	point      string
 }
 
 // copyFlag is one of --clone, --copy, --copy-file-range, --link: a boolean
@@ -72,6 +74,8 @@ func (o *flattenOptions) addFlags(f *pflag.FlagSet, native bool) {
 	if native {
 		f.IntVarP(&o.jobs, "jobs", "j", 2*runtime.NumCPU(), "files written at once")
 		f.BoolVarP(&o.progress, "progress", "P", false, "show a progress bar (default: when stderr is a terminal)")
+		f.StringVar(&o.repo, "repo", "", "backup repository `DIR` (with --point, instead of BACKUP...)")
+		f.StringVar(&o.point, "point", "", "`NAME` (or a unique prefix) of the repository point to flatten")
 	}
 }
 
@@ -115,6 +119,23 @@ func setupFlatten(f *pflag.FlagSet) func(ctx context.Context, args []string) err
 // runFlatten checks the chain and writes the output. In pg mode messages
 // keep pg_combinebackup's wording and prefixes.
 func runFlatten(ctx context.Context, o *flattenOptions, args []string, w io.Writer, pgMode bool) error {
+	if o.repo != "" || o.point != "" {
+		if o.repo == "" || o.point == "" {
+			return usageError{"--repo and --point go together"}
+		}
+		if len(args) > 0 {
+			return usageError{fmt.Sprintf("with --repo, give no backup directories (first is %q)", args[0])}
+		}
+		if o.output == "" {
+			return optionError{"no output directory specified"}
+		}
+		dirs, hold, err := repoChain(ctx, "flatten", o.repo, o.point)
+		if err != nil {
+			return err
+		}
+		defer hold.Release()
+		args = dirs
+	}
 	opts, err := o.config(args)
 	if err != nil {
 		return err

@@ -10,29 +10,29 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/combinefs/combinefs/capture"
+	"github.com/combinefs/combinefs/repo"
 )
 
 func setupList(f *pflag.FlagSet) func(ctx context.Context, args []string) error {
-	var repo string
+	var dir string
 	var verbose bool
-	f.StringVar(&repo, "repo", "", "the repository `DIR` to list")
+	f.StringVar(&dir, "repo", "", "the repository `DIR` to list")
 	f.BoolVarP(&verbose, "verbose", "v", false, "also show each point's chain and system identifier")
 	return func(ctx context.Context, args []string) error {
-		if repo == "" && len(args) == 1 {
-			repo, args = args[0], nil
+		if dir == "" && len(args) == 1 {
+			dir, args = args[0], nil
 		}
 		if len(args) > 0 {
 			return usageError{fmt.Sprintf("too many command-line arguments (first is %q)", args[0])}
 		}
-		if repo == "" {
+		if dir == "" {
 			return usageError{"no repository specified (--repo DIR)"}
 		}
-		r, err := capture.OpenRepo(repo, false)
+		r, err := repo.Open(dir, false)
 		if err != nil {
 			return err
 		}
-		points, err := r.Points()
+		points, err := r.Points(ctx)
 		if err != nil {
 			return err
 		}
@@ -46,7 +46,7 @@ func setupList(f *pflag.FlagSet) func(ctx context.Context, args []string) error 
 
 // printPoints writes the table of list; a chain problem makes the command
 // fail after the table, so that scripts notice.
-func printPoints(w io.Writer, points []*capture.Point, leftovers []string, verbose bool) error {
+func printPoints(w io.Writer, points []*repo.Point, leftovers []string, verbose bool) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tKIND\tPARENT\tTLI\tSTART LSN\tEND LSN\tSIZE\tSTATUS")
 	broken := 0

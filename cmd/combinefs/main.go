@@ -35,7 +35,7 @@ var commands = []command{
 	{"list", "list --repo DIR", "show the backups of a repository and check its chains", setupList},
 	{"mount", "mount [--cow UPPERDIR] [flags] (BACKUP... | --repo DIR --point NAME) MOUNTPOINT", "present a chain point as a data directory through FUSE, read-only or copy-on-write", setupMount},
 	{"umount", "umount MOUNTPOINT", "unmount a combinefs mount", setupUmount},
-	{"flatten", "flatten [flags] -o OUTDIR BACKUP...", "combine a chain into a full backup, like pg_combinebackup", setupFlatten},
+	{"flatten", "flatten [flags] -o OUTDIR (BACKUP... | --repo DIR --point NAME)", "combine a chain into a full backup, like pg_combinebackup", setupFlatten},
 	{"verify", "verify [--chain] BACKUP...", "check backups against their manifests, like pg_verifybackup", setupVerify},
 }
 

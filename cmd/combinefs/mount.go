@@ -22,8 +22,8 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/combinefs/combinefs/capture"
 	"github.com/combinefs/combinefs/fusefs"
+	"github.com/combinefs/combinefs/repo"
 	"github.com/combinefs/combinefs/resolver"
 )
 
@@ -65,42 +65,23 @@ func setupMount(f *pflag.FlagSet) func(ctx context.Context, args []string) error
 	}
 }
 
-// mountArgs splits the command line into the backup chain and the mount point.
-func (o *mountOptions) chainDirs(args []string) ([]string, string, error) {
+// chainDirs splits the command line into the backup chain and the mount
+// point. A repository point's chain stays locked (shared) until release.
+func (o *mountOptions) chainDirs(ctx context.Context, args []string) ([]string, string, *repo.Hold, error) {
 	if o.repo != "" || o.point != "" {
 		if o.repo == "" || o.point == "" {
-			return nil, "", usageError{"--repo and --point go together"}
+			return nil, "", nil, usageError{"--repo and --point go together"}
 		}
 		if len(args) != 1 {
-			return nil, "", usageError{"with --repo, give only the mount point"}
+			return nil, "", nil, usageError{"with --repo, give only the mount point"}
 		}
-		repo, err := capture.OpenRepo(o.repo, false)
-		if err != nil {
-			return nil, "", err
-		}
-		points, err := repo.Points()
-		if err != nil {
-			return nil, "", err
-		}
-		for _, p := range points {
-			if p.Name != o.point {
-				continue
-			}
-			if p.Problem != "" {
-				return nil, "", fmt.Errorf("point %s of %s cannot be mounted: %s", p.Name, repo.Dir, p.Problem)
-			}
-			dirs := make([]string, len(p.Chain))
-			for i, n := range p.Chain {
-				dirs[i] = filepath.Join(repo.Dir, n)
-			}
-			return dirs, args[0], nil
-		}
-		return nil, "", fmt.Errorf("repository %s has no point named %q (see combinefs list --repo %s)", repo.Dir, o.point, o.repo)
+		dirs, hold, err := repoChain(ctx, "mount", o.repo, o.point)
+		return dirs, args[0], hold, err
 	}
 	if len(args) < 2 {
-		return nil, "", usageError{"give the backups of the chain, oldest first, and the mount point"}
+		return nil, "", nil, usageError{"give the backups of the chain, oldest first, and the mount point"}
 	}
-	return args[:len(args)-1], args[len(args)-1], nil
+	return args[:len(args)-1], args[len(args)-1], nil, nil
 }
 
 func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
@@ -113,10 +94,11 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 			}
 		}()
 	}
-	dirs, mp, err := o.chainDirs(args)
+	dirs, mp, hold, err := o.chainDirs(ctx, args)
 	if err != nil {
 		return err
 	}
+	defer hold.Release()
 	cacheBytes, err := parseSize(o.cacheSize)
 	if err != nil {
 		return usageError{fmt.Sprintf("--cache-size: %v", err)}

@@ -138,9 +138,9 @@ func TestMountRepoRefused(t *testing.T) {
 		want string
 	}{
 		{[]string{"mount", "--repo", repo, "--point", "bogus", mp},
-			fmt.Sprintf("repository %s has no point named \"bogus\" (see combinefs list --repo %s)", repo, repo)},
+			fmt.Sprintf("repository %s has no point named \"bogus\" (its points: %s, %s)", repo, repoFull, repoInc2)},
 		{[]string{"mount", "--repo", repo, "--point", repoInc2, mp},
-			fmt.Sprintf("point %s of %s cannot be mounted: its parent (the backup that started at 0/4000028 on timeline 1) is not in the repository", repoInc2, repo)},
+			fmt.Sprintf("point %s of %s cannot be restored: its parent (the backup that started at 0/4000028 on timeline 1) is not in the repository", repoInc2, repo)},
 		{[]string{"mount", "--repo", missing, "--point", repoFull, mp},
 			fmt.Sprintf("repository: stat %s: no such file or directory", missing)},
 		// A good point, but a mount point that is not a directory.

@@ -158,3 +158,17 @@ func ClearDirect(f *os.File) error {
 	}
 	return nil
 }
+
+// Sync fsyncs a file or directory by name: how a rename or a new file is
+// made durable.
+func Sync(name string) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

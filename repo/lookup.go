@@ -1,0 +1,75 @@
+package repo
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+)
+
+// Find returns the point ref names: its full name, or a prefix of exactly
+// one point's name. It reads and checks every point (the chains of all of
+// them), which the caller gets back.
+func (r *Repo) Find(ctx context.Context, ref string) (*Point, []*Point, error) {
+	points, err := r.Points(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := match(r.Dir, points, ref)
+	return p, points, err
+}
+
+// match finds ref among points by name or unique prefix.
+func match(dir string, points []*Point, ref string) (*Point, error) {
+	var found []*Point
+	for _, p := range points {
+		if p.Name == ref {
+			return p, nil
+		}
+		if ref != "" && strings.HasPrefix(p.Name, ref) {
+			found = append(found, p)
+		}
+	}
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+		if len(points) == 0 {
+			return nil, fmt.Errorf("repository %s has no point named %q (it has no points)", dir, ref)
+		}
+		return nil, fmt.Errorf("repository %s has no point named %q (its points: %s)", dir, ref, names(points, 6))
+	default:
+		return nil, fmt.Errorf("point %q of repository %s is ambiguous: it begins %s", ref, dir, names(found, 6))
+	}
+}
+
+// names lists up to max names, oldest first, with the count of the rest.
+func names(points []*Point, max int) string {
+	var s []string
+	for i, p := range points {
+		if i == max {
+			s = append(s, fmt.Sprintf("and %d more", len(points)-max))
+			break
+		}
+		s = append(s, p.Name)
+	}
+	return strings.Join(s, ", ")
+}
+
+// ChainDirs turns a point reference (a name or a unique prefix of one) into
+// the directories of its chain, full backup first: what mount, flatten and
+// verify read. A point whose chain is broken is an error saying why.
+func (r *Repo) ChainDirs(ctx context.Context, ref string) ([]string, *Point, error) {
+	p, _, err := r.Find(ctx, ref)
+	if err != nil {
+		return nil, nil, err
+	}
+	if p.Problem != "" {
+		return nil, nil, fmt.Errorf("point %s of %s cannot be restored: %s", p.Name, r.Dir, p.Problem)
+	}
+	dirs := make([]string, len(p.Chain))
+	for i, n := range p.Chain {
+		dirs[i] = filepath.Join(r.Dir, n)
+	}
+	return dirs, p, nil
+}

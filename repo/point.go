@@ -1,0 +1,253 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/combinefs/combinefs/format"
+	"github.com/combinefs/combinefs/resolver"
+)
+
+// Kind is FULL or INCREMENTAL.
+type Kind string
+
+// The kinds of backup.
+const (
+	KindFull        Kind = "FULL"
+	KindIncremental Kind = "INCREMENTAL"
+)
+
+// Point is one backup of a repository and what list shows of it.
+type Point struct {
+	Name string
+	Dir  string
+	Kind Kind
+	Time time.Time // from the name
+
+	SystemID uint64
+	StartLSN format.LSN
+	StartTLI uint32
+	// EndLSN is the end of the last WAL range of the manifest: the point in
+	// time the backup restores to.
+	EndLSN format.LSN
+	// PrevLSN and PrevTLI are where an incremental backup's parent started.
+	PrevLSN format.LSN
+	PrevTLI uint32
+
+	// Parent is the name of the backup this one is incremental from, "" for
+	// a full backup or when none matches.
+	Parent string
+	// Chain lists the names of the backups that restore this point, full
+	// backup first, when the point is intact.
+	Chain []string
+	// Size is the total size of the backup's files.
+	Size int64
+	// Problem is empty when the point and its chain are intact, and else
+	// says what is wrong.
+	Problem string
+}
+
+// Points reads every point of the repository, oldest first, finds each
+// one's parent and checks each chain the way pg_combinebackup would.
+func (r *Repo) Points(ctx context.Context) ([]*Point, error) {
+	// The points are the top-level directories with a point's name; their
+	// sizes come from a listing of each.
+	entries, err := os.ReadDir(r.Dir)
+	if err != nil {
+		return nil, err
+	}
+	var points []*Point
+	for _, e := range entries {
+		m := pointNameRe.FindStringSubmatch(e.Name())
+		if m == nil || !e.IsDir() {
+			continue
+		}
+		t, err := time.Parse(nameTimeLayout, m[1])
+		if err != nil {
+			continue
+		}
+		p := &Point{Name: e.Name(), Dir: filepath.Join(r.Dir, e.Name()), Kind: Kind(m[2]), Time: t}
+		objs, err := r.Store.List(ctx, p.Name+"/")
+		if err != nil {
+			return nil, err
+		}
+		for _, o := range objs {
+			p.Size += o.Size
+		}
+		points = append(points, p)
+	}
+	sort.Slice(points, func(i, j int) bool { return points[i].Name < points[j].Name })
+	for _, p := range points {
+		r.readPoint(ctx, p)
+	}
+	linkParents(points)
+	checkChains(points)
+	return points, nil
+}
+
+// readPoint fills in what p's backup_label and backup_manifest say, or
+// sets p.Problem.
+func (r *Repo) readPoint(ctx context.Context, p *Point) {
+	labelPath := filepath.Join(p.Dir, "backup_label")
+	data, err := r.Store.ReadRange(ctx, p.Name+"/backup_label", 0, -1)
+	if err != nil {
+		p.Problem = fmt.Sprintf("not a complete backup: %v", pathErr(err))
+		return
+	}
+	l, err := format.ParseBackupLabel(data, labelPath)
+	if err != nil {
+		p.Problem = err.Error()
+		return
+	}
+	p.StartLSN, p.StartTLI = l.StartLSN, l.StartTLI
+	if l.Incremental {
+		p.PrevLSN, p.PrevTLI = l.PrevLSN, l.PrevTLI
+	}
+	if want := l.Incremental; want != (p.Kind == KindIncremental) {
+		p.Problem = fmt.Sprintf("named %s, but its backup_label says otherwise", p.Kind)
+		return
+	}
+	manPath := filepath.Join(p.Dir, "backup_manifest")
+	data, err = r.Store.ReadRange(ctx, p.Name+"/backup_manifest", 0, -1)
+	if err != nil {
+		p.Problem = fmt.Sprintf("not a complete backup: %v", pathErr(err))
+		return
+	}
+	m, err := format.ParseManifest(data, manPath)
+	if err != nil {
+		p.Problem = err.Error()
+		return
+	}
+	if m.HasSystemIdentifier {
+		p.SystemID = m.SystemIdentifier
+	}
+	if n := len(m.WALRanges); n > 0 {
+		p.EndLSN = m.WALRanges[n-1].End
+	}
+}
+
+// pathErr shortens a *PathError to "backup_label: no such file or directory".
+func pathErr(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return filepath.Base(pe.Path) + ": " + pe.Err.Error()
+	}
+	return err.Error()
+}
+
+// linkParents finds each incremental backup's parent: the newest older
+// backup that started where the incremental says its parent did. A
+// compacted full point has the start of the incremental it replaced and
+// sorts before it (FULL < INCREMENTAL at the same second), so while both
+// exist the incremental is the parent; either restores the same bytes.
+func linkParents(points []*Point) {
+	for i, p := range points {
+		if p.Kind != KindIncremental || p.PrevTLI == 0 {
+			continue // a full backup, or its label could not be read
+		}
+		for j := i - 1; j >= 0; j-- {
+			q := points[j]
+			if q.StartLSN == p.PrevLSN && q.StartTLI == p.PrevTLI && (q.SystemID == p.SystemID || q.SystemID == 0 || p.SystemID == 0) {
+				p.Parent = q.Name
+				break
+			}
+		}
+		if p.Parent == "" && p.Problem == "" {
+			p.Problem = fmt.Sprintf("its parent (the backup that started at %s on timeline %d) is not in the repository", p.PrevLSN, p.PrevTLI)
+		}
+	}
+}
+
+// checkChains sets Chain or Problem on every point.
+func checkChains(points []*Point) {
+	byName := map[string]*Point{}
+	for _, p := range points {
+		byName[p.Name] = p
+	}
+	// The chain of p, full backup first; nil and a problem when an
+	// ancestor is missing or damaged.
+	chainOf := func(p *Point) ([]*Point, string) {
+		var chain []*Point
+		for q := p; ; q = byName[q.Parent] {
+			chain = append([]*Point{q}, chain...)
+			if q != p && q.Problem != "" {
+				return nil, fmt.Sprintf("its parent %s is not usable", q.Name)
+			}
+			if q.Kind == KindFull || q.Parent == "" {
+				break
+			}
+		}
+		return chain, ""
+	}
+	verified := map[string]bool{}
+	for _, p := range points {
+		if p.Problem != "" {
+			continue
+		}
+		chain, problem := chainOf(p)
+		if problem != "" {
+			p.Problem = problem
+			continue
+		}
+		if chain[0].Kind != KindFull {
+			p.Problem = "its chain does not begin with a full backup"
+			continue
+		}
+		if !verified[p.Name] {
+			verifyChain(chain, verified)
+		}
+		if p.Problem == "" {
+			for _, q := range chain {
+				p.Chain = append(p.Chain, q.Name)
+			}
+		}
+	}
+}
+
+// verifyChain runs pg_combinebackup's chain checks (through the resolver,
+// which reads local files: an object-store repository will give it a
+// Storage-backed source) on chain and marks the points it vouches for. A
+// point is intact only if every point before it is.
+func verifyChain(chain []*Point, verified map[string]bool) {
+	dirs := make([]string, len(chain))
+	for i, p := range chain {
+		dirs[i] = p.Dir
+	}
+	_, err := resolver.OpenChain(dirs, resolver.ChainOptions{RequireV2Manifests: true})
+	if err == nil {
+		for _, p := range chain {
+			verified[p.Name] = true
+		}
+		return
+	}
+	bad := len(chain) - 1
+	var ce *resolver.ChainError
+	if errors.As(err, &ce) {
+		for i, p := range chain {
+			if p.Dir == ce.Backup {
+				bad = i
+			}
+		}
+	}
+	chain[bad].Problem = oneLine(err.Error())
+	verified[chain[bad].Name] = true
+	for _, p := range chain[bad+1:] {
+		p.Problem = fmt.Sprintf("its parent %s is not usable", chain[bad].Name)
+		verified[p.Name] = true
+	}
+	if bad > 0 && !verified[chain[bad-1].Name] {
+		verifyChain(chain[:bad], verified)
+	}
+}
+
+// oneLine folds a multi-line message into one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}

@@ -1,0 +1,162 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// nameTimeLayout is the time part of a point's name.
+const nameTimeLayout = "2006-01-02_150405"
+
+var pointNameRe = regexp.MustCompile(`^([0-9]{4}-[0-9]{2}-[0-9]{2}_[0-9]{6})-(FULL|INCREMENTAL)$`)
+
+// Hidden names of the repository's own files.
+const (
+	repoLockName = ".combinefs.lock"
+	lockDirName  = ".locks"
+	partialInfix = ".partial-"
+	trashInfix   = ".trash-"
+	// WALDir is the WAL archive's directory inside the repository.
+	WALDir = "wal"
+	// journalName is the journal of a compaction in progress.
+	journalName = ".compact.journal"
+)
+
+// Repo is a backup repository.
+type Repo struct {
+	Dir string
+	// Store reaches the repository's files. Locks and the renames that
+	// publish and retire points stay on the local file system: flock and
+	// rename have no object-store equivalent (an object store will use a
+	// lease object and a marker object written last instead).
+	Store Storage
+	// Created: Open made Dir, so a first capture that fails removes it
+	// again rather than leave an empty repository behind.
+	Created bool
+}
+
+// Open opens the repository in dir; with create, it makes the directory
+// when it does not exist.
+func Open(dir string, create bool) (*Repo, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(abs)
+	created := false
+	if errors.Is(err, fs.ErrNotExist) && create {
+		if err := os.MkdirAll(abs, 0o700); err != nil {
+			return nil, err
+		}
+		created = true
+		fi, err = os.Stat(abs)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("repository: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("repository %s is not a directory", abs)
+	}
+	return &Repo{Dir: abs, Store: Local{Root: abs}, Created: created}, nil
+}
+
+// IsPointName reports whether name is the name of a point.
+func IsPointName(name string) bool { return pointNameRe.MatchString(name) }
+
+// PointName is the name of a point of kind taken at t.
+func PointName(kind Kind, t time.Time) string {
+	return t.UTC().Format(nameTimeLayout) + "-" + string(kind)
+}
+
+// NewName is the name of a point of kind taken at t that does not exist
+// yet, or "" when that second's name is taken.
+func (r *Repo) NewName(kind Kind, t time.Time) string {
+	name := PointName(kind, t)
+	if _, err := os.Lstat(filepath.Join(r.Dir, name)); err == nil {
+		return ""
+	}
+	return name
+}
+
+// WaitName waits for a second whose name of kind is free and returns it.
+func (r *Repo) WaitName(ctx context.Context, kind Kind) (string, error) {
+	for {
+		if name := r.NewName(kind, time.Now()); name != "" {
+			return name, nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Stage makes the hidden directory a new point called name is written in
+// before Publish gives it its name. What a killed writer leaves there is
+// a leftover that the next holder of the repository's lock removes.
+func (r *Repo) Stage(name string) (string, error) { return StageIn(r.Dir, name) }
+
+// StageIn makes a hidden staging directory for name in dir: the one naming
+// of work in progress, in a repository or beside a capture's -D target.
+func StageIn(dir, name string) (string, error) {
+	return os.MkdirTemp(dir, "."+name+partialInfix)
+}
+
+// Publish makes the staged directory tmp the point name: one rename that
+// replaces nothing, made durable. Its contents must be durable already.
+func (r *Repo) Publish(tmp, name string) (string, error) {
+	final := filepath.Join(r.Dir, name)
+	if err := renameDurable(tmp, final); err != nil {
+		return "", err
+	}
+	return final, nil
+}
+
+// Leftovers lists what killed commands left: hidden partial directories
+// of captures and compactions, points half removed, a compaction's
+// journal. Only a holder of the repository's lock may remove them.
+func (r *Repo) Leftovers() ([]string, error) {
+	entries, err := os.ReadDir(r.Dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		n := e.Name()
+		if strings.HasPrefix(n, ".") && (strings.Contains(n, partialInfix) || strings.Contains(n, trashInfix) || n == journalName) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// IsTrash reports whether a leftover is a point being removed.
+func IsTrash(name string) bool {
+	return strings.HasPrefix(name, ".") && strings.Contains(name, trashInfix)
+}
+
+// RemovePartials removes the staged directories killed writers left. The
+// caller holds the repository's lock, so nothing is writing them.
+func (r *Repo) RemovePartials() error {
+	leftovers, err := r.Leftovers()
+	if err != nil {
+		return err
+	}
+	for _, l := range leftovers {
+		if !strings.Contains(l, partialInfix) {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(r.Dir, l)); err != nil {
+			return fmt.Errorf("remove what an interrupted command left: %w", err)
+		}
+	}
+	return nil
+}
