@@ -137,7 +137,7 @@ func tsTarget(t *testing.T) string { return filepath.Join(t.TempDir(), "ts16385"
 
 // setup returns the point k of m, options writing it to a new directory
 // (with the tablespace mapped) and the check of that output.
-func setup(t *testing.T, m *model, k int, opts flatten.Options) (*resolver.Point, flatten.Options, check) {
+func setup(t *testing.T, m *model, k int, opts flatten.Options) (*resolver.Tree, flatten.Options, check) {
 	t.Helper()
 	p := m.point(k)
 	newTS := tsTarget(t)

@@ -105,7 +105,7 @@ type target struct {
 
 // Run writes the full backup of p to opts.Output. On failure (or when ctx is
 // cancelled) everything it created is removed again.
-func Run(ctx context.Context, p *resolver.Point, opts Options) (res Result, err error) {
+func Run(ctx context.Context, p *resolver.Tree, opts Options) (res Result, err error) {
 	logf := func(l Level, format string, args ...any) {
 		if opts.Log != nil {
 			opts.Log(l, fmt.Sprintf(format, args...))
@@ -314,7 +314,7 @@ func Run(ctx context.Context, p *resolver.Point, opts Options) (res Result, err 
 }
 
 // write produces one output file and records what its manifest entry needs.
-func (j *job) write(p *resolver.Point, opts Options, logf func(Level, string, ...any)) error {
+func (j *job) write(p *resolver.Tree, opts Options, logf func(Level, string, ...any)) error {
 	plan, err := j.file.Resolve()
 	if err != nil {
 		return err

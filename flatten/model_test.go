@@ -150,14 +150,14 @@ func (m *model) expect(k int, rel string) expected {
 
 // point opens the chain up to backup k and builds its tree, as
 // cmd/combinefs does.
-func (m *model) point(k int) *resolver.Point {
+func (m *model) point(k int) *resolver.Tree {
 	m.t.Helper()
 	dirs := m.c.Dirs()[:k+1]
 	chain, err := resolver.OpenChain(dirs, resolver.ChainOptions{RequireV2Manifests: true})
 	if err != nil {
 		m.t.Fatal(err)
 	}
-	p, err := resolver.NewPoint(chain)
+	p, err := resolver.NewTree(chain)
 	if err != nil {
 		m.t.Fatal(err)
 	}
@@ -401,7 +401,7 @@ func firstDiff(a, b []byte) int {
 }
 
 // run flattens p with opts (Output set by the caller).
-func run(t *testing.T, p *resolver.Point, opts flatten.Options) flatten.Result {
+func run(t *testing.T, p *resolver.Tree, opts flatten.Options) flatten.Result {
 	t.Helper()
 	res, err := flatten.Run(context.Background(), p, opts)
 	if err != nil {

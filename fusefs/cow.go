@@ -249,7 +249,7 @@ func (c *cowFS) ensureUpperDir(rel string) error {
 
 // MountCoW mounts point p at dir as a writable view whose changes go to
 // upperDir.
-func MountCoW(dir string, p *resolver.Point, upperDir string, opts Options) (*Mount, error) {
+func MountCoW(dir string, p *resolver.Tree, upperDir string, opts Options) (*Mount, error) {
 	up, err := openUpper(upperDir, p)
 	if err != nil {
 		return nil, err

@@ -84,7 +84,7 @@ func track(tb testing.TB, dir string, m *fusefs.Mount) *mounted {
 }
 
 // mountRO mounts p read-only at a new directory.
-func mountRO(tb testing.TB, p *resolver.Point, opts fusefs.Options) *mounted {
+func mountRO(tb testing.TB, p *resolver.Tree, opts fusefs.Options) *mounted {
 	tb.Helper()
 	dir := tb.TempDir()
 	m, err := fusefs.MountReadOnly(dir, p, opts)
@@ -95,7 +95,7 @@ func mountRO(tb testing.TB, p *resolver.Point, opts fusefs.Options) *mounted {
 }
 
 // mountCoW mounts p copy-on-write at dir (a new directory when empty).
-func mountCoW(tb testing.TB, dir string, p *resolver.Point, upper string, opts fusefs.Options) *mounted {
+func mountCoW(tb testing.TB, dir string, p *resolver.Tree, upper string, opts fusefs.Options) *mounted {
 	tb.Helper()
 	if dir == "" {
 		dir = tb.TempDir()
@@ -121,15 +121,15 @@ func isMounted(dir string) bool {
 	return false
 }
 
-func openPoint(tb testing.TB, dirs []string) *resolver.Point {
+func openPoint(tb testing.TB, dirs []string) *resolver.Tree {
 	tb.Helper()
 	ch, err := resolver.OpenChain(dirs, resolver.ChainOptions{})
 	if err != nil {
 		tb.Fatalf("OpenChain: %v", err)
 	}
-	p, err := resolver.NewPoint(ch)
+	p, err := resolver.NewTree(ch)
 	if err != nil {
-		tb.Fatalf("NewPoint: %v", err)
+		tb.Fatalf("NewTree: %v", err)
 	}
 	return p
 }

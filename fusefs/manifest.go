@@ -50,7 +50,7 @@ func (w *countWriter) Write(p []byte) (int, error) {
 
 // newManifest sizes the manifest of point p, or returns nil when the final
 // backup has none (there are no WAL ranges to write then).
-func newManifest(m *Mount, p *resolver.Point) *manifest {
+func newManifest(m *Mount, p *resolver.Tree) *manifest {
 	var cw countWriter
 	if err := p.WriteManifest(&cw, p.Root.ModTime, false, nil); err != nil {
 		m.logf("no backup_manifest in the mount: %v", err)

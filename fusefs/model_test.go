@@ -30,7 +30,7 @@ type model map[string]*mnode
 
 // pointModel is the view of point p (from the resolver, which the
 // read-only tests check against an independent model).
-func pointModel(t *testing.T, p *resolver.Point) model {
+func pointModel(t *testing.T, p *resolver.Tree) model {
 	t.Helper()
 	m := model{}
 	err := p.Walk(func(rel string, e *resolver.Entry) error {

@@ -49,7 +49,7 @@ type Options struct {
 
 // Mount is a running mount.
 type Mount struct {
-	point  *resolver.Point
+	point  *resolver.Tree
 	opts   Options
 	server *fuse.Server
 	cache  *cache.Cache
@@ -102,7 +102,7 @@ const (
 )
 
 // MountReadOnly mounts point p at dir and returns once the kernel serves it.
-func MountReadOnly(dir string, p *resolver.Point, opts Options) (*Mount, error) {
+func MountReadOnly(dir string, p *resolver.Tree, opts Options) (*Mount, error) {
 	m := newMount(dir, p, opts)
 	root := &roRoot{m: m}
 	root.roDir = roDir{m: m, mtime: p.Root.ModTime}
@@ -141,7 +141,7 @@ func (m *Mount) setReadAhead() {
 	}
 }
 
-func newMount(dir string, p *resolver.Point, opts Options) *Mount {
+func newMount(dir string, p *resolver.Tree, opts Options) *Mount {
 	if opts.CacheBytes == 0 {
 		opts.CacheBytes = 256 << 20
 	}

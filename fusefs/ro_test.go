@@ -86,7 +86,7 @@ func TestReadOnlySynthetic(t *testing.T) {
 // checkSynthAgainstResolver compares the model with the resolver's Reader
 // for every file of the point, so that a failure through the mount is not a
 // model or resolver disagreement.
-func checkSynthAgainstResolver(t *testing.T, s *synth, p *resolver.Point) {
+func checkSynthAgainstResolver(t *testing.T, s *synth, p *resolver.Tree) {
 	t.Helper()
 	seen := map[string]bool{}
 	err := p.Walk(func(rel string, e *resolver.Entry) error {
@@ -170,7 +170,7 @@ func readResolver(t *testing.T, f *resolver.File) []byte {
 // checkROTree compares the mounted tree with the point and the model: names,
 // kinds, sizes, modes, owners and times; backup_label stripped;
 // backup_manifest there (its content: checkROManifest).
-func checkROTree(t *testing.T, s *synth, p *resolver.Point, dir string) {
+func checkROTree(t *testing.T, s *synth, p *resolver.Tree, dir string) {
 	t.Helper()
 	dirMode, fileMode := fs.FileMode(0o700), fs.FileMode(0o600)
 	if s.group {
@@ -351,7 +351,7 @@ func checkWholeReads(t *testing.T, s *synth, dir string) {
 // boundaries, and past the end. With direct set, files are opened with
 // O_DIRECT so that every read reaches the daemon with its own offset and
 // length.
-func checkPreads(t *testing.T, s *synth, p *resolver.Point, dir string, seed uint64, direct bool) {
+func checkPreads(t *testing.T, s *synth, p *resolver.Tree, dir string, seed uint64, direct bool) {
 	rng := rand.New(rand.NewPCG(seed, 77))
 	files := map[string]*resolver.File{}
 	p.Walk(func(rel string, e *resolver.Entry) error {
@@ -943,7 +943,7 @@ func residentBytes(t *testing.T, files map[string]int64) int64 {
 // a valid manifest (its own checksum verified), listing backup_label and
 // then every file of the model with its size and the CRC32C of the model's
 // bytes (none under pg_wal), and the final backup's WAL ranges.
-func checkROManifest(t *testing.T, s *synth, p *resolver.Point, dir string) {
+func checkROManifest(t *testing.T, s *synth, p *resolver.Tree, dir string) {
 	t.Helper()
 	name := filepath.Join(dir, "backup_manifest")
 	st, err := os.Stat(name)

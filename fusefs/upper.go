@@ -76,7 +76,7 @@ type upperMeta struct {
 	Created          string   `json:"created"`
 }
 
-func metaFor(p *resolver.Point) upperMeta {
+func metaFor(p *resolver.Tree) upperMeta {
 	c := p.Chain
 	m := upperMeta{Format: upperMetaFormat, SystemIdentifier: c.SystemIdentifier, Major: c.Major,
 		StartLSN: c.Final().Label.StartLSN.String(), StartTimeline: c.Final().Label.StartTLI}
@@ -88,7 +88,7 @@ func metaFor(p *resolver.Point) upperMeta {
 
 // openUpper prepares dir as the upper of point p: a new or empty directory
 // is initialised; one made for p is reused; anything else is refused.
-func openUpper(dir string, p *resolver.Point) (*upper, error) {
+func openUpper(dir string, p *resolver.Tree) (*upper, error) {
 	u := &upper{dir: dir, tree: filepath.Join(dir, "tree"), tmp: filepath.Join(dir, "tmp")}
 	want := metaFor(p)
 	data, err := os.ReadFile(filepath.Join(dir, upperMetaName))

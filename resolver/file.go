@@ -183,7 +183,7 @@ func (p *Plan) extentAt(off int64) int {
 // the headers of the older backups' INCREMENTAL files (never block data), so
 // that a missing or corrupt file anywhere in the chain is found now rather
 // than when the file is first read. Files are resolved jobs at a time.
-func (p *Point) ResolveAll(jobs int) error {
+func (p *Tree) ResolveAll(jobs int) error {
 	var files []*File
 	p.Walk(func(_ string, e *Entry) error {
 		if e.Kind == KindFile && e.File.Incremental() {

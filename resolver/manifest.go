@@ -18,7 +18,7 @@ import (
 // pg_combinebackup does instead of reading the file again: only when plan is
 // Whole and that manifest lists the file with algo. warn is
 // pg_combinebackup's warning when the manifest lacks the file.
-func (p *Point) WholeChecksum(path string, plan *Plan, algo format.ChecksumType) (sum []byte, warn string) {
+func (p *Tree) WholeChecksum(path string, plan *Plan, algo format.ChecksumType) (sum []byte, warn string) {
 	if !plan.Whole || algo == format.ChecksumNone {
 		return nil, ""
 	}
@@ -58,7 +58,7 @@ type ManifestEntry struct {
 // ManifestEntries lists the files of the point in the order
 // pg_combinebackup's backup_manifest lists them: backup_label (with
 // labelTime), then the main tree depth first, then each tablespace.
-func (p *Point) ManifestEntries(labelTime time.Time) []ManifestEntry {
+func (p *Tree) ManifestEntries(labelTime time.Time) []ManifestEntry {
 	out := []ManifestEntry{{Path: "backup_label", ModTime: labelTime}}
 	var walk func(e *Entry)
 	walk = func(e *Entry) {
@@ -88,7 +88,7 @@ var ErrNoFinalManifest = errors.New("cannot generate a manifest because no manif
 // them; with sums false every checksum is zeros instead, which gives the
 // same length without reading anything. onFile, if not nil, is called
 // before each file is read.
-func (p *Point) WriteManifest(w io.Writer, labelTime time.Time, sums bool, onFile func(path string)) error {
+func (p *Tree) WriteManifest(w io.Writer, labelTime time.Time, sums bool, onFile func(path string)) error {
 	final := p.Chain.Final()
 	if final.Manifest == nil {
 		return ErrNoFinalManifest
@@ -127,7 +127,7 @@ func (p *Point) WriteManifest(w io.Writer, labelTime time.Time, sums bool, onFil
 // checksums computes the checksums of entries (nil for backup_label and
 // pg_wal files), reading files a few at a time: one reader alone waits on
 // the disk most of the time.
-func (p *Point) checksums(entries []ManifestEntry, algo format.ChecksumType, onFile func(string)) ([][]byte, error) {
+func (p *Tree) checksums(entries []ManifestEntry, algo format.ChecksumType, onFile func(string)) ([][]byte, error) {
 	out := make([][]byte, len(entries))
 	var (
 		wg    sync.WaitGroup
@@ -173,7 +173,7 @@ func (p *Point) checksums(entries []ManifestEntry, algo format.ChecksumType, onF
 }
 
 // fileChecksum reuses a whole copy's checksum or reads the file for it.
-func (p *Point) fileChecksum(f *File, algo format.ChecksumType, buf []byte, onFile func(string)) ([]byte, error) {
+func (p *Tree) fileChecksum(f *File, algo format.ChecksumType, buf []byte, onFile func(string)) ([]byte, error) {
 	plan, err := f.Resolve()
 	if err != nil {
 		return nil, err

@@ -293,7 +293,7 @@ func TestResolverAgainstModel(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			pt, err := resolver.NewPoint(chain)
+			pt, err := resolver.NewTree(chain)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -513,7 +513,7 @@ func TestResolverAgainstModelErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pt, err := resolver.NewPoint(chain)
+		pt, err := resolver.NewTree(chain)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -19,13 +19,13 @@ import (
 // Tests of each trap of pg-incremental.md ("Traps for a byte-identical
 // reimplementation") and of the tree rules of its section 4.
 
-func openPoint(t *testing.T, c *resolvertest.Chain) *resolver.Point {
+func openPoint(t *testing.T, c *resolvertest.Chain) *resolver.Tree {
 	t.Helper()
 	chain, err := resolver.OpenChain(c.Dirs(), resolver.ChainOptions{RequireV2Manifests: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pt, err := resolver.NewPoint(chain)
+	pt, err := resolver.NewTree(chain)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +33,7 @@ func openPoint(t *testing.T, c *resolvertest.Chain) *resolver.Point {
 }
 
 // lookup finds the entry of a path of the point (tablespace files too).
-func lookup(t *testing.T, pt *resolver.Point, path string) *resolver.Entry {
+func lookup(t *testing.T, pt *resolver.Tree, path string) *resolver.Entry {
 	t.Helper()
 	var found *resolver.Entry
 	pt.Walk(func(p string, e *resolver.Entry) error {
@@ -45,7 +45,7 @@ func lookup(t *testing.T, pt *resolver.Point, path string) *resolver.Entry {
 	return found
 }
 
-func fileOf(t *testing.T, pt *resolver.Point, path string) *resolver.File {
+func fileOf(t *testing.T, pt *resolver.Tree, path string) *resolver.File {
 	t.Helper()
 	e := lookup(t, pt, path)
 	if e == nil || e.Kind != resolver.KindFile {
@@ -86,7 +86,7 @@ func cat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 
 // expect checks the bytes of path and whether Plan makes it a whole copy of
 // backup wholeLayer (-1: not whole).
-func expect(t *testing.T, pt *resolver.Point, path string, want []byte, wholeLayer int) {
+func expect(t *testing.T, pt *resolver.Tree, path string, want []byte, wholeLayer int) {
 	t.Helper()
 	f := fileOf(t, pt, path)
 	plan, err := f.Plan()
@@ -368,7 +368,7 @@ func TestTrapIncrementalInFullBackup(t *testing.T) {
 }
 
 // A corrupt INCREMENTAL header in an older backup is an error naming it;
-// in the final backup, NewPoint fails.
+// in the final backup, NewTree fails.
 func TestCorruptIncrementalHeader(t *testing.T) {
 	c := resolvertest.NewChain(t)
 	c.Full().File(rel, blocks("full", 0, 2))
@@ -390,9 +390,9 @@ func TestCorruptIncrementalHeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = resolver.NewPoint(chain)
+	_, err = resolver.NewTree(chain)
 	if !errors.Is(err, format.ErrCorrupt) || !strings.Contains(err.Error(), final.Dir) || !strings.Contains(err.Error(), "is too short") {
-		t.Errorf("NewPoint = %v", err)
+		t.Errorf("NewTree = %v", err)
 	}
 }
 
@@ -468,7 +468,7 @@ func TestTopLevelLabelAndManifest(t *testing.T) {
 	}
 	label, _ := os.ReadFile(filepath.Join(final.Dir, "backup_label"))
 	if want := format.StripIncrementalLines(label); !bytes.Equal(pt.Label, want) || bytes.Contains(pt.Label, []byte("INCREMENTAL")) {
-		t.Errorf("Point.Label = %q, want %q", pt.Label, want)
+		t.Errorf("Tree.Label = %q, want %q", pt.Label, want)
 	}
 }
 
@@ -673,10 +673,10 @@ func TestTablespaceRelativeTarget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = resolver.NewPoint(chain)
+	_, err = resolver.NewTree(chain)
 	want := fmt.Sprintf(`target of symbolic link "%s/pg_tblspc/16385" is relative`, final.Dir)
 	if err == nil || resolver.PgMessage(err) != want {
-		t.Errorf("NewPoint = %v (pg: %q), want %q", err, resolver.PgMessage(err), want)
+		t.Errorf("NewTree = %v (pg: %q), want %q", err, resolver.PgMessage(err), want)
 	}
 }
 
@@ -721,14 +721,14 @@ func TestFinalHasPlainAndIncrementalOfOneFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pt, err := resolver.NewPoint(chain)
+	pt, err := resolver.NewTree(chain)
 	if err != nil {
 		return // refusing the tree is fine
 	}
 	seen := map[string]bool{}
 	for _, ch := range pt.Root.Child("base").Child("5").Children {
 		if seen[ch.Name] {
-			t.Errorf("BUG: NewPoint accepts a final backup with both %s and %s: directory base/5 lists %q twice (pg_combinebackup fails: the second output file exists)",
+			t.Errorf("BUG: NewTree accepts a final backup with both %s and %s: directory base/5 lists %q twice (pg_combinebackup fails: the second output file exists)",
 				rel, resolvertest.IncrementalPath(rel), ch.Name)
 		}
 		seen[ch.Name] = true

@@ -12,19 +12,19 @@ import (
 	"github.com/combinefs/combinefs/format"
 )
 
-// Kind is the type of a tree entry.
-type Kind int
+// EntryKind is the type of a tree entry.
+type EntryKind int
 
 // The kinds of entries in a point's tree.
 const (
-	KindDir Kind = iota
+	KindDir EntryKind = iota
 	KindFile
 )
 
 // Entry is one node of a point's tree.
 type Entry struct {
 	Name    string
-	Kind    Kind
+	Kind    EntryKind
 	ModTime time.Time // of the entry in the final backup
 	// Children of a directory, in the final backup's readdir order (the
 	// order pg_combinebackup processes and lists them in).
@@ -53,8 +53,8 @@ type Tablespace struct {
 	Root    *Entry // its contents
 }
 
-// Point is the virtual data directory of a chain's last backup.
-type Point struct {
+// Tree is the virtual data directory of a chain's last backup.
+type Tree struct {
 	Chain *Chain
 	// Label is the backup_label of the output: the final one without its
 	// INCREMENTAL lines.
@@ -74,16 +74,16 @@ type Point struct {
 	Warnings []string
 }
 
-// NewPoint builds the tree of the chain's final backup. It reads directory
+// NewTree builds the tree of the chain's final backup. It reads directory
 // entries and the headers of the final backup's INCREMENTAL files, never
 // block data, so its cost does not grow with the size of the database.
-func NewPoint(c *Chain) (*Point, error) {
+func NewTree(c *Chain) (*Tree, error) {
 	final := c.Final()
 	st, err := os.Stat(final.Dir)
 	if err != nil {
 		return nil, err
 	}
-	p := &Point{Chain: c, Label: format.StripIncrementalLines(final.LabelBytes), DirMode: 0o700, FileMode: 0o600}
+	p := &Tree{Chain: c, Label: format.StripIncrementalLines(final.LabelBytes), DirMode: 0o700, FileMode: 0o600}
 	if st.Mode().Perm()&0o750 == 0o750 {
 		p.DirMode, p.FileMode = 0o750, 0o640
 	}
@@ -99,7 +99,7 @@ func NewPoint(c *Chain) (*Point, error) {
 }
 
 type treeBuilder struct {
-	p     *Point
+	p     *Tree
 	final int
 }
 
@@ -267,7 +267,7 @@ func parseIncrementalFile(path string) (*format.Incremental, error) {
 // Walk calls fn for every entry of the main tree and then of each tablespace,
 // depth first in pg_combinebackup's order, with the entry's manifest-relative
 // path ("" for the root).
-func (p *Point) Walk(fn func(path string, e *Entry) error) error {
+func (p *Tree) Walk(fn func(path string, e *Entry) error) error {
 	var walk func(prefix string, e *Entry) error
 	walk = func(path string, e *Entry) error {
 		if err := fn(path, e); err != nil {

@@ -155,7 +155,7 @@ func runFlatten(ctx context.Context, o *flattenOptions, args []string, w io.Writ
 		lg.log(flatten.Warning, wn)
 	}
 	lg.log(flatten.Debug, fmt.Sprintf("system identifier is %d", chain.SystemIdentifier))
-	point, err := resolver.NewPoint(chain)
+	point, err := resolver.NewTree(chain)
 	if err != nil {
 		return err
 	}

@@ -130,7 +130,7 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	for _, w := range chain.Warnings {
 		lg.Printf("warning: %s", w)
 	}
-	point, err := resolver.NewPoint(chain)
+	point, err := resolver.NewTree(chain)
 	if err != nil {
 		return err
 	}
