@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -86,5 +87,47 @@ func TestListRepo(t *testing.T) {
 		repoInc2 + ` +incremental +- .* BROKEN: its parent \(the backup that started at 0/4000028 on timeline 1\) is not in the repository\n$`)
 	if code != 1 || stderr != "combinefs list: 1 of 2 backups cannot be restored\n" || !want.MatchString(stdout) {
 		t.Errorf("list --repo (broken): exit %d, stdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+}
+
+// TestListJSON: list --json gives the table's facts under stable names.
+func TestListJSON(t *testing.T) {
+	repo := newTestRepo(t, true)
+	if err := os.Mkdir(filepath.Join(repo, "."+repoFull+".partial-1"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runStdout(t, "list", "--repo", repo, "--json")
+	if code != 1 || stderr != "combinefs list: 1 of 2 backups cannot be restored\n" {
+		t.Errorf("list --json: exit %d, stderr %q", code, stderr)
+	}
+	var got struct {
+		Repository string
+		Points     []map[string]any
+		Leftovers  []string
+	}
+	if err := json.Unmarshal([]byte(stdout), &got); err != nil {
+		t.Fatalf("list --json: %v\n%s", err, stdout)
+	}
+	if got.Repository != repo || len(got.Points) != 2 || len(got.Leftovers) != 1 || got.Leftovers[0] != "."+repoFull+".partial-1" {
+		t.Fatalf("list --json:\n%s", stdout)
+	}
+	full, inc := got.Points[0], got.Points[1]
+	for k, v := range map[string]any{"name": repoFull, "kind": "full", "timeline": 1.0, "start_lsn": "0/2000028",
+		"end_lsn": "0/2000128", "chain_ok": true, "time": "2025-01-01T00:00:00Z", "system_identifier": "7300000000000000001"} {
+		if full[k] != v {
+			t.Errorf("full point: %s = %v, want %v", k, full[k], v)
+		}
+	}
+	if c, _ := full["chain"].([]any); len(c) != 1 || c[0] != repoFull || full["size_bytes"].(float64) == 0 {
+		t.Errorf("full point: %v", full)
+	}
+	for k, v := range map[string]any{"name": repoInc2, "kind": "incremental", "chain_ok": false, "prev_lsn": "0/4000028", "prev_timeline": 1.0,
+		"problem": "its parent (the backup that started at 0/4000028 on timeline 1) is not in the repository"} {
+		if inc[k] != v {
+			t.Errorf("broken point: %s = %v, want %v", k, inc[k], v)
+		}
+	}
+	if _, ok := inc["chain"]; ok {
+		t.Errorf("a broken point has a chain: %v", inc)
 	}
 }
