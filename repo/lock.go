@@ -137,25 +137,33 @@ func (r *Repo) ShareChain(ctx context.Context, ref string, wait Waiter) ([]strin
 		if err != nil {
 			return nil, nil, err
 		}
-		h := &Hold{}
-		gone := false
-		for _, n := range p.Chain {
-			f, err := r.lockPoint(ctx, n, unix.LOCK_SH, wait)
-			if err != nil {
-				h.Release()
-				return nil, nil, err
-			}
-			h.files = append(h.files, f)
-			if _, err := os.Lstat(filepath.Join(r.Dir, n)); err != nil {
-				gone = true
-				break
-			}
+		h, gone, err := r.Share(ctx, p.Chain, wait)
+		if err != nil {
+			return nil, nil, err
 		}
 		if !gone {
 			return dirs, h, nil
 		}
-		h.Release()
 	}
+}
+
+// Share takes a shared lock on each of the named points. gone is true (and
+// nothing is held) when one of them stopped being a point meanwhile.
+func (r *Repo) Share(ctx context.Context, names []string, wait Waiter) (h *Hold, gone bool, err error) {
+	h = &Hold{}
+	for _, n := range names {
+		f, err := r.lockPoint(ctx, n, unix.LOCK_SH, wait)
+		if err != nil {
+			h.Release()
+			return nil, false, err
+		}
+		h.files = append(h.files, f)
+		if _, err := os.Lstat(filepath.Join(r.Dir, n)); err != nil {
+			h.Release()
+			return nil, true, nil
+		}
+	}
+	return h, false, nil
 }
 
 // TryExclusive takes the exclusive lock of a point without waiting; held

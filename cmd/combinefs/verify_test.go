@@ -165,3 +165,50 @@ func TestVerifyChain(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyRepo: one verdict line per point; a damaged file fails its
+// point and every later point of its chain; a broken chain fails too.
+func TestVerifyRepo(t *testing.T) {
+	repo := newTestRepo(t, false)
+	code, out := runCLI(t, "verify", "-n", "--repo", repo)
+	want := regexp.MustCompile(`^combinefs verify: ` + repoFull + `: ok: \d+ files, [0-9.]+ [KMG]?i?B match the manifest; chain of 1 intact\n` +
+		`combinefs verify: ` + repoInc1 + `: ok: .*; chain of 2 intact\n` +
+		`combinefs verify: ` + repoInc2 + `: ok: .*; chain of 3 intact\n` +
+		`combinefs verify: all 3 points of ` + regexp.QuoteMeta(repo) + ` verified\n$`)
+	if code != 0 || !want.MatchString(out) {
+		t.Errorf("verify --repo: exit %d:\n%s", code, out)
+	}
+	if err := os.WriteFile(filepath.Join(repo, repoInc1, "base/5/PG_VERSION"), []byte("18\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out = runCLI(t, "verify", "-n", "--repo", repo)
+	want = regexp.MustCompile(`^combinefs verify: ` + repoFull + `: ok: .*\n` +
+		`combinefs verify: ` + repoInc1 + `: FAILED: .*base/5/PG_VERSION.*\n` +
+		`combinefs verify: ` + repoInc2 + `: FAILED: matches its manifest .*, but its chain's point ` + repoInc1 + ` failed\n` +
+		`combinefs verify: 2 of 3 points of ` + regexp.QuoteMeta(repo) + ` failed verification\n$`)
+	if code != 1 || !want.MatchString(out) {
+		t.Errorf("verify --repo (damaged): exit %d:\n%s", code, out)
+	}
+
+	repo = newTestRepo(t, true)
+	code, out = runCLI(t, "verify", "-n", "--repo", repo)
+	want = regexp.MustCompile(`\ncombinefs verify: ` + repoInc2 + `: FAILED: matches its manifest .*, but cannot be restored: its parent \(the backup that started at 0/4000028 on timeline 1\) is not in the repository\n`)
+	if code != 1 || !want.MatchString(out) {
+		t.Errorf("verify --repo (broken chain): exit %d:\n%s", code, out)
+	}
+
+	for _, tt := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"verify", "--repo", t.TempDir()}, 1, "has no points"},
+		{[]string{"verify", "--repo", filepath.Join(repo, "nope")}, 1, "no such file or directory"},
+		{[]string{"verify", "--repo", repo, repo}, 2, "with --repo, give no backup directories"},
+	} {
+		code, out := runCLI(t, tt.args...)
+		if code != tt.code || !strings.Contains(out, tt.want) || strings.Count(out, "\n") > 2 {
+			t.Errorf("combinefs %q: exit %d, stderr %q; want exit %d and %q", tt.args, code, out, tt.code, tt.want)
+		}
+	}
+}
