@@ -1,0 +1,137 @@
+package fusefs_test
+
+import (
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/combinefs/combinefs/fusefs"
+	"github.com/combinefs/combinefs/internal/dio"
+	"github.com/combinefs/combinefs/resolver/resolvertest"
+)
+
+// BenchmarkColdRead splits a cold 8 KiB random read of a reconstructed file
+// on a read-only mount into its parts (a diagnostic; run it with
+// `go test -run '^$' -bench ColdRead ./fusefs`):
+//
+//   - source: one O_DIRECT pread of 8 KiB from a backup file, what the disk
+//     costs; source-buffered: a buffered one after dropping the file's page
+//     cache, what a server on a copy of the point pays;
+//   - hit: an O_DIRECT read through the mount of a block the block cache
+//     holds, the FUSE round trip and the daemon's own work;
+//   - miss: the same of a block it does not hold, round trip plus source read;
+//   - buffered: a buffered read after the mounted file's page cache is
+//     dropped, as a server's read is; "served/read" is the bytes the daemon
+//     served per 8 KiB asked, the kernel's readahead of a random read.
+//
+// The file is a 64 MiB segment of a full backup and two incrementals that
+// each rewrote a random third of its blocks, so neighbouring blocks come
+// from different backups as in a real chain.
+func BenchmarkColdRead(b *testing.B) {
+	requireFUSE(b)
+	const blocks = 8192
+	c := resolvertest.NewChain(b)
+	rng := rand.New(rand.NewPCG(1, 2))
+	var data []byte
+	for n := range blocks {
+		data = append(data, resolvertest.FillBlock("full", uint32(n))...)
+	}
+	c.Full().File("base/5/16384", data)
+	for _, tag := range []string{"inc1", "inc2"} {
+		var bl []resolvertest.Block
+		for n := range blocks {
+			if rng.IntN(3) == 0 {
+				bl = append(bl, resolvertest.Block{Num: uint32(n), Data: resolvertest.FillBlock(tag, uint32(n))})
+			}
+		}
+		c.Incremental().Incremental("base/5/16384", blocks, bl...)
+	}
+	p := openPoint(b, c.Dirs())
+	src := filepath.Join(c.Backups[0].Dir, "base/5/16384")
+	randBlock := func() int64 { return rng.Int64N(blocks) * bs }
+
+	b.Run("source", func(b *testing.B) {
+		f, err := os.OpenFile(src, os.O_RDONLY|syscall.O_DIRECT, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		buf := alignedBlock()
+		for b.Loop() {
+			if _, err := f.ReadAt(buf, randBlock()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("source-buffered", func(b *testing.B) {
+		f, err := os.Open(src)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		buf := make([]byte, bs)
+		for b.Loop() {
+			b.StopTimer()
+			unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+			off := randBlock()
+			b.StartTimer()
+			if _, err := f.ReadAt(buf, off); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	direct := func(b *testing.B, cacheBytes int64, warm bool) {
+		m := mountRO(b, p, fusefs.Options{UID: testUID, GID: testGID, CacheBytes: cacheBytes})
+		defer m.unmount(b)
+		f, err := os.OpenFile(filepath.Join(m.dir, "base/5/16384"), os.O_RDONLY|syscall.O_DIRECT, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		buf := alignedBlock()
+		if warm {
+			for off := int64(0); off < blocks*bs; off += bs {
+				f.ReadAt(buf, off)
+			}
+		}
+		before := m.Stats()
+		for b.Loop() {
+			if _, err := f.ReadAt(buf, randBlock()); err != nil {
+				b.Fatal(err)
+			}
+		}
+		after := m.Stats()
+		b.ReportMetric(float64(after.Cache.Misses-before.Cache.Misses)/float64(b.N), "misses/read")
+	}
+	b.Run("hit", func(b *testing.B) { direct(b, 2*blocks*bs, true) })
+	b.Run("miss", func(b *testing.B) { direct(b, 64<<10, false) })
+	b.Run("buffered", func(b *testing.B) {
+		m := mountRO(b, p, fusefs.Options{UID: testUID, GID: testGID, CacheBytes: 64 << 10})
+		defer m.unmount(b)
+		f, err := os.Open(filepath.Join(m.dir, "base/5/16384"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		buf := make([]byte, bs)
+		before := m.Stats()
+		for b.Loop() {
+			b.StopTimer()
+			unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+			off := randBlock()
+			b.StartTimer()
+			if _, err := f.ReadAt(buf, off); err != nil {
+				b.Fatal(err)
+			}
+		}
+		after := m.Stats()
+		b.ReportMetric(float64(after.BytesServed-before.BytesServed)/float64(b.N*bs), "served/read")
+		b.ReportMetric(float64(after.SourceReads-before.SourceReads)/float64(b.N), "preads/read")
+	})
+}
+
+func alignedBlock() []byte { return dio.AlignedBuf(bs) }
