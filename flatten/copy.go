@@ -202,6 +202,14 @@ func hashFile(path string, h hash.Hash) error {
 	return err
 }
 
+// WriteReconstructed creates dst (which must not exist) from the extents of
+// plan, size bytes written direct where the file system allows, hashing
+// them into h: flatten's reconstruction for other writers of a point's
+// files (the mount's --cache-dir). It does not sync dst.
+func WriteReconstructed(plan *resolver.Plan, dst string, size int64, mode os.FileMode, h hash.Hash) error {
+	return writeReconstructed(plan, dst, size, mode, Copy, h, false)
+}
+
 // writeReconstructed creates dst from the extents of plan, hashing the output
 // into h. The output is assembled in a buffer written chunkSize bytes at a
 // time; each run of blocks is read with one pread straight into it, as

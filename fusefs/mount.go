@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/combinefs/combinefs/cache"
+	"github.com/combinefs/combinefs/cachedir"
 	"github.com/combinefs/combinefs/resolver"
 )
 
@@ -27,6 +28,10 @@ type Options struct {
 	AllowOther, DefaultPermissions bool
 	// CacheBytes bounds the block cache.
 	CacheBytes int64
+	// CacheDir (read-only mounts) keeps reconstructed files whole on local
+	// disk, to serve them by passthrough from their second open on; the
+	// caller opens and, after unmount, closes it.
+	CacheDir *cachedir.Dir
 	// NoPassthrough serves whole files through the daemon even where the
 	// kernel could read them directly (for measurements and old kernels).
 	NoPassthrough bool
@@ -55,6 +60,7 @@ type Mount struct {
 	cache  *cache.Cache
 	src    *sources
 	dir    string
+	fills  *filler // with a cache directory
 
 	ino       atomic.Uint64
 	stats     counters
@@ -66,6 +72,7 @@ type counters struct {
 	wholeOpens, reconOpens, passthroughOpens atomic.Uint64
 	bytesServed, ioErrors                    atomic.Uint64
 	blocksWritten                            atomic.Uint64
+	cacheDirOpens                            atomic.Uint64
 }
 
 // Stats are a mount's counters.
@@ -78,11 +85,15 @@ type Stats struct {
 	SourceBytes            uint64
 	IOErrors               uint64
 	BlocksWritten          uint64 // blocks written to overlay files (copy-on-write mounts)
+	// CacheDirOpens are opens of reconstructed files served from the cache
+	// directory; CacheDir its own counters (zero without one).
+	CacheDirOpens uint64
+	CacheDir      cachedir.Stats
 }
 
 // Stats returns the mount's counters.
 func (m *Mount) Stats() Stats {
-	return Stats{
+	st := Stats{
 		Cache:            m.cache.Stats(),
 		WholeOpens:       m.stats.wholeOpens.Load(),
 		ReconOpens:       m.stats.reconOpens.Load(),
@@ -93,6 +104,11 @@ func (m *Mount) Stats() Stats {
 		IOErrors:         m.stats.ioErrors.Load(),
 		BlocksWritten:    m.stats.blocksWritten.Load(),
 	}
+	if m.fills != nil {
+		st.CacheDirOpens = m.stats.cacheDirOpens.Load()
+		st.CacheDir = m.fills.dir.Stats()
+	}
+	return st
 }
 
 const (
@@ -104,6 +120,9 @@ const (
 // MountReadOnly mounts point p at dir and returns once the kernel serves it.
 func MountReadOnly(dir string, p *resolver.Tree, opts Options) (*Mount, error) {
 	m := newMount(dir, p, opts)
+	if opts.CacheDir != nil {
+		m.fills = newFiller(opts.CacheDir)
+	}
 	root := &roRoot{m: m}
 	root.roDir = roDir{m: m, mtime: p.Root.ModTime}
 	mopts := m.mountOptions(true)
@@ -118,6 +137,7 @@ func MountReadOnly(dir string, p *resolver.Tree, opts Options) (*Mount, error) {
 		GID:             opts.GID,
 	})
 	if err != nil {
+		m.release()
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
 	m.server = server
@@ -243,6 +263,9 @@ func (m *Mount) Unmount() error {
 
 func (m *Mount) release() {
 	m.closed.Do(func() {
+		if m.fills != nil {
+			m.fills.close()
+		}
 		m.src.close()
 		if m.onRelease != nil {
 			m.onRelease()

@@ -32,6 +32,7 @@ type roFile struct {
 	m     *Mount
 	f     *resolver.File
 	mtime time.Time
+	cache fileCache // with a cache directory
 }
 
 // labelFile is the rewritten backup_label, held in memory.
@@ -149,8 +150,9 @@ func (f *roFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOu
 }
 
 // Open resolves the file (older INCREMENTAL headers, once) and picks how to
-// serve it: passthrough or direct reads for a whole file, the block cache
-// for a reconstructed one.
+// serve it: passthrough or direct reads for a whole file, and for a
+// reconstructed one its complete copy in the cache directory the same way,
+// or else the block cache.
 func (f *roFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
 		return nil, 0, syscall.EROFS
@@ -169,6 +171,9 @@ func (f *roFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32,
 		}
 		f.m.stats.wholeOpens.Add(1)
 		return &wholeHandle{m: f.m, src: src, size: f.f.Size()}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
+	}
+	if h := f.openCached(plan); h != nil {
+		return h, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 	}
 	f.m.stats.reconOpens.Add(1)
 	return &reconHandle{m: f.m, f: f.f, plan: plan}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0

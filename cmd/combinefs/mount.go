@@ -22,6 +22,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/combinefs/combinefs/cachedir"
 	"github.com/combinefs/combinefs/fusefs"
 	"github.com/combinefs/combinefs/repo"
 	"github.com/combinefs/combinefs/resolver"
@@ -39,6 +40,8 @@ type mountOptions struct {
 	noPassthrough bool
 	writeback     bool
 	cow           string
+	cacheDir      string
+	cacheDirSize  string
 }
 
 func (o *mountOptions) addFlags(f *pflag.FlagSet) {
@@ -47,6 +50,8 @@ func (o *mountOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.repo, "repo", "", "backup repository `DIR` (with --point)")
 	f.StringVar(&o.point, "point", "", "`NAME` of the repository point to mount")
 	f.StringVar(&o.cacheSize, "cache-size", "256MiB", "block cache `SIZE` (e.g. 64MiB, 1GiB)")
+	f.StringVar(&o.cacheDir, "cache-dir", "", "read-only mounts: keep reconstructed files in `DIR` and serve them from there (kept across mounts)")
+	f.StringVar(&o.cacheDirSize, "cache-dir-size", "", "bound of --cache-dir in `BYTES` (e.g. 20GiB; default: the point's size)")
 	f.StringVar(&o.owner, "owner", "", "`USER[:GROUP]` (or UID:GID) owning the presented files (default: owner of the final backup)")
 	f.BoolVar(&o.allowOther, "allow-other", root, "let other users (the server's) reach the mount (default on as root)")
 	f.BoolVar(&o.defaultPerms, "default-permissions", root, "let the kernel enforce the presented owners and modes (default on as root)")
@@ -102,6 +107,10 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	cacheBytes, err := parseSize(o.cacheSize)
 	if err != nil {
 		return usageError{fmt.Sprintf("--cache-size: %v", err)}
+	}
+	cacheDirBytes, err := o.cacheDirBound()
+	if err != nil {
+		return err
 	}
 	mp, err = checkMountpoint(mp)
 	if err != nil {
@@ -161,8 +170,17 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 			return err
 		}
 		mode = "copy-on-write into " + upperDir
-	} else if m, err = fusefs.MountReadOnly(mp, point, fopts); err != nil {
-		return err
+	} else {
+		if o.cacheDir != "" {
+			if fopts.CacheDir, err = openCacheDir(o.cacheDir, cacheDirBytes, point); err != nil {
+				return err
+			}
+			defer fopts.CacheDir.Close()
+			mode += ", cache directory " + fopts.CacheDir.Path()
+		}
+		if m, err = fusefs.MountReadOnly(mp, point, fopts); err != nil {
+			return err
+		}
 	}
 	st := &mountState{PID: os.Getpid(), Mountpoint: mp, Backups: dirs, Stats: statePath(mp, ".stats.json")}
 	if err := st.write(); err != nil {
@@ -434,6 +452,50 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("bad size %q", s)
 	}
 	return n * mult, nil
+}
+
+// cacheDirBound checks --cache-dir and --cache-dir-size; 0 means the
+// point's size.
+func (o *mountOptions) cacheDirBound() (int64, error) {
+	if o.cacheDir == "" {
+		if o.cacheDirSize != "" {
+			return 0, usageError{"--cache-dir-size needs --cache-dir"}
+		}
+		return 0, nil
+	}
+	if o.cow != "" {
+		return 0, usageError{"--cache-dir is for read-only mounts, not with --cow"}
+	}
+	if o.cacheDirSize == "" {
+		return 0, nil
+	}
+	n, err := parseSize(o.cacheDirSize)
+	if err == nil && n == 0 {
+		err = fmt.Errorf("bad size %q: must be more than 0", o.cacheDirSize)
+	}
+	if err != nil {
+		return 0, usageError{fmt.Sprintf("--cache-dir-size: %v", err)}
+	}
+	return n, nil
+}
+
+// openCacheDir opens and locks the cache directory, bounded to limit bytes
+// or, when limit is 0, to the size of the point.
+func openCacheDir(dir string, limit int64, p *resolver.Tree) (*cachedir.Dir, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	if limit == 0 {
+		p.Walk(func(_ string, e *resolver.Entry) error {
+			if e.Kind == resolver.KindFile {
+				limit += e.File.Size()
+			}
+			return nil
+		})
+		limit = max(limit, 1)
+	}
+	return cachedir.Open(dir, limit)
 }
 
 // memOverhead is the Go heap a mount may use beyond its block cache: request

@@ -31,7 +31,8 @@ var allowed = map[string][]string{
 	"resolver/resolvertest": {"format", "resolver"},
 	"verify":                {"format"},
 	"flatten":               {"format", "internal/dio", "resolver"},
-	"fusefs":                {"cache", "format", "internal/dio", "resolver"},
+	"cachedir":              {"resolver"},
+	"fusefs":                {"cache", "cachedir", "flatten", "format", "internal/dio", "resolver"},
 	"repo":                  {"format", "internal/dio", "resolver", "flatten", "verify"},
 	"capture":               {"format", "internal/dio", "repo"},
 	"cmd/combinefs":         {"*"},
@@ -42,7 +43,7 @@ var allowed = map[string][]string{
 // readOnly are the packages a binary that only mounts, flattens, lists and
 // verifies needs; none may depend, even indirectly, on these.
 var (
-	readOnly  = []string{"repo", "fusefs", "resolver", "flatten", "verify", "cache", "format"}
+	readOnly  = []string{"repo", "fusefs", "cachedir", "resolver", "flatten", "verify", "cache", "format"}
 	forbidden = []string{module + "/capture", "github.com/jackc/"}
 )
 
