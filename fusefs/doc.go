@@ -13,6 +13,10 @@
 //     vector without copying, pinned until the reply is sent; missing runs
 //     are read with one preadv each, with O_DIRECT where the file system
 //     allows, straight into the cache's buffers.
+//   - with a cache directory (read-only mounts, package cachedir), a
+//     reconstructed file is also written whole to local disk in the
+//     background from its first open, and served from there by passthrough
+//     once complete.
 //
 // Immutable data keeps the kernel page cache across opens (FOPEN_KEEP_CACHE)
 // and long entry/attribute timeouts, so warm reads never reach the daemon;

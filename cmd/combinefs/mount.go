@@ -212,6 +212,10 @@ func serveUntilDone(ctx context.Context, m *fusefs.Mount, st *mountState, lg *lo
 		}
 		lg.Printf("stats: cache %d hits, %d misses (%.1f%% hits), %d evictions, %s cached; %d reconstructed and %d whole-file opens; %s served, %d read errors",
 			s.Cache.Hits, s.Cache.Misses, 100*s.Cache.HitRate(), s.Cache.Evictions, humanBytes(s.Cache.Bytes), s.ReconOpens, s.WholeOpens, humanBytes(int64(s.BytesServed)), s.IOErrors)
+		if d := s.CacheDir; d.Limit > 0 {
+			lg.Printf("stats: cache directory %d files, %s of %s; %d filled, %d evicted, %d failed their check; %d opens served from it",
+				d.Files, humanBytes(d.Bytes), humanBytes(d.Limit), d.Filled, d.Evicted, d.Rejected, s.CacheDirOpens)
+		}
 	}
 	for {
 		select {

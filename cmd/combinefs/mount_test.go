@@ -51,6 +51,10 @@ func TestMountRefused(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	open := filepath.Join(tmp, "open")
+	if err := os.Mkdir(open, 0o700); err != nil || os.Chmod(open, 0o777) != nil {
+		t.Fatal(err)
+	}
 	chain := []string{tc.full, tc.inc1, tc.inc2}
 	args := func(a ...string) []string { return append([]string{"mount"}, a...) }
 	withChain := func(last string, flags ...string) []string {
@@ -78,6 +82,11 @@ func TestMountRefused(t *testing.T) {
 		{"full twice", args(tc.full, tc.full, mp), 1,
 			fmt.Sprintf("backup %q is a full backup, but only the first backup of a chain may be full (is the order right?)", tc.full)},
 		{"bad cache size", withChain(mp, "--cache-size", "lots"), 2, `--cache-size: bad size "lots"`},
+		{"cache dir with cow", withChain(mp, "--cache-dir", filepath.Join(tmp, "c"), "--cow", filepath.Join(tmp, "u")), 2, "--cache-dir is for read-only mounts, not with --cow"},
+		{"cache dir size alone", withChain(mp, "--cache-dir-size", "1GiB"), 2, "--cache-dir-size needs --cache-dir"},
+		{"bad cache dir size", withChain(mp, "--cache-dir", filepath.Join(tmp, "c"), "--cache-dir-size", "0"), 2, `--cache-dir-size: bad size "0": must be more than 0`},
+		{"cache dir writable by others", withChain(mp, "--cache-dir", open), 1,
+			fmt.Sprintf("cache directory %s is writable by group or others (mode 0777): make it 0700", open)},
 		{"bad owner", withChain(mp, "--owner", "no-such-user-zz"), 2, "--owner: user: unknown user no-such-user-zz"},
 		{"bad log", withChain(mp, "--log", filepath.Join(missing, "log")), 1,
 			fmt.Sprintf("log file: open %s: no such file or directory", filepath.Join(missing, "log"))},
@@ -92,6 +101,7 @@ func TestMountRefused(t *testing.T) {
 		}
 	}
 	mustNotExist(t, missing)
+	mustNotExist(t, filepath.Join(tmp, "c"))
 }
 
 // TestMountCorruptIncremental: a damaged INCREMENTAL file anywhere in the
