@@ -89,6 +89,8 @@ type Stats struct {
 	// directory; CacheDir its own counters (zero without one).
 	CacheDirOpens uint64
 	CacheDir      cachedir.Stats
+	// CacheDirPending are the fills queued or running.
+	CacheDirPending int
 }
 
 // Stats returns the mount's counters.
@@ -107,6 +109,7 @@ func (m *Mount) Stats() Stats {
 	if m.fills != nil {
 		st.CacheDirOpens = m.stats.cacheDirOpens.Load()
 		st.CacheDir = m.fills.dir.Stats()
+		st.CacheDirPending = m.fills.pendingFills()
 	}
 	return st
 }

@@ -180,6 +180,12 @@ func (f *filler) idle() {
 	}
 }
 
+func (f *filler) pendingFills() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pending
+}
+
 // close drops the fills not started and waits for the running ones.
 func (f *filler) close() {
 	f.mu.Lock()
