@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/combinefs/combinefs/cachedir"
 	"github.com/combinefs/combinefs/fusefs"
 	"github.com/combinefs/combinefs/internal/dio"
 	"github.com/combinefs/combinefs/resolver/resolvertest"
@@ -26,7 +27,9 @@ import (
 //   - miss: the same of a block it does not hold, round trip plus source read;
 //   - buffered: a buffered read after the mounted file's page cache is
 //     dropped, as a server's read is; "served/read" is the bytes the daemon
-//     served per 8 KiB asked, the kernel's readahead of a random read.
+//     served per 8 KiB asked, the kernel's readahead of a random read;
+//   - cache-dir: the same once the file is complete in a cache directory,
+//     read by passthrough.
 //
 // The file is a 64 MiB segment of a full backup and two incrementals that
 // each rewrote a random third of its blocks, so neighbouring blocks come
@@ -51,6 +54,8 @@ func BenchmarkColdRead(b *testing.B) {
 		c.Incremental().Incremental("base/5/16384", blocks, bl...)
 	}
 	p := openPoint(b, c.Dirs())
+	// Written back, or dropping the page cache would keep the dirty pages.
+	syscall.Sync()
 	src := filepath.Join(c.Backups[0].Dir, "base/5/16384")
 	randBlock := func() int64 { return rng.Int64N(blocks) * bs }
 
@@ -67,12 +72,15 @@ func BenchmarkColdRead(b *testing.B) {
 			}
 		}
 	})
-	// coldReads reads random blocks of f, each after dropping its page cache.
-	coldReads := func(b *testing.B, f *os.File) {
+	// coldReads reads random blocks of f, each after dropping the page
+	// cache of f and of drop (the file under a passthrough one).
+	coldReads := func(b *testing.B, f *os.File, drop ...*os.File) {
 		buf := make([]byte, bs)
 		for b.Loop() {
 			b.StopTimer()
-			unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+			for _, d := range append(drop, f) {
+				unix.Fadvise(int(d.Fd()), 0, 0, unix.FADV_DONTNEED)
+			}
 			off := randBlock()
 			b.StartTimer()
 			if _, err := f.ReadAt(buf, off); err != nil {
@@ -126,6 +134,40 @@ func BenchmarkColdRead(b *testing.B) {
 		after := m.Stats()
 		b.ReportMetric(float64(after.BytesServed-before.BytesServed)/float64(b.N*bs), "served/read")
 		b.ReportMetric(float64(after.SourceReads-before.SourceReads)/float64(b.N), "preads/read")
+	})
+	b.Run("cache-dir", func(b *testing.B) {
+		d, err := cachedir.Open(filepath.Join(b.TempDir(), "cache"), 1<<30)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer d.Close()
+		m := mountRO(b, p, fusefs.Options{UID: testUID, GID: testGID, CacheDir: d})
+		defer m.unmount(b)
+		name := filepath.Join(m.dir, "base/5/16384")
+		if _, err := os.ReadFile(name); err != nil {
+			b.Fatal(err)
+		}
+		m.WaitCacheFills()
+		f, err := os.Open(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		plan, _ := pointFile(b, p, "base/5/16384").Plan()
+		e, ok := d.Lookup(cachedir.KeyFor(p, "base/5/16384", blocks*bs, plan))
+		if !ok || m.Stats().CacheDirOpens != 1 {
+			b.Fatalf("the file is not served from the cache directory: %+v", m.Stats())
+		}
+		under, err := os.Open(e.Path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer under.Close()
+		before := m.Stats()
+		coldReads(b, f, under)
+		if after := m.Stats(); after.BytesServed != before.BytesServed {
+			b.Errorf("the daemon served %d bytes: not passthrough", after.BytesServed-before.BytesServed)
+		}
 	})
 }
 

@@ -77,7 +77,7 @@ func checkCachedReads(t *testing.T, m *mounted, p *resolver.Tree, names ...strin
 	}
 }
 
-func pointFile(t *testing.T, p *resolver.Tree, name string) *resolver.File {
+func pointFile(t testing.TB, p *resolver.Tree, name string) *resolver.File {
 	t.Helper()
 	e := p.Root
 	for _, part := range strings.Split(name, "/") {
