@@ -68,15 +68,18 @@ func run(ctx context.Context, prog string, args []string, w io.Writer) int {
 	if prog == "pg_combinebackup" {
 		return runPgCombinebackup(ctx, args, stderr)
 	}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	// What was asked for goes to stdout, as every PostgreSQL program does;
+	// a bad command line gets the same text on stderr and exit 2.
+	if len(args) == 0 {
 		printUsage(stderr)
-		if len(args) == 0 {
-			return 2
-		}
+		return 2
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		printUsage(os.Stdout)
 		return 0
 	}
 	if args[0] == "--version" || args[0] == "version" {
-		fmt.Fprintln(stderr, "combinefs", version)
+		fmt.Fprintln(os.Stdout, "combinefs", version)
 		return 0
 	}
 	for _, c := range commands {
@@ -86,8 +89,9 @@ func run(ctx context.Context, prog string, args []string, w io.Writer) int {
 		f := pflag.NewFlagSet(c.name, pflag.ContinueOnError)
 		f.SetOutput(stderr)
 		f.SortFlags = false
+		// pflag calls Usage only for --help (ContinueOnError).
 		f.Usage = func() {
-			fmt.Fprintf(stderr, "%s\n\nUsage:\n  combinefs %s\n\nFlags:\n%s", c.short, c.usage, f.FlagUsages())
+			fmt.Fprintf(os.Stdout, "%s\n\nUsage:\n  combinefs %s\n\nFlags:\n%s", c.short, c.usage, f.FlagUsages())
 		}
 		runFn := c.setup(f)
 		if err := f.Parse(args[1:]); err != nil {
