@@ -34,6 +34,7 @@ var commands = []command{
 	{"capture", "capture [flags] (-D OUTDIR [-i PRIOR_MANIFEST] | --repo DIR)", "take a full or incremental base backup over the replication protocol", setupCapture},
 	{"list", "list --repo DIR", "show the backups of a repository and check its chains", setupList},
 	{"mount", "mount [--cow UPPERDIR] [flags] (BACKUP... | --repo DIR --point NAME) MOUNTPOINT", "present a chain point as a data directory through FUSE, read-only or copy-on-write", setupMount},
+	{"exec", "exec [flags] (BACKUP... | --repo DIR --point NAME) -- CMD [ARG...]", "run a command against a private server on a copy-on-write mount of a point, then remove it all", setupExec},
 	{"umount", "umount MOUNTPOINT", "unmount a combinefs mount", setupUmount},
 	{"flatten", "flatten [flags] -o OUTDIR (BACKUP... | --repo DIR --point NAME)", "combine a chain into a full backup, like pg_combinebackup", setupFlatten},
 	{"verify", "verify [--chain] BACKUP...", "check backups against their manifests, like pg_verifybackup", setupVerify},
@@ -115,6 +116,9 @@ func exitCode(stderr io.Writer, name string, err error) int {
 	msg := oneLine(err.Error())
 	var ue usageError
 	var oe optionError
+	if cs, ok := err.(commandStatus); ok {
+		return int(cs) // exec's command said why, if it wanted to
+	}
 	if errors.As(err, &ue) || errors.As(err, &oe) {
 		fmt.Fprintf(stderr, "combinefs %s: %s\nTry \"combinefs %s --help\".\n", name, msg, name)
 		return 2
