@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"strings"
 	"time"
@@ -234,11 +235,11 @@ func runPgCombinebackup(ctx context.Context, args []string, w io.Writer) int {
 		return 1
 	}
 	if *help {
-		fmt.Fprint(w, pgCombinebackupHelp)
+		fmt.Fprint(os.Stdout, pgCombinebackupHelp)
 		return 0
 	}
 	if *ver {
-		fmt.Fprintf(w, "pg_combinebackup (combinefs) %s\n", version)
+		fmt.Fprintln(os.Stdout, pgCombinebackupVersion())
 		return 0
 	}
 	o.jobs = 2 * runtime.NumCPU()
@@ -253,6 +254,17 @@ func runPgCombinebackup(ctx context.Context, args []string, w io.Writer) int {
 	}
 	fmt.Fprintf(w, "pg_combinebackup: error: %s\n", oneLine(resolver.PgMessage(err)))
 	return 1
+}
+
+// pgCompatRelease is the PostgreSQL release whose pg_combinebackup this one
+// stands in for: the newest major it combines, at the newest minor it was
+// checked against. Tools read the major from "(PostgreSQL) N" of --version.
+const pgCompatRelease = "18.6"
+
+// pgCombinebackupVersion has the form PostgreSQL's programs print (a
+// distribution appends its own package version the same way).
+func pgCombinebackupVersion() string {
+	return fmt.Sprintf("pg_combinebackup (PostgreSQL) %s (combinefs %s)", pgCompatRelease, version)
 }
 
 const pgCombinebackupHelp = `pg_combinebackup reconstructs full backups from incrementals.

@@ -34,6 +34,7 @@ var commands = []command{
 	{"capture", "capture [flags] (-D OUTDIR [-i PRIOR_MANIFEST] | --repo DIR)", "take a full or incremental base backup over the replication protocol", setupCapture},
 	{"list", "list --repo DIR", "show the backups of a repository and check its chains", setupList},
 	{"mount", "mount [--cow UPPERDIR] [flags] (BACKUP... | --repo DIR --point NAME) MOUNTPOINT", "present a chain point as a data directory through FUSE, read-only or copy-on-write", setupMount},
+	{"exec", "exec [flags] (BACKUP... | --repo DIR --point NAME) -- CMD [ARG...]", "run a command against a private server on a copy-on-write mount of a point, then remove it all", setupExec},
 	{"umount", "umount MOUNTPOINT", "unmount a combinefs mount", setupUmount},
 	{"flatten", "flatten [flags] -o OUTDIR (BACKUP... | --repo DIR --point NAME)", "combine a chain into a full backup, like pg_combinebackup", setupFlatten},
 	{"verify", "verify [--chain] BACKUP...", "check backups against their manifests, like pg_verifybackup", setupVerify},
@@ -68,15 +69,18 @@ func run(ctx context.Context, prog string, args []string, w io.Writer) int {
 	if prog == "pg_combinebackup" {
 		return runPgCombinebackup(ctx, args, stderr)
 	}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	// What was asked for goes to stdout, as every PostgreSQL program does;
+	// a bad command line gets the same text on stderr and exit 2.
+	if len(args) == 0 {
 		printUsage(stderr)
-		if len(args) == 0 {
-			return 2
-		}
+		return 2
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		printUsage(os.Stdout)
 		return 0
 	}
 	if args[0] == "--version" || args[0] == "version" {
-		fmt.Fprintln(stderr, "combinefs", version)
+		fmt.Fprintln(os.Stdout, "combinefs", version)
 		return 0
 	}
 	for _, c := range commands {
@@ -86,8 +90,9 @@ func run(ctx context.Context, prog string, args []string, w io.Writer) int {
 		f := pflag.NewFlagSet(c.name, pflag.ContinueOnError)
 		f.SetOutput(stderr)
 		f.SortFlags = false
+		// pflag calls Usage only for --help (ContinueOnError).
 		f.Usage = func() {
-			fmt.Fprintf(stderr, "%s\n\nUsage:\n  combinefs %s\n\nFlags:\n%s", c.short, c.usage, f.FlagUsages())
+			fmt.Fprintf(os.Stdout, "%s\n\nUsage:\n  combinefs %s\n\nFlags:\n%s", c.short, c.usage, f.FlagUsages())
 		}
 		runFn := c.setup(f)
 		if err := f.Parse(args[1:]); err != nil {
@@ -111,6 +116,9 @@ func exitCode(stderr io.Writer, name string, err error) int {
 	msg := oneLine(err.Error())
 	var ue usageError
 	var oe optionError
+	if cs, ok := err.(commandStatus); ok {
+		return int(cs) // exec's command said why, if it wanted to
+	}
 	if errors.As(err, &ue) || errors.As(err, &oe) {
 		fmt.Fprintf(stderr, "combinefs %s: %s\nTry \"combinefs %s --help\".\n", name, msg, name)
 		return 2

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -30,8 +31,16 @@ func runCtx(t *testing.T, ctx context.Context, args ...string) (int, string) {
 }
 
 // runStdout is runCLI that also captures what the command writes to
-// os.Stdout (list writes its table there).
+// os.Stdout (list writes its table there, help and version go there).
 func runStdout(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	stdout = captureStdout(t, func() { code, stderr = runCLI(t, args...) })
+	return code, stdout, stderr
+}
+
+// captureStdout runs fn with os.Stdout sent to a file and returns what it
+// wrote there.
+func captureStdout(t *testing.T, fn func()) string {
 	t.Helper()
 	f, err := os.CreateTemp(t.TempDir(), "stdout")
 	if err != nil {
@@ -40,7 +49,7 @@ func runStdout(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	defer f.Close()
 	saved := os.Stdout
 	os.Stdout = f
-	code, stderr = runCLI(t, args...)
+	fn()
 	os.Stdout = saved
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		t.Fatal(err)
@@ -49,7 +58,7 @@ func runStdout(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return code, string(out), stderr
+	return string(out)
 }
 
 // check compares an outcome with the expected one, exactly.
@@ -170,25 +179,29 @@ func TestTopLevel(t *testing.T) {
 		}
 	}
 	tests := []struct {
-		args []string
-		code int
-		want string
+		args         []string
+		code         int
+		stdout, want string // want: stderr
 	}{
-		// No command is a usage error; asking for help is not.
-		{nil, 2, usage.String()},
-		{[]string{"-h"}, 0, usage.String()},
-		{[]string{"--help"}, 0, usage.String()},
-		{[]string{"help"}, 0, usage.String()},
-		{[]string{"--version"}, 0, "combinefs " + version + "\n"},
-		{[]string{"version"}, 0, "combinefs " + version + "\n"},
-		{[]string{"bogus"}, 2, "combinefs: unknown command \"bogus\"\nTry \"combinefs --help\".\n"},
+		// No command is a usage error (stderr); asking for help is not
+		// (stdout, as PostgreSQL's programs do).
+		{nil, 2, "", usage.String()},
+		{[]string{"-h"}, 0, usage.String(), ""},
+		{[]string{"--help"}, 0, usage.String(), ""},
+		{[]string{"help"}, 0, usage.String(), ""},
+		{[]string{"--version"}, 0, "combinefs " + version + "\n", ""},
+		{[]string{"version"}, 0, "combinefs " + version + "\n", ""},
+		{[]string{"bogus"}, 2, "", "combinefs: unknown command \"bogus\"\nTry \"combinefs --help\".\n"},
 		// A flag before the command is not a command.
-		{[]string{"--bogus"}, 2, "combinefs: unknown command \"--bogus\"\nTry \"combinefs --help\".\n"},
-		{[]string{"-v"}, 2, "combinefs: unknown command \"-v\"\nTry \"combinefs --help\".\n"},
+		{[]string{"--bogus"}, 2, "", "combinefs: unknown command \"--bogus\"\nTry \"combinefs --help\".\n"},
+		{[]string{"-v"}, 2, "", "combinefs: unknown command \"-v\"\nTry \"combinefs --help\".\n"},
 	}
 	for _, tt := range tests {
-		code, out := runCLI(t, tt.args...)
+		code, stdout, out := runStdout(t, tt.args...)
 		check(t, tt.args, code, out, tt.code, tt.want)
+		if stdout != tt.stdout {
+			t.Errorf("combinefs %q: stdout:\n%s\nwant:\n%s", tt.args, stdout, tt.stdout)
+		}
 	}
 }
 
@@ -202,10 +215,10 @@ func TestSubcommandHelp(t *testing.T) {
 		}
 		for _, h := range helps {
 			args := []string{c.name, h}
-			code, out := runCLI(t, args...)
+			code, out, errOut := runStdout(t, args...)
 			prefix := c.short + "\n\nUsage:\n  combinefs " + c.usage + "\n\nFlags:\n"
-			if code != 0 || !strings.HasPrefix(out, prefix) {
-				t.Errorf("combinefs %q: exit %d, stderr:\n%s\nwant exit 0 and a help starting:\n%s", args, code, out, prefix)
+			if code != 0 || !strings.HasPrefix(out, prefix) || errOut != "" {
+				t.Errorf("combinefs %q: exit %d, stdout:\n%s\nstderr:\n%s\nwant exit 0, nothing on stderr and a help on stdout starting:\n%s", args, code, out, errOut, prefix)
 			}
 			if !strings.Contains(out, "combinefs "+c.name) {
 				t.Errorf("combinefs %q: help does not name the subcommand", args)
@@ -297,25 +310,31 @@ func TestPgCombinebackupMode(t *testing.T) {
 	tc := newTestChain(t)
 	out := filepath.Join(t.TempDir(), "out")
 	hint := "pg_combinebackup: hint: Try \"pg_combinebackup --help\" for more information.\n"
+	ver := "pg_combinebackup (PostgreSQL) " + pgCompatRelease + " (combinefs " + version + ")\n"
+	if !regexp.MustCompile(`^pg_combinebackup \(PostgreSQL\) 18\.\d+ `).MatchString(ver) {
+		t.Errorf("--version %q: not the form PostgreSQL's programs print", ver)
+	}
 	tests := []struct {
-		args []string
-		code int
-		want string
+		args         []string
+		code         int
+		stdout, want string // want: stderr
 	}{
-		{[]string{"--version"}, 0, "pg_combinebackup (combinefs) " + version + "\n"},
-		{[]string{"-V"}, 0, "pg_combinebackup (combinefs) " + version + "\n"},
-		{[]string{"--help"}, 0, pgCombinebackupHelp},
-		{[]string{"-?"}, 0, pgCombinebackupHelp},
-		{[]string{"--bogus"}, 1, "pg_combinebackup: unknown flag: --bogus\n" + hint},
-		{[]string{"-o", out}, 1, "pg_combinebackup: error: no input directories specified\n" + hint},
-		{[]string{tc.full}, 1, "pg_combinebackup: error: no output directory specified\n"},
-		{[]string{"-o", out, tc.full, tc.inc1, tc.inc2}, 0, ""},
+		// Help and version on stdout, as pg_combinebackup prints them.
+		{[]string{"--version"}, 0, ver, ""},
+		{[]string{"-V"}, 0, ver, ""},
+		{[]string{"--help"}, 0, pgCombinebackupHelp, ""},
+		{[]string{"-?"}, 0, pgCombinebackupHelp, ""},
+		{[]string{"--bogus"}, 1, "", "pg_combinebackup: unknown flag: --bogus\n" + hint},
+		{[]string{"-o", out}, 1, "", "pg_combinebackup: error: no input directories specified\n" + hint},
+		{[]string{tc.full}, 1, "", "pg_combinebackup: error: no output directory specified\n"},
+		{[]string{"-o", out, tc.full, tc.inc1, tc.inc2}, 0, "", ""},
 	}
 	for _, tt := range tests {
 		var buf bytes.Buffer
-		code := run(context.Background(), "pg_combinebackup", tt.args, &buf)
-		if code != tt.code || buf.String() != tt.want {
-			t.Errorf("pg_combinebackup %q: exit %d, stderr:\n%s\nwant exit %d, stderr:\n%s", tt.args, code, buf.String(), tt.code, tt.want)
+		var code int
+		stdout := captureStdout(t, func() { code = run(context.Background(), "pg_combinebackup", tt.args, &buf) })
+		if code != tt.code || buf.String() != tt.want || stdout != tt.stdout {
+			t.Errorf("pg_combinebackup %q: exit %d, stdout:\n%s\nstderr:\n%s\nwant exit %d, stdout:\n%s\nstderr:\n%s", tt.args, code, stdout, buf.String(), tt.code, tt.stdout, tt.want)
 		}
 	}
 	got, err := os.ReadFile(filepath.Join(out, tc.rel))

@@ -89,6 +89,27 @@ func (o *mountOptions) chainDirs(ctx context.Context, args []string) ([]string, 
 	return args[:len(args)-1], args[len(args)-1], nil, nil
 }
 
+// openPoint validates a whole chain (every INCREMENTAL header of every
+// backup too, so a damaged backup is refused now, not at the first read)
+// and returns it with the tree of its final point.
+func openPoint(dirs []string, warn func(string)) (*resolver.Chain, *resolver.Tree, error) {
+	chain, err := resolver.OpenChain(dirs, resolver.ChainOptions{RequireV2Manifests: true})
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, w := range chain.Warnings {
+		warn("warning: " + w)
+	}
+	tree, err := resolver.NewTree(chain)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := tree.ResolveAll(8); err != nil {
+		return nil, nil, err
+	}
+	return chain, tree, nil
+}
+
 func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	child := os.Getenv(daemonEnv) != ""
 	if child {
@@ -122,7 +143,8 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 		debug.SetMemoryLimit(cacheBytes + memOverhead)
 	}
 	if o.daemon && !child {
-		return startDaemon(ctx)
+		_, err := startDaemon(ctx)
+		return err
 	}
 	lg, closeLog, err := openLog(o.logFile, child)
 	if err != nil {
@@ -132,20 +154,8 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 
 	// Validate the whole chain before mounting anything.
 	start := time.Now()
-	chain, err := resolver.OpenChain(dirs, resolver.ChainOptions{RequireV2Manifests: true})
+	chain, point, err := openPoint(dirs, lg.Print)
 	if err != nil {
-		return err
-	}
-	for _, w := range chain.Warnings {
-		lg.Printf("warning: %s", w)
-	}
-	point, err := resolver.NewTree(chain)
-	if err != nil {
-		return err
-	}
-	// Every older INCREMENTAL header too: a damaged backup anywhere in the
-	// chain is refused now, not found at the first read.
-	if err := point.ResolveAll(8); err != nil {
 		return err
 	}
 	uid, gid, err := resolveOwner(o.owner, chain.Final().Dir)
@@ -560,18 +570,20 @@ func writeJSON(path string, v any) error {
 }
 
 // Daemon mode: the parent re-executes itself with daemonEnv set and a pipe
-// as fd 3; the child reports "ok" or the error on it once the mount is
-// ready (or failed), and the parent exits accordingly.
+// as fd 3; the child reports "ok" (and what the parent should know, on the
+// same line) or the error on it once the mount is ready (or failed), and
+// the parent exits accordingly.
 const daemonEnv = "COMBINEFS_DAEMON_CHILD"
 
-func startDaemon(ctx context.Context) error {
+// startDaemon returns what the child said after "ok".
+func startDaemon(ctx context.Context) (string, error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return err
+		return "", err
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer r.Close()
 	cmd := exec.Command(exe, os.Args[1:]...)
@@ -584,24 +596,33 @@ func startDaemon(ctx context.Context) error {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, nil
 	if err := cmd.Start(); err != nil {
 		w.Close()
-		return err
+		return "", err
 	}
 	w.Close()
 	line, _ := bufio.NewReader(r).ReadString('\n')
 	line = strings.TrimSpace(line)
-	if line == "ok" {
+	if rest, ok := strings.CutPrefix(line, "ok"); ok && (rest == "" || rest[0] == ' ') {
 		cmd.Process.Release()
-		return nil
+		return strings.TrimSpace(rest), nil
 	}
 	cmd.Wait()
 	if line == "" {
-		return errors.New("the mount process exited before the mount was ready")
+		return "", errors.New("the mount process exited before the mount was ready")
 	}
-	return errors.New(strings.TrimPrefix(line, "error: "))
+	return "", errors.New(strings.TrimPrefix(line, "error: "))
 }
 
 // notifyReady tells a waiting parent (daemon mode) how the mount went.
 func notifyReady(errMsg string) {
+	if errMsg == "" {
+		sendReady("ok")
+	} else {
+		sendReady("error: " + strings.ReplaceAll(errMsg, "\n", " "))
+	}
+}
+
+// sendReady writes the daemon child's one line to its parent, once.
+func sendReady(line string) {
 	if os.Getenv(daemonEnv) == "" {
 		return
 	}
@@ -609,11 +630,7 @@ func notifyReady(errMsg string) {
 	if f == nil {
 		return
 	}
-	if errMsg == "" {
-		fmt.Fprintln(f, "ok")
-	} else {
-		fmt.Fprintln(f, "error: "+strings.ReplaceAll(errMsg, "\n", " "))
-	}
+	fmt.Fprintln(f, line)
 	f.Close()
 	os.Unsetenv(daemonEnv)
 }

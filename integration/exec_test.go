@@ -1,0 +1,348 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestExec runs combinefs exec against a 3-point chain and a repository:
+// pg_dump of one table of point 1 restores into a fresh server equal to
+// that table at point 1; psql -Atc counts what each point had; SIGTERM and
+// SIGINT in the middle of a command, a missing point, a missing PostgreSQL
+// and a missing command leave no mount, no server process and no
+// temporary directory; --keep leaves a server that answers until killed.
+func TestExec(t *testing.T) {
+	e := Provision(t)
+	RequireFUSE(t)
+	e.CombinefsPath(t)
+	ch := BuildChain(t, e, ChainSpec{})
+
+	t.Run("pg_dump", func(t *testing.T) { execDump(t, ch) })
+	t.Run("psql", func(t *testing.T) {
+		for k := range ch.Backups {
+			out := execMust(t, e, nil, append(ch.Upto(k), "--", "psql", "-XAtc", "SELECT count(*) FROM sample_table", "postgres")...)
+			if want := strconv.Itoa(k + 1); strings.TrimSpace(out) != want {
+				t.Errorf("point %d: psql printed %q, want %s (rows of sample_table at that point)", k, out, want)
+			}
+		}
+	})
+	t.Run("repo", func(t *testing.T) { execRepo(t, ch) })
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) { execSignal(t, ch, sig) })
+	}
+	t.Run("failures", func(t *testing.T) { execFailures(t, ch) })
+	t.Run("keep", func(t *testing.T) { execKeep(t, ch) })
+}
+
+// execDump: a custom-format dump of pgbench_accounts of point 1, restored
+// into a fresh server, equals that table at point 1 (and not at point 2,
+// so the comparison can tell points apart).
+func execDump(t *testing.T, ch *Chain) {
+	e := ch.Env
+	const table = "public.pgbench_accounts"
+	want, _ := ch.Snapshots[1].Table("postgres", table)
+	if later, _ := ch.Snapshots[2].Table("postgres", table); later == want {
+		t.Fatalf("%s is the same at points 1 and 2: the test could not tell them apart", table)
+	}
+	dir := e.TempDir(t)
+	dump := path.Join(dir, "accounts.dump")
+	execMust(t, e, nil, append(ch.Upto(1), "--", "pg_dump", "-Fc", "-t", table, "-f", dump, "postgres")...)
+	if err := os.Chmod(e.Host(dump), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fresh := e.InitCluster(t, ClusterOptions{})
+	e.Run(t, false, e.Tool("pg_restore"), "-h", "127.0.0.1", "-p", strconv.Itoa(fresh.Port), "-d", "postgres", dump)
+	got, ok := fresh.Snapshot(t).Table("postgres", table)
+	if !ok || got != want {
+		t.Fatalf("%s restored from exec's pg_dump of point 1: %+v, want %+v (the table at point 1)", table, got, want)
+	}
+	t.Logf("%s of point 1: %d rows, restored equal", table, got.Rows)
+	execNothingLeft(t, e, nil)
+}
+
+// execRepo: --repo DIR --point NAME with points of a repository captured
+// from the chain's server (which has sample_table's 3 rows by now).
+func execRepo(t *testing.T, ch *Chain) {
+	e, c := ch.Env, ch.Cluster
+	repo := path.Join(e.TempDir(t), "repo")
+	var names []string
+	for i := 0; i < 2; i++ {
+		if i > 0 {
+			c.Psql(t, "postgres", "INSERT INTO sample_table VALUES (100, 'repository point 1')")
+			c.WaitForWALSummary(t)
+		}
+		out := mustCapture(t, e, append([]string{"capture", "--repo", repo, "-c", "fast", "--progress=false"}, connArgs(c)...)...)
+		m := regexp.MustCompile(`backup ([0-9_-]+-(FULL|INCREMENTAL)) complete`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("capture printed no backup name:\n%s", out)
+		}
+		names = append(names, m[1])
+	}
+	for i, name := range names {
+		out := execMust(t, e, nil, "--repo", repo, "--point", name, "psql", "-XAtc", "SELECT count(*) FROM sample_table", "postgres")
+		if want := strconv.Itoa(3 + i); strings.TrimSpace(out) != want {
+			t.Errorf("point %s: psql printed %q, want %s", name, out, want)
+		}
+	}
+	// A command's own exit status comes back.
+	if _, stderr, code := execRun(t, e, nil, "--repo", repo, "--point", names[1], "--", "sh", "-c", "exit 7"); code != 7 {
+		t.Errorf("exec -- sh -c 'exit 7': exit %d, want 7 (%s)", code, stderr)
+	}
+	msg, _, code := execFails(t, e, nil, "--repo", repo, "--point", "nosuch", "--", "true")
+	if code != 1 || !strings.Contains(msg, "nosuch") {
+		t.Errorf("exec of a missing point: exit %d, %q; want exit 1 naming the point", code, msg)
+	}
+	execNothingLeft(t, e, nil)
+}
+
+// execSignal sends sig to exec while its psql waits for pg_sleep(60): the
+// signal reaches psql, exec passes psql's status on and leaves nothing.
+func execSignal(t *testing.T, ch *Chain, sig syscall.Signal) {
+	e := ch.Env
+	before := execTempDirs(t, e)
+	var stdout, stderr bytes.Buffer
+	cmd := e.Combinefs(context.Background(), append(append([]string{"exec"}, ch.Upto(2)...), "--", "psql", "-Xc", "SELECT pg_sleep(60)", "postgres")...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	pm, backend := waitForQuery(t, cmd.Process.Pid, "SELECT")
+	dirs := newEntries(before, execTempDirs(t, e))
+	if len(dirs) != 1 || !cowIsMounted(filepath.Join(dirs[0], "data")) {
+		t.Fatalf("while the command runs: temporary directories %v, want one with data/ mounted", dirs)
+	}
+	t.Logf("psql runs pg_sleep in backend %d of postmaster %d on %s; sending %v to exec", backend, pm, dirs[0], sig)
+	if err := cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	code := cmd.ProcessState.ExitCode()
+	// psql dies of SIGTERM (128+15, as a shell says); on SIGINT it cancels
+	// the query and exits 1.
+	want := map[syscall.Signal]int{syscall.SIGTERM: 128 + 15, syscall.SIGINT: 1}[sig]
+	if code != want {
+		t.Errorf("exec after %v: %v, exit %d, want %d (psql's)\nstdout: %s\nstderr: %s", sig, err, code, want, stdout.String(), stderr.String())
+	}
+	if sig == syscall.SIGINT && !strings.Contains(stderr.String(), "canceling statement due to user request") {
+		t.Errorf("psql did not report its query cancelled by the SIGINT:\n%s", stderr.String())
+	}
+	for _, pid := range []int{pm, backend} {
+		if ProcessAlive(pid) || GroupAlive(pm) {
+			t.Errorf("server process %d is still running after exec ended", pid)
+		}
+	}
+	execNothingLeft(t, e, before)
+}
+
+// execFailures: a missing PostgreSQL, a missing command and a chain that
+// is not one: a one-line error naming it, and nothing left.
+func execFailures(t *testing.T, ch *Chain) {
+	e := ch.Env
+	for _, tt := range []struct {
+		name string
+		env  []string
+		args []string
+		want []string
+	}{
+		{"PG_BINDIR without postgres", []string{"PG_BINDIR=/nonexistent"}, append(ch.Upto(1), "--", "true"),
+			[]string{"PG_BINDIR=/nonexistent", "/nonexistent/postgres"}},
+		{"missing command", nil, append(ch.Upto(1), "--", "no-such-program"), []string{`"no-such-program" not found`}},
+		{"chain with a gap", nil, []string{ch.Backups[0], ch.Backups[2], "--", "true"}, []string{ch.Backups[2]}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := execTempDirs(t, e)
+			msg, _, code := execFails(t, e, tt.env, tt.args...)
+			if code != 1 {
+				t.Errorf("exit %d, want 1", code)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("the error does not name %q: %s", w, msg)
+				}
+			}
+			execNothingLeft(t, e, before)
+		})
+	}
+}
+
+// execKeep: --keep runs the command, leaves the server and the mount, says
+// how to reach and stop them; they answer, and kill stops all of it.
+func execKeep(t *testing.T, ch *Chain) {
+	e := ch.Env
+	before := execTempDirs(t, e)
+	stdout, stderr, code := execRun(t, e, nil, append(append([]string{"--keep"}, ch.Upto(1)...), "--", "psql", "-XAtc", "SELECT count(*) FROM sample_table", "postgres")...)
+	if code != 0 || strings.TrimSpace(stdout) != "2" {
+		t.Fatalf("exec --keep: exit %d, stdout %q, want 2\n%s", code, stdout, stderr)
+	}
+	m := regexp.MustCompile(`connect: PGHOST=(\S+) PGPORT=(\d+) PGUSER=(\S+) psql\n\s+stop:\s+kill (\d+)`).FindStringSubmatch(stderr)
+	if m == nil {
+		t.Fatalf("exec --keep does not say how to connect and stop:\n%s", stderr)
+	}
+	pid, _ := strconv.Atoi(m[4])
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	dirs := newEntries(before, execTempDirs(t, e))
+	if len(dirs) != 1 || !cowIsMounted(filepath.Join(dirs[0], "data")) || !ProcessAlive(pid) {
+		t.Fatalf("after exec --keep: temporary directories %v, process %d alive %v; want one mounted", dirs, pid, ProcessAlive(pid))
+	}
+	out := e.Run(t, true, e.Tool("psql"), "-h", m[1], "-p", m[2], "-U", m[3], "-XAtc", "INSERT INTO sample_table VALUES (50, 'kept'); SELECT count(*) FROM sample_table", "postgres")
+	if strings.TrimSpace(out) != "3" {
+		t.Errorf("the kept server counts %q rows after an insert, want 3", out)
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ProcessAlive(pid); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the process keeping the server (%d) still runs 2 minutes after SIGTERM", pid)
+		}
+	}
+	execNothingLeft(t, e, before)
+}
+
+// execRun runs combinefs exec ARGS (as root, in the root, env added) and
+// returns its stdout, stderr and exit status.
+func execRun(t *testing.T, e *Env, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := e.Combinefs(context.Background(), append([]string{"exec"}, args...)...)
+	cmd.Env = append(cmd.Env, env...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil && cmd.ProcessState == nil {
+		t.Fatalf("combinefs exec: %v", err)
+	}
+	return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
+}
+
+// execMust is execRun that fails the test unless exec exits 0.
+func execMust(t *testing.T, e *Env, env []string, args ...string) string {
+	t.Helper()
+	stdout, stderr, code := execRun(t, e, env, args...)
+	if code != 0 {
+		t.Fatalf("combinefs exec %s: exit %d\n%s", strings.Join(args, " "), code, stderr)
+	}
+	return stdout
+}
+
+// execFails is execRun for a refusal: stderr must be one line and stdout
+// empty.
+func execFails(t *testing.T, e *Env, env []string, args ...string) (msg, stdout string, code int) {
+	t.Helper()
+	stdout, stderr, code := execRun(t, e, env, args...)
+	if strings.Count(stderr, "\n") != 1 || stdout != "" {
+		t.Errorf("combinefs exec %s: want one line on stderr and nothing on stdout, got stdout %q, stderr:\n%s", strings.Join(args, " "), stdout, stderr)
+	}
+	t.Logf("combinefs exec %s: exit %d: %s", strings.Join(args, " "), code, strings.TrimSpace(stderr))
+	return stderr, stdout, code
+}
+
+// execTempDirs lists exec's temporary directories (host paths) in the
+// root's /tmp.
+func execTempDirs(t *testing.T, e *Env) []string {
+	t.Helper()
+	m, err := filepath.Glob(e.Host("/tmp/combinefs-exec-*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func newEntries(before, after []string) []string {
+	var n []string
+	for _, a := range after {
+		if indexOf(before, a) < 0 {
+			n = append(n, a)
+		}
+	}
+	return n
+}
+
+// execNothingLeft: no temporary directory of exec beyond those in before,
+// nothing mounted below the root's /tmp by it, no server running on one.
+func execNothingLeft(t *testing.T, e *Env, before []string) {
+	t.Helper()
+	if extra := newEntries(before, execTempDirs(t, e)); len(extra) > 0 {
+		t.Errorf("exec left temporary directories behind: %v", extra)
+	}
+	for _, mp := range mountsBelow(e.Host("/tmp")) {
+		if strings.Contains(mp, "/combinefs-exec-") {
+			t.Errorf("exec left %s mounted", mp)
+		}
+	}
+	if pids := execServers(); len(pids) > 0 {
+		t.Errorf("server processes on an exec mount still run: %v", pids)
+	}
+}
+
+// execServers lists postmasters whose data directory is an exec mount.
+func execServers() []int {
+	var pids []int
+	for _, pid := range procPIDs() {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && bytes.Contains(b, []byte("/combinefs-exec-")) && ProcessAlive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// waitForQuery waits until the postmaster started by process parent has a
+// backend whose title shows it running a statement (its process title ends
+// in the command tag), and returns both pids.
+func waitForQuery(t *testing.T, parent int, tag string) (pm, backend int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		for _, p := range childrenOf(parent) {
+			if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p)); strings.TrimSpace(string(comm)) != "postgres" {
+				continue
+			}
+			for _, b := range childrenOf(p) {
+				title, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", b))
+				if bytes.Contains(title, []byte("[local] "+tag)) {
+					return p, b
+				}
+			}
+		}
+	}
+	t.Fatalf("no backend of exec (process %d) ran %s within 5 minutes", parent, tag)
+	return 0, 0
+}
+
+// childrenOf lists the live children of pid.
+func childrenOf(pid int) []int {
+	var kids []int
+	for _, p := range procPIDs() {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if f := strings.Fields(string(b[i+1:])); len(f) >= 2 && f[1] == strconv.Itoa(pid) && f[0] != "Z" {
+			kids = append(kids, p)
+		}
+	}
+	return kids
+}
+
+// procPIDs lists the processes in /proc.
+func procPIDs() []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, ent := range ents {
+		if pid, err := strconv.Atoi(ent.Name()); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
