@@ -160,3 +160,21 @@ func (r *Repo) RemovePartials() error {
 	}
 	return nil
 }
+
+// CheckIsRepository fails unless Dir looks like a repository: it holds a
+// point, the repository's lock file or a leftover of one. Commands that
+// change a repository call it first, so that pointing them at some other
+// directory changes nothing.
+func (r *Repo) CheckIsRepository() error {
+	entries, err := os.ReadDir(r.Dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		n := e.Name()
+		if n == repoLockName || (e.IsDir() && IsPointName(n)) || (strings.HasPrefix(n, ".") && (strings.Contains(n, partialInfix) || strings.Contains(n, trashInfix) || n == journalName)) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s is not a combinefs repository (no backups in it)", r.Dir)
+}

@@ -209,9 +209,22 @@ func TestMain(m *testing.M) {
 			fmt.Println(err)
 			os.Exit(1)
 		}
-		if what == "repo" {
+		switch {
+		case what == "repo":
 			_, err = r.Lock(ctx, "test holder", nil)
-		} else {
+		case what == "expire":
+			_, err = r.Expire(ctx, ExpireOptions{KeepFull: 1}, nil)
+			if err == nil {
+				fmt.Println("done")
+				os.Exit(0)
+			}
+		case strings.HasPrefix(what, "compact "):
+			_, err = r.Compact(ctx, strings.TrimPrefix(what, "compact "), testCompactOptions, nil)
+			if err == nil {
+				fmt.Println("done")
+				os.Exit(0)
+			}
+		default:
 			_, _, err = r.ShareChain(ctx, what, nil)
 		}
 		if err != nil {
@@ -223,6 +236,16 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
+}
+
+// runHelper runs the helper process for what with extra environment and
+// returns its output and error.
+func runHelper(t *testing.T, r *Repo, what string, env ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(append(os.Environ(), "COMBINEFS_LOCK_TEST="+what, "COMBINEFS_LOCK_REPO="+r.Dir), env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
 
 // holdLock starts a process that holds a lock; release ends it.

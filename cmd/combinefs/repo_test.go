@@ -1,0 +1,69 @@
+package main
+
+import (
+	"maps"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestRepoCommandsRefused: bad input to expire and compact gives one line,
+// the right exit status, and changes nothing.
+func TestRepoCommandsRefused(t *testing.T) {
+	repo := newTestRepo(t, false)
+	notRepo := t.TempDir()
+	if err := os.WriteFile(filepath.Join(notRepo, "precious"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before, beforeNot := snapshot(t, repo), snapshot(t, notRepo)
+	for _, tt := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"compact", "--repo", repo, "--point", repoFull}, 1, "combinefs compact: point " + repoFull + " is a full backup: there is nothing to compact\n"},
+		{[]string{"compact", "--repo", repo, "--point", "2024"}, 1, "combinefs compact: repository " + repo + " has no point named \"2024\" (its points: " + repoFull + ", " + repoInc1 + ", " + repoInc2 + ")\n"},
+		{[]string{"compact", "--repo", repo, "--point", "2025-01-01_0"}, 1, "combinefs compact: point \"2025-01-01_0\" of repository " + repo + " is ambiguous: it begins " + repoFull + ", " + repoInc1 + ", " + repoInc2 + "\n"},
+		{[]string{"compact", "--repo", notRepo, "--point", repoInc1}, 1, "combinefs compact: " + notRepo + " is not a combinefs repository (no backups in it)\n"},
+		{[]string{"compact", "--repo", repo}, 2, "combinefs compact: give the repository and the point (--repo DIR --point NAME)\n"},
+		{[]string{"expire", "--repo", notRepo, "--keep-full", "1"}, 1, "combinefs expire: " + notRepo + " is not a combinefs repository (no backups in it)\n"},
+		{[]string{"expire", "--repo", repo}, 2, "combinefs expire: --keep-full N is required, at least 1\n"},
+		{[]string{"expire", "--repo", repo, "--keep-full", "1", "--keep-within", "soon"}, 2, "combinefs expire: --keep-within: invalid duration \"soon\"\n"},
+		{[]string{"expire", "--keep-full", "1"}, 2, "combinefs expire: no repository specified (--repo DIR)\n"},
+		{[]string{"flatten", "-o", filepath.Join(notRepo, "out"), "--repo", repo, "--point", "bogus"}, 1, "combinefs flatten: repository " + repo + " has no point named \"bogus\""},
+		{[]string{"flatten", "-o", filepath.Join(notRepo, "out"), "--repo", repo}, 2, "combinefs flatten: --repo and --point go together\n"},
+	} {
+		code, out := runCLI(t, tt.args...)
+		if code != tt.code || !strings.HasPrefix(out, tt.want) {
+			t.Errorf("combinefs %q: exit %d, stderr:\n%s\nwant exit %d, stderr:\n%s", tt.args, code, out, tt.code, tt.want)
+		}
+	}
+	if !maps.Equal(snapshot(t, repo), before) || !maps.Equal(snapshot(t, notRepo), beforeNot) {
+		t.Error("a refused command changed something")
+	}
+}
+
+// TestExpireCommand: expire (and its dry run) of a repository of two
+// chains says what it removes and the space freed.
+func TestExpireCommand(t *testing.T) {
+	repo := newTestRepo(t, false)
+	second := newTestChain(t)
+	for dir, name := range map[string]string{second.full: "2025-01-02_000000-FULL", second.inc1: "2025-01-02_010000-INCREMENTAL"} {
+		if err := os.Rename(dir, filepath.Join(repo, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out := runCLI(t, "expire", "--repo", repo, "--keep-full", "1", "--dry-run")
+	if code != 0 || !strings.Contains(out, "would remove "+repoInc2+" (") || !strings.HasSuffix(out, "(dry run: nothing removed)\n") {
+		t.Errorf("expire --dry-run: exit %d\n%s", code, out)
+	}
+	code, out = runCLI(t, "expire", "--repo", repo, "--keep-full", "1")
+	if code != 0 || strings.Count(out, "combinefs expire: removed ") != 3 || !strings.Contains(out, "combinefs expire: freed ") {
+		t.Errorf("expire: exit %d\n%s", code, out)
+	}
+	code, out = runCLI(t, "expire", "--repo", repo, "--keep-full", "1")
+	if code != 0 || out != "combinefs expire: nothing to remove\n" {
+		t.Errorf("expire again: exit %d\n%s", code, out)
+	}
+}
