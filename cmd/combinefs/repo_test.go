@@ -1,11 +1,18 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/combinefs/combinefs/repo"
 )
 
 // TestRepoCommandsRefused: bad input to expire and compact gives one line,
@@ -65,5 +72,58 @@ func TestExpireCommand(t *testing.T) {
 	code, out = runCLI(t, "expire", "--repo", repo, "--keep-full", "1")
 	if code != 0 || out != "combinefs expire: nothing to remove\n" {
 		t.Errorf("expire again: exit %d\n%s", code, out)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a command writing while the test
+// reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestExpireWaitsAndSaysSo: expire waits for the repository's lock held by
+// someone else (a capture, here this test) and says whom it waits for.
+func TestExpireWaitsAndSaysSo(t *testing.T) {
+	dir := newTestRepo(t, false)
+	r, err := repo.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := r.Lock(context.Background(), "capture", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuffer
+	done := make(chan int)
+	go func() {
+		done <- run(context.Background(), "combinefs", []string{"expire", "--repo", dir, "--keep-full", "1"}, &out)
+	}()
+	for !strings.Contains(out.String(), "waiting for") {
+		select {
+		case code := <-done:
+			t.Fatalf("expire did not wait: exit %d\n%s", code, out.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	unlock()
+	if code := <-done; code != 0 {
+		t.Errorf("expire after the lock was released: exit %d\n%s", code, out.String())
+	}
+	want := fmt.Sprintf("combinefs expire: waiting for the lock of repository %s (held by capture, pid %d)\ncombinefs expire: nothing to remove\n", dir, os.Getpid())
+	if out.String() != want {
+		t.Errorf("expire said:\n%s\nwant:\n%s", out.String(), want)
 	}
 }
