@@ -118,7 +118,7 @@ func (r *Repo) Compact(ctx context.Context, ref string, o CompactOptions, wait W
 	if err != nil {
 		return nil, err
 	}
-	np, _, err := r.Find(ctx, j.New)
+	np, err := r.Find(ctx, j.New)
 	if err != nil {
 		return nil, err
 	}
@@ -127,7 +127,7 @@ func (r *Repo) Compact(ctx context.Context, ref string, o CompactOptions, wait W
 
 // compactable finds the point ref and checks that it can be compacted.
 func (r *Repo) compactable(ctx context.Context, ref string) (*Point, error) {
-	p, _, err := r.Find(ctx, ref)
+	p, err := r.Find(ctx, ref)
 	switch {
 	case err != nil:
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -144,7 +145,7 @@ func TestFind(t *testing.T) {
 		{"2025-01-03", "", `repository ` + r.Dir + ` has no point named "2025-01-03" (its points: 2025-01-01_000000-FULL, 2025-01-01_010000-INCREMENTAL, 2025-01-01_020000-INCREMENTAL, 2025-01-02_000000-FULL, 2025-01-02_010000-INCREMENTAL, 2025-01-02_020000-INCREMENTAL)`},
 		{"", "", `repository ` + r.Dir + ` has no point named ""`},
 	} {
-		p, _, err := r.Find(ctx, tt.ref)
+		p, err := r.Find(ctx, tt.ref)
 		switch {
 		case tt.err != "" && (err == nil || !strings.HasPrefix(err.Error(), tt.err)):
 			t.Errorf("Find(%q) = %v, want error %q", tt.ref, err, tt.err)
@@ -157,7 +158,7 @@ func TestFind(t *testing.T) {
 		t.Errorf("ChainDirs = %q, %v", dirs, err)
 	}
 	empty, _ := Open(t.TempDir(), false)
-	if _, _, err := empty.Find(ctx, "x"); err == nil || !strings.Contains(err.Error(), "it has no points") {
+	if _, err := empty.Find(ctx, "x"); err == nil || !strings.Contains(err.Error(), "it has no points") {
 		t.Errorf("Find in an empty repository: %v", err)
 	}
 }
@@ -342,5 +343,33 @@ func TestPointLocksTwoProcesses(t *testing.T) {
 	}
 	if len(waited) != 1 || !strings.Contains(waited[0], "point "+testPoints[0][0]+" (being removed or replaced") {
 		t.Errorf("waiter heard %q", waited)
+	}
+}
+
+// TestInterleavedClusters: two clusters' chains whose points have the same
+// LSNs, taken turn about into one repository, are told apart by their
+// system identifiers, in the light lookup (pg_control) as in list
+// (manifests).
+func TestInterleavedClusters(t *testing.T) {
+	a := []string{"2025-01-01_000000-FULL", "2025-01-01_020000-INCREMENTAL", "2025-01-01_040000-INCREMENTAL"}
+	b := []string{"2025-01-01_010000-FULL", "2025-01-01_030000-INCREMENTAL", "2025-01-01_050000-INCREMENTAL"}
+	r := newTestRepo(t, a, b)
+	points, err := r.Points(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range points {
+		chain := a
+		if slices.Contains(b, p.Name) {
+			chain = b
+		}
+		want := chain[:slices.Index(chain, p.Name)+1]
+		if fmt.Sprint(p.Chain) != fmt.Sprint(want) {
+			t.Errorf("list: %s has chain %q, want %q (%s)", p.Name, p.Chain, want, p.Problem)
+		}
+		f, err := r.Find(ctx, p.Name)
+		if err != nil || fmt.Sprint(f.Chain) != fmt.Sprint(want) {
+			t.Errorf("Find: %s has chain %q, want %q (%v, %s)", p.Name, f.Chain, want, err, f.Problem)
+		}
 	}
 }
