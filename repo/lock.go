@@ -174,6 +174,11 @@ func (r *Repo) Share(ctx context.Context, names []string, wait Waiter) (h *Hold,
 	h = &Hold{}
 	for _, n := range names {
 		f, err := r.lockPoint(ctx, n, unix.LOCK_SH, wait)
+		if errors.Is(err, syscall.EROFS) {
+			// A repository on a read-only file system: no one can remove
+			// its points, so there is nothing to hold them against.
+			continue
+		}
 		if err != nil {
 			h.Release()
 			return nil, false, err

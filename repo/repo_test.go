@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/combinefs/combinefs/resolver/resolvertest"
 )
 
@@ -371,5 +373,35 @@ func TestInterleavedClusters(t *testing.T) {
 		if err != nil || fmt.Sprint(f.Chain) != fmt.Sprint(want) {
 			t.Errorf("Find: %s has chain %q, want %q (%v, %s)", p.Name, f.Chain, want, err, f.Problem)
 		}
+	}
+}
+
+// TestShareReadOnlyRepository: a repository on a read-only file system
+// (where no lock file can be made, and no point removed) is read without
+// locks.
+func TestShareReadOnlyRepository(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a read-only bind mount")
+	}
+	r := newTestRepo(t, testPoints[0])
+	ro := t.TempDir()
+	if err := unix.Mount(r.Dir, ro, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(ro, unix.MNT_DETACH) })
+	if err := unix.Mount("", ro, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		t.Fatal(err)
+	}
+	rr, err := Open(ro, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs, hold, err := rr.ShareChain(ctx, testPoints[0][2], nil)
+	if err != nil || len(dirs) != 3 {
+		t.Fatalf("ShareChain on a read-only repository: %q, %v", dirs, err)
+	}
+	hold.Release()
+	if _, err := os.Stat(filepath.Join(r.Dir, lockDirName)); err == nil {
+		t.Error("a lock directory appeared")
 	}
 }
