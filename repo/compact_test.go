@@ -188,3 +188,37 @@ func TestCompactKilled(t *testing.T) {
 		})
 	}
 }
+
+// TestCompactHeldPointThenExpire: the point compacted is held by a reader,
+// so compact keeps it (and the full point before it); the incremental after
+// it already chains onto the new full point, and a later expire removes the
+// kept ones without touching it.
+func TestCompactHeldPointThenExpire(t *testing.T) {
+	want := expectedFlattens(t)
+	r := newTestRepo(t, testPoints...)
+	release := holdLock(t, r, testPoints[0][1])
+	res, err := r.Compact(ctx, testPoints[0][1], testCompactOptions, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(res.InUse) != fmt.Sprint(testPoints[0][1:2]) {
+		t.Errorf("in use %q", res.InUse)
+	}
+	points, _ := r.Points(ctx)
+	if p := points[3]; p.Name != testPoints[0][2] || fmt.Sprint(p.Chain) != fmt.Sprint([]string{"2025-01-01_010000-FULL", testPoints[0][2]}) {
+		t.Errorf("%s: chain %q, want it on the new full point", p.Name, p.Chain)
+	}
+	checkFlattens(t, r, want)
+	release()
+	ex, err := r.Expire(ctx, ExpireOptions{KeepFull: 2}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(pointList(ex.Removed)) != fmt.Sprint(testPoints[0][:2]) {
+		t.Errorf("expire removed %q", pointList(ex.Removed))
+	}
+	names := checkFlattens(t, r, want)
+	if wantNames := append([]string{"2025-01-01_010000-FULL", testPoints[0][2]}, testPoints[1]...); fmt.Sprint(names) != fmt.Sprint(wantNames) {
+		t.Errorf("points %q, want %q", names, wantNames)
+	}
+}

@@ -121,9 +121,11 @@ func (r *Repo) Expire(ctx context.Context, o ExpireOptions, wait Waiter) (*Expir
 	return res, nil
 }
 
-// expirePlan picks the points to remove, oldest first: every point older
-// than the oldest kept chain's full point and not in a kept chain. A
-// repository without a full point keeps everything.
+// expirePlan picks the points to remove, oldest first: every point of a
+// chain that begins before the oldest kept chain (a replaced point a
+// compaction had to keep sorts after the full point that replaced it, but
+// its chain begins before). A repository without a full point keeps
+// everything.
 func expirePlan(points []*Point, o ExpireOptions) []*Point {
 	byName := map[string]*Point{}
 	for _, p := range points {
@@ -162,7 +164,7 @@ func expirePlan(points []*Point, o ExpireOptions) []*Point {
 	}
 	var doomed []*Point
 	for _, p := range points {
-		if p.Name < oldest && !keepRoot[root(p).Name] {
+		if r := root(p).Name; r < oldest && !keepRoot[r] {
 			doomed = append(doomed, p)
 		}
 	}

@@ -173,22 +173,30 @@ func pathErr(err error) string {
 	return err.Error()
 }
 
-// linkParents finds each incremental backup's parent: the newest older
-// backup that started where the incremental says its parent did. A
-// compacted full point has the start of the incremental it replaced and
-// sorts before it (FULL < INCREMENTAL at the same second), so while both
-// exist the incremental is the parent; either restores the same bytes.
+// linkParents finds each incremental backup's parent: an older backup that
+// started where the incremental says its parent did. Only a compaction
+// makes two of them (the incremental it replaced, and the full point that
+// takes its place with the same start); either restores the same bytes,
+// and the full one is preferred, so that the chains after it no longer
+// lean on the points the compaction replaces. Otherwise the newest intact
+// match wins.
 func linkParents(points []*Point) {
 	for i, p := range points {
 		if p.Kind != KindIncremental || p.PrevTLI == 0 {
 			continue // a full backup, or its label could not be read
 		}
+		var best *Point
 		for j := i - 1; j >= 0; j-- {
 			q := points[j]
-			if q.StartLSN == p.PrevLSN && q.StartTLI == p.PrevTLI && (q.SystemID == p.SystemID || q.SystemID == 0 || p.SystemID == 0) {
-				p.Parent = q.Name
-				break
+			if q.StartLSN != p.PrevLSN || q.StartTLI != p.PrevTLI || (q.SystemID != p.SystemID && q.SystemID != 0 && p.SystemID != 0) {
+				continue
 			}
+			if best == nil || best.Problem != "" && q.Problem == "" || q.Kind == KindFull && q.Problem == "" && best.Kind != KindFull {
+				best = q
+			}
+		}
+		if best != nil {
+			p.Parent = best.Name
 		}
 		if p.Parent == "" && p.Problem == "" {
 			p.Problem = fmt.Sprintf("its parent (the backup that started at %s on timeline %d) is not in the repository", p.PrevLSN, p.PrevTLI)
