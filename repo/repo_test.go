@@ -92,6 +92,27 @@ func TestNames(t *testing.T) {
 	if l, _ := r.Leftovers(); len(l) != 0 {
 		t.Errorf("leftovers after Publish: %q", l)
 	}
+	// A journal write cut short is a leftover that recovery removes.
+	if err := r.Store.Put(ctx, journalName, []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	objs, _ := r.Store.List(ctx, ".compact")
+	if len(objs) != 1 {
+		t.Fatalf("journal objects %v", objs)
+	}
+	r.Store.Delete(ctx, journalName)
+	if err := os.WriteFile(filepath.Join(r.Dir, "."+journalName+".tmp-123"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := r.Leftovers(); len(l) != 1 {
+		t.Errorf("leftovers %q, want the journal's temporary file", l)
+	}
+	if err := r.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := r.Leftovers(); len(l) != 0 {
+		t.Errorf("leftovers after Recover: %q", l)
+	}
 }
 
 func TestPointsAndChains(t *testing.T) {
