@@ -1,7 +1,8 @@
 // Package capture takes full and incremental base backups of a PostgreSQL
 // 17+ server over the streaming replication protocol, the way
-// pg_basebackup -Fp -X stream [-i MANIFEST] does, and keeps them in a
-// repository of dated backups.
+// pg_basebackup -Fp -X stream [-i MANIFEST] does, into a directory or as
+// new points of a repository (package repo names, locks, stages and
+// publishes them; capture only writes).
 //
 // # Protocol
 //

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/combinefs/combinefs/repo"
 )
@@ -60,7 +59,7 @@ func RepoCapture(ctx context.Context, r *repo.Repo, o Options, full bool, wait r
 			if parent.Problem != "" {
 				return "", nil, fmt.Errorf("cannot take an incremental backup from the newest backup %s: %s (use --full to start a new chain)", parent.Name, parent.Problem)
 			}
-			m, err := os.ReadFile(filepath.Join(parent.Dir, "backup_manifest"))
+			m, err := r.Store.ReadRange(ctx, parent.Name+"/backup_manifest", 0, -1)
 			if err != nil {
 				return "", nil, err
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,7 +36,12 @@ const lockPoll = 100 * time.Millisecond
 // flockFile takes a flock of how (LOCK_SH or LOCK_EX) on path, waiting
 // through wait when it is held, and returns the open file that holds it.
 func flockFile(ctx context.Context, path string, how int, what func() string, wait Waiter) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	// flock needs no write access, so a lock file another user created
+	// (root's mount, the server user's capture) is opened read-only.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if errors.Is(err, fs.ErrPermission) {
+		f, err = os.Open(path)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -81,7 +87,7 @@ func (r *Repo) Lock(ctx context.Context, holder string, wait Waiter) (unlock fun
 	if err != nil {
 		return nil, err
 	}
-	if f.Truncate(0) == nil {
+	if f.Truncate(0) == nil { // fails on a read-only open: no holder then
 		f.WriteAt([]byte(fmt.Sprintf("%s, pid %d\n", holder, os.Getpid())), 0)
 	}
 	return func() {
@@ -100,7 +106,7 @@ func (r *Repo) pointLockPath(name string) string {
 
 // lockPoint takes the lock of one point.
 func (r *Repo) lockPoint(ctx context.Context, name string, how int, wait Waiter) (*os.File, error) {
-	if err := os.MkdirAll(filepath.Join(r.Dir, lockDirName), 0o700); err != nil {
+	if err := r.makeLockDir(); err != nil {
 		return nil, err
 	}
 	what := func() string {
@@ -110,6 +116,21 @@ func (r *Repo) lockPoint(ctx context.Context, name string, how int, wait Waiter)
 		return fmt.Sprintf("point %s (being removed or replaced by expire or compact)", name)
 	}
 	return flockFile(ctx, r.pointLockPath(name), how, what, wait)
+}
+
+// makeLockDir makes the directory of the point locks, writable by all
+// with the sticky bit (as /tmp): the users that mount (root) and that
+// capture (the server's) both create lock files in it.
+func (r *Repo) makeLockDir() error {
+	dir := filepath.Join(r.Dir, lockDirName)
+	err := os.Mkdir(dir, 0o700)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return os.Chmod(dir, 0o777|fs.ModeSticky)
 }
 
 // Hold is a set of point locks.
@@ -153,6 +174,11 @@ func (r *Repo) Share(ctx context.Context, names []string, wait Waiter) (h *Hold,
 	h = &Hold{}
 	for _, n := range names {
 		f, err := r.lockPoint(ctx, n, unix.LOCK_SH, wait)
+		if errors.Is(err, syscall.EROFS) {
+			// A repository on a read-only file system: no one can remove
+			// its points, so there is nothing to hold them against.
+			continue
+		}
 		if err != nil {
 			h.Release()
 			return nil, false, err

@@ -8,15 +8,29 @@ import (
 )
 
 // Find returns the point ref names: its full name, or a prefix of exactly
-// one point's name. It reads and checks every point (the chains of all of
-// them), which the caller gets back.
-func (r *Repo) Find(ctx context.Context, ref string) (*Point, []*Point, error) {
-	points, err := r.Points(ctx)
+// one point's name, with its chain checked (Chain, or Problem). It reads
+// the labels of every point but checks only that chain, so that a lookup
+// costs little in a repository of many points.
+func (r *Repo) Find(ctx context.Context, ref string) (*Point, error) {
+	points, err := r.scan(ctx, false)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
+	linkParents(points)
 	p, err := match(r.Dir, points, ref)
-	return p, points, err
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string]*Point{}
+	for _, q := range points {
+		byName[q.Name] = q
+	}
+	ancestors := []*Point{p}
+	for q := byName[p.Parent]; q != nil; q = byName[q.Parent] {
+		ancestors = append([]*Point{q}, ancestors...)
+	}
+	checkChains(ancestors)
+	return p, nil
 }
 
 // match finds ref among points by name or unique prefix.
@@ -60,7 +74,7 @@ func names(points []*Point, max int) string {
 // the directories of its chain, full backup first: what mount, flatten and
 // verify read. A point whose chain is broken is an error saying why.
 func (r *Repo) ChainDirs(ctx context.Context, ref string) ([]string, *Point, error) {
-	p, _, err := r.Find(ctx, ref)
+	p, err := r.Find(ctx, ref)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -57,8 +57,21 @@ type Point struct {
 // Points reads every point of the repository, oldest first, finds each
 // one's parent and checks each chain the way pg_combinebackup would.
 func (r *Repo) Points(ctx context.Context) ([]*Point, error) {
-	// The points are the top-level directories with a point's name; their
-	// sizes come from a listing of each.
+	points, err := r.scan(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	linkParents(points)
+	checkChains(points)
+	return points, nil
+}
+
+// scan lists the points, oldest first, with what their backup_labels say.
+// With full it also reads each manifest and sums each point's size (what
+// list shows); without, it reads the system identifier from pg_control (a
+// small file), enough to link parents: the light scan of a lookup.
+func (r *Repo) scan(ctx context.Context, full bool) ([]*Point, error) {
+	// The points are the top-level directories with a point's name.
 	entries, err := os.ReadDir(r.Dir)
 	if err != nil {
 		return nil, err
@@ -74,6 +87,14 @@ func (r *Repo) Points(ctx context.Context) ([]*Point, error) {
 			continue
 		}
 		p := &Point{Name: e.Name(), Dir: filepath.Join(r.Dir, e.Name()), Kind: Kind(m[2]), Time: t}
+		points = append(points, p)
+		if r.readLabel(ctx, p); p.Problem != "" {
+			continue
+		}
+		if !full {
+			r.readControl(ctx, p)
+			continue
+		}
 		objs, err := r.Store.List(ctx, p.Name+"/")
 		if err != nil {
 			return nil, err
@@ -81,20 +102,14 @@ func (r *Repo) Points(ctx context.Context) ([]*Point, error) {
 		for _, o := range objs {
 			p.Size += o.Size
 		}
-		points = append(points, p)
+		r.readManifest(ctx, p)
 	}
 	sort.Slice(points, func(i, j int) bool { return points[i].Name < points[j].Name })
-	for _, p := range points {
-		r.readPoint(ctx, p)
-	}
-	linkParents(points)
-	checkChains(points)
 	return points, nil
 }
 
-// readPoint fills in what p's backup_label and backup_manifest say, or
-// sets p.Problem.
-func (r *Repo) readPoint(ctx context.Context, p *Point) {
+// readLabel fills in what p's backup_label says, or sets p.Problem.
+func (r *Repo) readLabel(ctx context.Context, p *Point) {
 	labelPath := filepath.Join(p.Dir, "backup_label")
 	data, err := r.Store.ReadRange(ctx, p.Name+"/backup_label", 0, -1)
 	if err != nil {
@@ -112,10 +127,26 @@ func (r *Repo) readPoint(ctx context.Context, p *Point) {
 	}
 	if want := l.Incremental; want != (p.Kind == KindIncremental) {
 		p.Problem = fmt.Sprintf("named %s, but its backup_label says otherwise", p.Kind)
+	}
+}
+
+// readControl takes p's system identifier from its pg_control; a damaged
+// one is left for the chain check to report.
+func (r *Repo) readControl(ctx context.Context, p *Point) {
+	name := p.Name + "/global/pg_control"
+	data, err := r.Store.ReadRange(ctx, name, 0, format.ControlFileSize)
+	if err != nil {
 		return
 	}
+	if cf, err := format.ParseControlFile(data, filepath.Join(r.Dir, name)); err == nil {
+		p.SystemID = cf.SystemIdentifier
+	}
+}
+
+// readManifest fills in what p's backup_manifest says, or sets p.Problem.
+func (r *Repo) readManifest(ctx context.Context, p *Point) {
 	manPath := filepath.Join(p.Dir, "backup_manifest")
-	data, err = r.Store.ReadRange(ctx, p.Name+"/backup_manifest", 0, -1)
+	data, err := r.Store.ReadRange(ctx, p.Name+"/backup_manifest", 0, -1)
 	if err != nil {
 		p.Problem = fmt.Sprintf("not a complete backup: %v", pathErr(err))
 		return
@@ -142,22 +173,30 @@ func pathErr(err error) string {
 	return err.Error()
 }
 
-// linkParents finds each incremental backup's parent: the newest older
-// backup that started where the incremental says its parent did. A
-// compacted full point has the start of the incremental it replaced and
-// sorts before it (FULL < INCREMENTAL at the same second), so while both
-// exist the incremental is the parent; either restores the same bytes.
+// linkParents finds each incremental backup's parent: an older backup that
+// started where the incremental says its parent did. Only a compaction
+// makes two of them (the incremental it replaced, and the full point that
+// takes its place with the same start); either restores the same bytes,
+// and the full one is preferred, so that the chains after it no longer
+// lean on the points the compaction replaces. Otherwise the newest intact
+// match wins.
 func linkParents(points []*Point) {
 	for i, p := range points {
 		if p.Kind != KindIncremental || p.PrevTLI == 0 {
 			continue // a full backup, or its label could not be read
 		}
+		var best *Point
 		for j := i - 1; j >= 0; j-- {
 			q := points[j]
-			if q.StartLSN == p.PrevLSN && q.StartTLI == p.PrevTLI && (q.SystemID == p.SystemID || q.SystemID == 0 || p.SystemID == 0) {
-				p.Parent = q.Name
-				break
+			if q.StartLSN != p.PrevLSN || q.StartTLI != p.PrevTLI || (q.SystemID != p.SystemID && q.SystemID != 0 && p.SystemID != 0) {
+				continue
 			}
+			if best == nil || best.Problem != "" && q.Problem == "" || q.Kind == KindFull && q.Problem == "" && best.Kind != KindFull {
+				best = q
+			}
+		}
+		if best != nil {
+			p.Parent = best.Name
 		}
 		if p.Parent == "" && p.Problem == "" {
 			p.Problem = fmt.Sprintf("its parent (the backup that started at %s on timeline %d) is not in the repository", p.PrevLSN, p.PrevTLI)

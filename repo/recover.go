@@ -37,6 +37,3 @@ func (r *Repo) emptyTrash() error {
 	}
 	return nil
 }
-
-// recoverCompaction is filled in by compaction.
-func (r *Repo) recoverCompaction(ctx context.Context) error { return nil }

@@ -131,12 +131,23 @@ func (r *Repo) Leftovers() ([]string, error) {
 	var out []string
 	for _, e := range entries {
 		n := e.Name()
-		if strings.HasPrefix(n, ".") && (strings.Contains(n, partialInfix) || strings.Contains(n, trashInfix) || n == journalName) {
+		if isLeftover(n) {
 			out = append(out, n)
 		}
 	}
 	return out, nil
 }
+
+// isLeftover reports whether a name in the repository's directory is
+// something a killed command left: a staged point, a point being removed,
+// a compaction's journal or a journal being written.
+func isLeftover(n string) bool {
+	return strings.HasPrefix(n, ".") && (strings.Contains(n, partialInfix) || strings.Contains(n, trashInfix) ||
+		n == journalName || isJournalTemp(n))
+}
+
+// isJournalTemp: Local.Put's temporary file of the journal.
+func isJournalTemp(n string) bool { return strings.HasPrefix(n, "."+journalName+".tmp-") }
 
 // IsTrash reports whether a leftover is a point being removed.
 func IsTrash(name string) bool {
@@ -151,7 +162,7 @@ func (r *Repo) RemovePartials() error {
 		return err
 	}
 	for _, l := range leftovers {
-		if !strings.Contains(l, partialInfix) {
+		if !strings.Contains(l, partialInfix) && !isJournalTemp(l) {
 			continue
 		}
 		if err := os.RemoveAll(filepath.Join(r.Dir, l)); err != nil {
@@ -159,4 +170,22 @@ func (r *Repo) RemovePartials() error {
 		}
 	}
 	return nil
+}
+
+// CheckIsRepository fails unless Dir looks like a repository: it holds a
+// point, the repository's lock file or a leftover of one. Commands that
+// change a repository call it first, so that pointing them at some other
+// directory changes nothing.
+func (r *Repo) CheckIsRepository() error {
+	entries, err := os.ReadDir(r.Dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		n := e.Name()
+		if n == repoLockName || (e.IsDir() && IsPointName(n)) || isLeftover(n) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s is not a combinefs repository (no backups in it)", r.Dir)
 }

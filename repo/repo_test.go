@@ -9,9 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/combinefs/combinefs/resolver/resolvertest"
 )
@@ -89,6 +92,27 @@ func TestNames(t *testing.T) {
 	if l, _ := r.Leftovers(); len(l) != 0 {
 		t.Errorf("leftovers after Publish: %q", l)
 	}
+	// A journal write cut short is a leftover that recovery removes.
+	if err := r.Store.Put(ctx, journalName, []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	objs, _ := r.Store.List(ctx, ".compact")
+	if len(objs) != 1 {
+		t.Fatalf("journal objects %v", objs)
+	}
+	r.Store.Delete(ctx, journalName)
+	if err := os.WriteFile(filepath.Join(r.Dir, "."+journalName+".tmp-123"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := r.Leftovers(); len(l) != 1 {
+		t.Errorf("leftovers %q, want the journal's temporary file", l)
+	}
+	if err := r.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := r.Leftovers(); len(l) != 0 {
+		t.Errorf("leftovers after Recover: %q", l)
+	}
 }
 
 func TestPointsAndChains(t *testing.T) {
@@ -144,7 +168,7 @@ func TestFind(t *testing.T) {
 		{"2025-01-03", "", `repository ` + r.Dir + ` has no point named "2025-01-03" (its points: 2025-01-01_000000-FULL, 2025-01-01_010000-INCREMENTAL, 2025-01-01_020000-INCREMENTAL, 2025-01-02_000000-FULL, 2025-01-02_010000-INCREMENTAL, 2025-01-02_020000-INCREMENTAL)`},
 		{"", "", `repository ` + r.Dir + ` has no point named ""`},
 	} {
-		p, _, err := r.Find(ctx, tt.ref)
+		p, err := r.Find(ctx, tt.ref)
 		switch {
 		case tt.err != "" && (err == nil || !strings.HasPrefix(err.Error(), tt.err)):
 			t.Errorf("Find(%q) = %v, want error %q", tt.ref, err, tt.err)
@@ -157,7 +181,7 @@ func TestFind(t *testing.T) {
 		t.Errorf("ChainDirs = %q, %v", dirs, err)
 	}
 	empty, _ := Open(t.TempDir(), false)
-	if _, _, err := empty.Find(ctx, "x"); err == nil || !strings.Contains(err.Error(), "it has no points") {
+	if _, err := empty.Find(ctx, "x"); err == nil || !strings.Contains(err.Error(), "it has no points") {
 		t.Errorf("Find in an empty repository: %v", err)
 	}
 }
@@ -209,9 +233,22 @@ func TestMain(m *testing.M) {
 			fmt.Println(err)
 			os.Exit(1)
 		}
-		if what == "repo" {
+		switch {
+		case what == "repo":
 			_, err = r.Lock(ctx, "test holder", nil)
-		} else {
+		case what == "expire":
+			_, err = r.Expire(ctx, ExpireOptions{KeepFull: 1}, nil)
+			if err == nil {
+				fmt.Println("done")
+				os.Exit(0)
+			}
+		case strings.HasPrefix(what, "compact "):
+			_, err = r.Compact(ctx, strings.TrimPrefix(what, "compact "), testCompactOptions, nil)
+			if err == nil {
+				fmt.Println("done")
+				os.Exit(0)
+			}
+		default:
 			_, _, err = r.ShareChain(ctx, what, nil)
 		}
 		if err != nil {
@@ -223,6 +260,16 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
+}
+
+// runHelper runs the helper process for what with extra environment and
+// returns its output and error.
+func runHelper(t *testing.T, r *Repo, what string, env ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(append(os.Environ(), "COMBINEFS_LOCK_TEST="+what, "COMBINEFS_LOCK_REPO="+r.Dir), env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
 
 // holdLock starts a process that holds a lock; release ends it.
@@ -319,5 +366,63 @@ func TestPointLocksTwoProcesses(t *testing.T) {
 	}
 	if len(waited) != 1 || !strings.Contains(waited[0], "point "+testPoints[0][0]+" (being removed or replaced") {
 		t.Errorf("waiter heard %q", waited)
+	}
+}
+
+// TestInterleavedClusters: two clusters' chains whose points have the same
+// LSNs, taken turn about into one repository, are told apart by their
+// system identifiers, in the light lookup (pg_control) as in list
+// (manifests).
+func TestInterleavedClusters(t *testing.T) {
+	a := []string{"2025-01-01_000000-FULL", "2025-01-01_020000-INCREMENTAL", "2025-01-01_040000-INCREMENTAL"}
+	b := []string{"2025-01-01_010000-FULL", "2025-01-01_030000-INCREMENTAL", "2025-01-01_050000-INCREMENTAL"}
+	r := newTestRepo(t, a, b)
+	points, err := r.Points(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range points {
+		chain := a
+		if slices.Contains(b, p.Name) {
+			chain = b
+		}
+		want := chain[:slices.Index(chain, p.Name)+1]
+		if fmt.Sprint(p.Chain) != fmt.Sprint(want) {
+			t.Errorf("list: %s has chain %q, want %q (%s)", p.Name, p.Chain, want, p.Problem)
+		}
+		f, err := r.Find(ctx, p.Name)
+		if err != nil || fmt.Sprint(f.Chain) != fmt.Sprint(want) {
+			t.Errorf("Find: %s has chain %q, want %q (%v, %s)", p.Name, f.Chain, want, err, f.Problem)
+		}
+	}
+}
+
+// TestShareReadOnlyRepository: a repository on a read-only file system
+// (where no lock file can be made, and no point removed) is read without
+// locks.
+func TestShareReadOnlyRepository(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a read-only bind mount")
+	}
+	r := newTestRepo(t, testPoints[0])
+	ro := t.TempDir()
+	if err := unix.Mount(r.Dir, ro, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(ro, unix.MNT_DETACH) })
+	if err := unix.Mount("", ro, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		t.Fatal(err)
+	}
+	rr, err := Open(ro, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs, hold, err := rr.ShareChain(ctx, testPoints[0][2], nil)
+	if err != nil || len(dirs) != 3 {
+		t.Fatalf("ShareChain on a read-only repository: %q, %v", dirs, err)
+	}
+	hold.Release()
+	if _, err := os.Stat(filepath.Join(r.Dir, lockDirName)); err == nil {
+		t.Error("a lock directory appeared")
 	}
 }

@@ -37,7 +37,9 @@ var commands = []command{
 	{"exec", "exec [flags] (BACKUP... | --repo DIR --point NAME) -- CMD [ARG...]", "run a command against a private server on a copy-on-write mount of a point, then remove it all", setupExec},
 	{"umount", "umount MOUNTPOINT", "unmount a combinefs mount", setupUmount},
 	{"flatten", "flatten [flags] -o OUTDIR (BACKUP... | --repo DIR --point NAME)", "combine a chain into a full backup, like pg_combinebackup", setupFlatten},
-	{"verify", "verify [--chain] BACKUP...", "check backups against their manifests, like pg_verifybackup", setupVerify},
+	{"verify", "verify [--chain] BACKUP... | verify --repo DIR", "check backups against their manifests, like pg_verifybackup", setupVerify},
+	{"expire", "expire --repo DIR --keep-full N [--keep-within DURATION] [--dry-run]", "remove a repository's chains older than those kept", setupExpire},
+	{"compact", "compact --repo DIR --point NAME", "roll a repository chain up to a point into a new full point", setupCompact},
 }
 
 // stderr is where commands report; run sets it.

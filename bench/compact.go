@@ -1,0 +1,57 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path"
+	"time"
+)
+
+// compactPoints are the repository names the chain's backups get for the
+// compact figure: a full and two incrementals, an hour apart.
+var compactPoints = []string{"2025-01-01_000000-FULL", "2025-01-01_010000-INCREMENTAL", "2025-01-01_020000-INCREMENTAL"}
+
+// 7. compact of the 3-point chain vs flatten of the same chain: compaction
+// is a flatten (--copy, as compact writes) into the repository plus its
+// bookkeeping (verify of the new point against its manifest, journal,
+// renames, removal of the replaced points). Each run gets a fresh
+// repository whose points are hard-linked copies of the chain (untimed), so
+// the removal of the replaced points costs what it costs on real backups:
+// unlinking their files.
+func (b *bench) figCompact(t *benchTB) {
+	dir := b.scratchDir(t, "compact")
+	mk := func(ours bool) *variant {
+		var repo, out string
+		return &variant{
+			setup: func(t *benchTB, run int) {
+				n := b.seq()
+				repo, out = path.Join(dir, fmt.Sprintf("repo-%d", n)), path.Join(dir, fmt.Sprintf("flat-%d", n))
+				if !ours {
+					return
+				}
+				b.e.MkdirAll(t, repo)
+				for i, src := range b.chain {
+					runCmd(t, b.e.Command(context.Background(), false, "cp", "-al", src, path.Join(repo, compactPoints[i])))
+				}
+			},
+			timed: func(t *benchTB, run int) sample {
+				var d time.Duration
+				var rss int64
+				if ours {
+					d, rss = runCmd(t, b.cfs(false, "compact", "--repo", repo, "--point", compactPoints[len(b.chain)-1], "--progress=false"))
+				} else {
+					d, rss = runCmd(t, b.cfs(false, append([]string{"flatten", "--copy", "-o", out}, b.chain...)...))
+				}
+				return sample{v: d.Seconds(), rssKB: rss}
+			},
+			teardown: func(t *benchTB, run int) { b.rm(t, repo); b.rm(t, out) },
+		}
+	}
+	b.progressf(t, "compact vs flatten of the same %d-point chain (%d runs each, plus A/A)", len(b.chain), b.runs)
+	spec := figSpec{id: "compact", name: "compact of the chain (time)", unit: "s", cold: true, warmup: true,
+		target: "compaction is a flatten plus bookkeeping: ratio >= 0.9", targetMet: ratioAtLeast(0.9)}
+	fig, rfig := b.compare(t, spec, mk(true), mk(false), nil)
+	fig.OursLabel = "combinefs compact --repo REPO --point INC2 (FULL, INC1, INC2 hard-linked into REPO)"
+	fig.RefLabel = "combinefs flatten --copy -o DIR FULL INC1 INC2"
+	b.add(t, fig, rfig)
+}
