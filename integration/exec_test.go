@@ -21,6 +21,7 @@ import (
 // SIGINT in the middle of a command, a missing point, a missing PostgreSQL
 // and a missing command leave no mount, no server process and no
 // temporary directory; --keep leaves a server that answers until killed.
+// Also the mount an /etc/fstab line makes (fstabMount).
 func TestExec(t *testing.T) {
 	e := Provision(t)
 	RequireFUSE(t)
@@ -36,12 +37,15 @@ func TestExec(t *testing.T) {
 			}
 		}
 	})
-	t.Run("repo", func(t *testing.T) { execRepo(t, ch) })
+	repo := path.Join(e.TempDir(t), "repo") // the fstab subtest mounts it too
+	var points []string
+	t.Run("repo", func(t *testing.T) { points = execRepo(t, ch, repo) })
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) { execSignal(t, ch, sig) })
 	}
 	t.Run("failures", func(t *testing.T) { execFailures(t, ch) })
 	t.Run("keep", func(t *testing.T) { execKeep(t, ch) })
+	t.Run("fstab", func(t *testing.T) { fstabMount(t, ch, repo, points) })
 }
 
 // execDump: a custom-format dump of pgbench_accounts of point 1, restored
@@ -72,9 +76,8 @@ func execDump(t *testing.T, ch *Chain) {
 
 // execRepo: --repo DIR --point NAME with points of a repository captured
 // from the chain's server (which has sample_table's 3 rows by now).
-func execRepo(t *testing.T, ch *Chain) {
+func execRepo(t *testing.T, ch *Chain, repo string) []string {
 	e, c := ch.Env, ch.Cluster
-	repo := path.Join(e.TempDir(t), "repo")
 	var names []string
 	for i := 0; i < 2; i++ {
 		if i > 0 {
@@ -103,6 +106,7 @@ func execRepo(t *testing.T, ch *Chain) {
 		t.Errorf("exec of a missing point: exit %d, %q; want exit 1 naming the point", code, msg)
 	}
 	execNothingLeft(t, e, nil)
+	return names
 }
 
 // execSignal sends sig to exec while its psql waits for pg_sleep(60): the
@@ -195,7 +199,7 @@ func execKeep(t *testing.T, ch *Chain) {
 	if len(dirs) != 1 || !cowIsMounted(filepath.Join(dirs[0], "data")) || !ProcessAlive(pid) {
 		t.Fatalf("after exec --keep: temporary directories %v, process %d alive %v; want one mounted", dirs, pid, ProcessAlive(pid))
 	}
-	out := e.Run(t, true, e.Tool("psql"), "-h", m[1], "-p", m[2], "-U", m[3], "-XAtc", "INSERT INTO sample_table VALUES (50, 'kept'); SELECT count(*) FROM sample_table", "postgres")
+	out := e.Run(t, true, e.Tool("psql"), "-h", m[1], "-p", m[2], "-U", m[3], "-XAtqc", "INSERT INTO sample_table VALUES (50, 'kept'); SELECT count(*) FROM sample_table", "postgres")
 	if strings.TrimSpace(out) != "3" {
 		t.Errorf("the kept server counts %q rows after an insert, want 3", out)
 	}
@@ -345,4 +349,65 @@ func procPIDs() []int {
 		}
 	}
 	return pids
+}
+
+// fstabMount mounts as an /etc/fstab line would: mount -t fuse.combinefs
+// with a chain joined by colons, copy-on-write, a server on it counting
+// point 1's rows; and mount.fuse3 given "combinefs#repo=DIR,point=NAME"
+// read-only. mount(8) runs its helpers with PATH set to
+// /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin, so for it
+// the test links combinefs into the root's /usr/local/sbin, and removes the
+// link afterwards; mount.fuse3 alone takes our PATH.
+func fstabMount(t *testing.T, ch *Chain, repo string, points []string) {
+	e := ch.Env
+	bin := e.CombinefsPath(t)
+	pathEnv := "PATH=" + path.Dir(bin) + ":/usr/sbin:/usr/bin:/sbin:/bin"
+	link := e.Host("/usr/local/sbin/combinefs")
+	if fi, err := os.Lstat(link); err == nil && fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("%s exists and is not a link a test left: not replacing it", link)
+	}
+	os.Remove(link)
+	if err := os.Symlink(bin, link); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(link) })
+	dir := e.TempDir(t)
+	mp, upper := cowMountPoint(t, e, dir, "mnt"), path.Join(dir, "upper")
+	mount := func(args ...string) {
+		t.Helper()
+		cmd := e.Command(context.Background(), true, args[0], args[1:]...)
+		cmd.Env = append(cmd.Env, pathEnv)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		t.Cleanup(func() {
+			if cowIsMounted(e.Host(args[2])) {
+				runCombinefs(t, e, "umount", "--lazy", args[2])
+			}
+		})
+	}
+	mount("mount", "-t", "fuse.combinefs", strings.Join(ch.Upto(1), ":"), mp, "-o", "cow="+upper+",allow_other,noatime,nofail")
+	if opts := mountOptionsAt(e.Host(mp)); opts == "" || strings.Contains(","+opts+",", ",ro,") {
+		t.Fatalf("after mount -t fuse.combinefs: %s mounted with %q, want a writable mount", mp, opts)
+	}
+	srv := startOnMount(t, e, mp)
+	if got := srv.Psql(t, "postgres", "SELECT count(*) FROM sample_table"); got != "2" {
+		t.Errorf("server on the fstab-style mount of point 1: %s rows, want 2", got)
+	}
+	srv.Stop(t, "fast")
+	mustCombinefs(t, e, "umount", mp)
+
+	mp2 := cowMountPoint(t, e, dir, "ro")
+	mount("mount.fuse3", "combinefs#repo="+repo+",point="+points[0], mp2, "-o", "ro,dev,suid")
+	if opts := mountOptionsAt(e.Host(mp2)); !strings.Contains(","+opts+",", ",ro,") {
+		t.Errorf("mount.fuse3 ... -o ro: %s mounted with %q, want read-only", mp2, opts)
+	}
+	want, err := os.ReadFile(e.Host(path.Join(repo, points[0], "PG_VERSION")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(e.Host(path.Join(mp2, "PG_VERSION"))); err != nil || string(got) != string(want) {
+		t.Errorf("PG_VERSION on the mount of %s: %q, %v; want %q", points[0], got, err, want)
+	}
+	mustCombinefs(t, e, "umount", mp2)
 }

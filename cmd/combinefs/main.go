@@ -106,6 +106,9 @@ func run(ctx context.Context, prog string, args []string, w io.Writer) int {
 		}
 		return exitCode(stderr, c.name, runFn(ctx, f.Args()))
 	}
+	if isFstabSource(args[0]) {
+		return runFstab(ctx, args) // run by mount.fuse3 for an fstab line
+	}
 	fmt.Fprintf(stderr, "combinefs: unknown command %q\nTry \"combinefs --help\".\n", args[0])
 	return 2
 }
