@@ -43,6 +43,7 @@ func TestExec(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) { execSignal(t, ch, sig) })
 	}
+	t.Run("kill-9", func(t *testing.T) { execKill9(t, ch) })
 	t.Run("failures", func(t *testing.T) { execFailures(t, ch) })
 	t.Run("keep", func(t *testing.T) { execKeep(t, ch) })
 	t.Run("fstab", func(t *testing.T) { fstabMount(t, ch, repo, points) })
@@ -145,6 +146,38 @@ func execSignal(t *testing.T, ch *Chain, sig syscall.Signal) {
 		if ProcessAlive(pid) || GroupAlive(pm) {
 			t.Errorf("server process %d is still running after exec ended", pid)
 		}
+	}
+	execNothingLeft(t, e, before)
+}
+
+// execKill9: exec killed with SIGKILL mid-command cannot clean up, but its
+// server dies with it (parent-death signal), and the next exec removes its
+// temporary directory and detaches its dead mount.
+func execKill9(t *testing.T, ch *Chain) {
+	e := ch.Env
+	before := execTempDirs(t, e)
+	cmd := e.Combinefs(context.Background(), append(append([]string{"exec"}, ch.Upto(1)...), "--", "psql", "-Xc", "SELECT pg_sleep(60)", "postgres")...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	pm, backend := waitForQuery(t, cmd.Process.Pid, "SELECT")
+	dirs := newEntries(before, execTempDirs(t, e))
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	for deadline := time.Now().Add(2 * time.Minute); ProcessAlive(pm) || ProcessAlive(backend); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server (postmaster %d, backend %d) still runs 2 minutes after exec was killed", pm, backend)
+		}
+	}
+	if len(dirs) != 1 || len(mountsBelow(dirs[0])) != 1 {
+		t.Fatalf("after kill -9 of exec: temporary directories %v; want one, with its mount (nothing could remove them)", dirs)
+	}
+	_, stderr, code := execRun(t, e, nil, append(ch.Upto(1), "--", "true")...)
+	if code != 0 || !strings.Contains(stderr, "removed "+strings.TrimPrefix(dirs[0], e.Root)) {
+		t.Errorf("the next exec: exit %d, stderr %q; want it to say it removed %s", code, stderr, dirs[0])
 	}
 	execNothingLeft(t, e, before)
 }

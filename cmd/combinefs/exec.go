@@ -220,6 +220,7 @@ func (s *execSession) env() []string {
 // start makes the private directories, mounts the point copy-on-write and
 // starts the server, waiting until it accepts connections.
 func (s *execSession) start(ctx context.Context) error {
+	sweepStale()
 	if err := s.makeDirs(); err != nil {
 		return err
 	}
@@ -234,6 +235,7 @@ func (s *execSession) start(ctx context.Context) error {
 	}
 	s.mount = m
 	s.undo = append(s.undo, s.unmount)
+	closeOnExec()
 	if s.port, err = freePort(); err != nil {
 		return err
 	}
@@ -252,12 +254,16 @@ func (s *execSession) start(ctx context.Context) error {
 // only the server's user and root reach it) and the server's own
 // configuration files.
 func (s *execSession) makeDirs() error {
-	base, err := os.MkdirTemp("", "combinefs-exec-")
+	base, err := os.MkdirTemp("", execDirPrefix)
 	if err != nil {
 		return err
 	}
 	s.base, s.data, s.sock = base, filepath.Join(base, "data"), filepath.Join(base, "sock")
 	s.undo = append(s.undo, func() error { return os.RemoveAll(base) })
+	// Who owns it, for sweepStale should we be killed.
+	if err := os.WriteFile(filepath.Join(base, execPIDFile), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
+		return err
+	}
 	// The server's user may pass through, not list.
 	if err := os.Chmod(base, 0o711); err != nil {
 		return err

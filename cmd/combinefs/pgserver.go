@@ -196,3 +196,17 @@ func (s *pgServer) stop() error {
 	}
 	return fmt.Errorf("the server (pid %d) on %s does not stop", s.pid, s.dataDir)
 }
+
+// closeOnExec marks every descriptor of ours close-on-exec before exec
+// starts programs: the mount's /dev/fuse descriptor is not, and a server or
+// command holding it keeps the mount's connection alive after a combinefs
+// killed with SIGKILL, so that their next access to the mount waits forever
+// instead of failing.
+func closeOnExec() {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
+}
