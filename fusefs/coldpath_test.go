@@ -172,3 +172,43 @@ func BenchmarkColdRead(b *testing.B) {
 }
 
 func alignedBlock() []byte { return dio.AlignedBuf(bs) }
+
+// BenchmarkOpen measures an open and close of a file, the cost a warm read
+// of many files pays per file on a mount: native (a backup file), whole (a
+// file of one backup, passthrough), whole-direct (the same without
+// passthrough) and cache-dir (a reconstructed file complete in a cache
+// directory, passthrough).
+func BenchmarkOpen(b *testing.B) {
+	requireFUSE(b)
+	c := cacheDirChain(b)
+	p := openPoint(b, c.Dirs())
+	d, err := cachedir.Open(filepath.Join(b.TempDir(), "cache"), 1<<30)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	m := mountRO(b, p, fusefs.Options{UID: testUID, GID: testGID, CacheDir: d})
+	defer m.unmount(b)
+	md := mountRO(b, p, fusefs.Options{UID: testUID, GID: testGID, NoPassthrough: true})
+	defer md.unmount(b)
+	recon := filepath.Join(m.dir, cacheDirFiles[0])
+	if _, err := os.ReadFile(recon); err != nil {
+		b.Fatal(err)
+	}
+	m.WaitCacheFills()
+	openClose := func(name string) func(b *testing.B) {
+		return func(b *testing.B) {
+			for b.Loop() {
+				f, err := os.Open(name)
+				if err != nil {
+					b.Fatal(err)
+				}
+				f.Close()
+			}
+		}
+	}
+	b.Run("native", openClose(filepath.Join(c.Backups[len(c.Backups)-1].Dir, "base/5/16390")))
+	b.Run("whole", openClose(filepath.Join(m.dir, "base/5/16390")))
+	b.Run("whole-direct", openClose(filepath.Join(md.dir, "base/5/16390")))
+	b.Run("cache-dir", openClose(recon))
+}

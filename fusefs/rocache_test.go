@@ -25,7 +25,7 @@ const cacheDirBlocks = 24
 // cacheDirChain is a full backup and two incrementals; each incremental
 // rewrote some blocks of every file of cacheDirFiles (so each is a
 // patchwork of three backups), and base/5/16390 stays whole.
-func cacheDirChain(t *testing.T) *resolvertest.Chain {
+func cacheDirChain(t testing.TB) *resolvertest.Chain {
 	c := resolvertest.NewChain(t)
 	full := c.Full()
 	for i, name := range cacheDirFiles {
