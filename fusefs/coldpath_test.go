@@ -136,18 +136,8 @@ func BenchmarkColdRead(b *testing.B) {
 		b.ReportMetric(float64(after.SourceReads-before.SourceReads)/float64(b.N), "preads/read")
 	})
 	b.Run("cache-dir", func(b *testing.B) {
-		d, err := cachedir.Open(filepath.Join(b.TempDir(), "cache"), 1<<30)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer d.Close()
-		m := mountRO(b, p, fusefs.Options{UID: testUID, GID: testGID, CacheDir: d})
-		defer m.unmount(b)
+		m, d := mountFilled(b, p, "base/5/16384")
 		name := filepath.Join(m.dir, "base/5/16384")
-		if _, err := os.ReadFile(name); err != nil {
-			b.Fatal(err)
-		}
-		m.WaitCacheFills()
 		f, err := os.Open(name)
 		if err != nil {
 			b.Fatal(err)
@@ -182,20 +172,9 @@ func BenchmarkOpen(b *testing.B) {
 	requireFUSE(b)
 	c := cacheDirChain(b)
 	p := openPoint(b, c.Dirs())
-	d, err := cachedir.Open(filepath.Join(b.TempDir(), "cache"), 1<<30)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer d.Close()
-	m := mountRO(b, p, fusefs.Options{UID: testUID, GID: testGID, CacheDir: d})
-	defer m.unmount(b)
+	m, _ := mountFilled(b, p, cacheDirFiles[0])
 	md := mountRO(b, p, fusefs.Options{UID: testUID, GID: testGID, NoPassthrough: true})
-	defer md.unmount(b)
 	recon := filepath.Join(m.dir, cacheDirFiles[0])
-	if _, err := os.ReadFile(recon); err != nil {
-		b.Fatal(err)
-	}
-	m.WaitCacheFills()
 	openClose := func(name string) func(b *testing.B) {
 		return func(b *testing.B) {
 			for b.Loop() {

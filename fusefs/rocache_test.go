@@ -54,7 +54,7 @@ func cacheDirChain(t testing.TB) *resolvertest.Chain {
 
 // openCacheDir opens dir (closed at the end of the test, after any mount
 // registered later is gone).
-func openCacheDir(t *testing.T, dir string, limit int64) *cachedir.Dir {
+func openCacheDir(t testing.TB, dir string, limit int64) *cachedir.Dir {
 	t.Helper()
 	d, err := cachedir.Open(dir, limit)
 	if err != nil {
@@ -64,7 +64,20 @@ func openCacheDir(t *testing.T, dir string, limit int64) *cachedir.Dir {
 	return d
 }
 
-// readFiles reads names through the mount and compares each with the
+// mountFilled mounts p read-only with a new cache directory in which the
+// file name is complete.
+func mountFilled(tb testing.TB, p *resolver.Tree, name string) (*mounted, *cachedir.Dir) {
+	tb.Helper()
+	d := openCacheDir(tb, filepath.Join(tb.TempDir(), "cache"), 1<<30)
+	m := mountRO(tb, p, fusefs.Options{UID: testUID, GID: testGID, CacheDir: d})
+	if _, err := os.ReadFile(filepath.Join(m.dir, name)); err != nil {
+		tb.Fatal(err)
+	}
+	m.WaitCacheFills()
+	return m, d
+}
+
+// checkCachedReads reads names through the mount and compares each with the
 // resolver's content of the point.
 func checkCachedReads(t *testing.T, m *mounted, p *resolver.Tree, names ...string) {
 	t.Helper()
