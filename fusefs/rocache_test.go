@@ -300,6 +300,22 @@ func TestCacheDir(t *testing.T) {
 	})
 }
 
+// TestCacheDirFillDropsBackupPages: a fill reads the backups through the
+// page cache, and leaves none of their block data there.
+func TestCacheDirFillDropsBackupPages(t *testing.T) {
+	requireFUSE(t)
+	c := cacheDirChain(t)
+	p := openPoint(t, c.Dirs())
+	backups := dropBackupPages(t, c.Root)
+	m, _ := mountFilled(t, p, cacheDirFiles[0])
+	if st := m.Stats(); st.CacheDir.Filled != 1 {
+		t.Fatalf("no fill: %+v", st.CacheDir)
+	}
+	if got := residentBytes(t, backups); got != 0 {
+		t.Errorf("%d bytes of the backups' block data cached after a fill", got)
+	}
+}
+
 // TestCacheDirFillKilled kills the mount process (-9) at each phase of a
 // fill: when the file is written, when it is synced, and when it has been
 // renamed into place. Before the rename nothing is in files/ and tmp/ is
