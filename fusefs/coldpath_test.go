@@ -136,18 +136,8 @@ func BenchmarkColdRead(b *testing.B) {
 		b.ReportMetric(float64(after.SourceReads-before.SourceReads)/float64(b.N), "preads/read")
 	})
 	b.Run("cache-dir", func(b *testing.B) {
-		d, err := cachedir.Open(filepath.Join(b.TempDir(), "cache"), 1<<30)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer d.Close()
-		m := mountRO(b, p, fusefs.Options{UID: testUID, GID: testGID, CacheDir: d})
-		defer m.unmount(b)
+		m, d := mountFilled(b, p, "base/5/16384")
 		name := filepath.Join(m.dir, "base/5/16384")
-		if _, err := os.ReadFile(name); err != nil {
-			b.Fatal(err)
-		}
-		m.WaitCacheFills()
 		f, err := os.Open(name)
 		if err != nil {
 			b.Fatal(err)
@@ -172,3 +162,32 @@ func BenchmarkColdRead(b *testing.B) {
 }
 
 func alignedBlock() []byte { return dio.AlignedBuf(bs) }
+
+// BenchmarkOpen measures an open and close of a file, the cost a warm read
+// of many files pays per file on a mount: native (a backup file), whole (a
+// file of one backup, passthrough), whole-direct (the same without
+// passthrough) and cache-dir (a reconstructed file complete in a cache
+// directory, passthrough).
+func BenchmarkOpen(b *testing.B) {
+	requireFUSE(b)
+	c := cacheDirChain(b)
+	p := openPoint(b, c.Dirs())
+	m, _ := mountFilled(b, p, cacheDirFiles[0])
+	md := mountRO(b, p, fusefs.Options{UID: testUID, GID: testGID, NoPassthrough: true})
+	recon := filepath.Join(m.dir, cacheDirFiles[0])
+	openClose := func(name string) func(b *testing.B) {
+		return func(b *testing.B) {
+			for b.Loop() {
+				f, err := os.Open(name)
+				if err != nil {
+					b.Fatal(err)
+				}
+				f.Close()
+			}
+		}
+	}
+	b.Run("native", openClose(filepath.Join(c.Backups[len(c.Backups)-1].Dir, "base/5/16390")))
+	b.Run("whole", openClose(filepath.Join(m.dir, "base/5/16390")))
+	b.Run("whole-direct", openClose(filepath.Join(md.dir, "base/5/16390")))
+	b.Run("cache-dir", openClose(recon))
+}

@@ -866,8 +866,29 @@ func TestBackupPagesNotKept(t *testing.T) {
 	m := mountRO(t, p, fusefs.Options{UID: testUID, GID: testGID, NoPassthrough: true, CacheBytes: 256 << 10})
 	// Start from nothing cached (what the test wrote and the mount read
 	// while opening the chain).
+	backups := dropBackupPages(t, s.c.Root)
+	checkWholeReads(t, s, m.dir)
+	st := m.Stats()
+	if st.SourceBytes < 1<<20 {
+		t.Fatalf("reading every file read only %d bytes from the backups", st.SourceBytes)
+	}
+	got := residentBytes(t, backups)
+	t.Logf("read %d bytes of the backups through the mount; %d bytes of their block data stayed cached", st.SourceBytes, got)
+	if got > int64(st.SourceBytes)/50 {
+		t.Errorf("after the mount read %d bytes of the backups, %d bytes of them are cached", st.SourceBytes, got)
+	}
+}
+
+// residentBytes sums the page-cache residency of files (mincore) from the
+// offset given for each (past the header of an INCREMENTAL file, which is
+// read through the cache).
+// dropBackupPages writes back and drops from the page cache every file of
+// a chain, and returns them, each with the offset its block data starts at
+// (what opening the chain may have read before is not counted).
+func dropBackupPages(t *testing.T, root string) map[string]int64 {
+	t.Helper()
 	backups := map[string]int64{} // file -> where its block data starts
-	filepath.WalkDir(s.c.Root, func(path string, d fs.DirEntry, err error) error {
+	filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err == nil && d.Type().IsRegular() {
 			f, err := os.Open(path)
 			if err != nil {
@@ -893,21 +914,9 @@ func TestBackupPagesNotKept(t *testing.T) {
 	if got := residentBytes(t, backups); got != 0 {
 		t.Fatalf("%d bytes of the backups still cached after dropping them", got)
 	}
-	checkWholeReads(t, s, m.dir)
-	st := m.Stats()
-	if st.SourceBytes < 1<<20 {
-		t.Fatalf("reading every file read only %d bytes from the backups", st.SourceBytes)
-	}
-	got := residentBytes(t, backups)
-	t.Logf("read %d bytes of the backups through the mount; %d bytes of their block data stayed cached", st.SourceBytes, got)
-	if got > int64(st.SourceBytes)/50 {
-		t.Errorf("after the mount read %d bytes of the backups, %d bytes of them are cached", st.SourceBytes, got)
-	}
+	return backups
 }
 
-// residentBytes sums the page-cache residency of files (mincore) from the
-// offset given for each (past the header of an INCREMENTAL file, which is
-// read through the cache).
 func residentBytes(t *testing.T, files map[string]int64) int64 {
 	var total int64
 	pg := int64(os.Getpagesize())

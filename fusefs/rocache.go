@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/combinefs/combinefs/cachedir"
 	"github.com/combinefs/combinefs/flatten"
@@ -98,6 +99,7 @@ func (f *roFile) queueFill(plan *resolver.Plan) {
 			}
 			return h.Sum32(), nil
 		})
+		dropPages(plan)
 		fc := &f.cache
 		fc.mu.Lock()
 		defer fc.mu.Unlock()
@@ -110,6 +112,24 @@ func (f *roFile) queueFill(plan *resolver.Plan) {
 		}
 		fc.state, fc.entry, fc.checked = cacheReady, e, true
 	})
+}
+
+// dropPages drops the page cache of the backup files a fill read: the mount
+// reads backups past the page cache (see preadUncached), so that they do
+// not push the mounted files out of memory, and a fill, which reads them
+// through it, must not undo that.
+func dropPages(plan *resolver.Plan) {
+	done := map[string]bool{}
+	for _, e := range plan.Extents {
+		if e.Layer == resolver.Zeros || done[e.Src] {
+			continue
+		}
+		done[e.Src] = true
+		if f, err := os.Open(e.Src); err == nil {
+			unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+			f.Close()
+		}
+	}
 }
 
 // filler runs a mount's fills in the background, fillJobs at a time, in

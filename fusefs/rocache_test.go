@@ -25,7 +25,7 @@ const cacheDirBlocks = 24
 // cacheDirChain is a full backup and two incrementals; each incremental
 // rewrote some blocks of every file of cacheDirFiles (so each is a
 // patchwork of three backups), and base/5/16390 stays whole.
-func cacheDirChain(t *testing.T) *resolvertest.Chain {
+func cacheDirChain(t testing.TB) *resolvertest.Chain {
 	c := resolvertest.NewChain(t)
 	full := c.Full()
 	for i, name := range cacheDirFiles {
@@ -54,7 +54,7 @@ func cacheDirChain(t *testing.T) *resolvertest.Chain {
 
 // openCacheDir opens dir (closed at the end of the test, after any mount
 // registered later is gone).
-func openCacheDir(t *testing.T, dir string, limit int64) *cachedir.Dir {
+func openCacheDir(t testing.TB, dir string, limit int64) *cachedir.Dir {
 	t.Helper()
 	d, err := cachedir.Open(dir, limit)
 	if err != nil {
@@ -64,7 +64,20 @@ func openCacheDir(t *testing.T, dir string, limit int64) *cachedir.Dir {
 	return d
 }
 
-// readFiles reads names through the mount and compares each with the
+// mountFilled mounts p read-only with a new cache directory in which the
+// file name is complete.
+func mountFilled(tb testing.TB, p *resolver.Tree, name string) (*mounted, *cachedir.Dir) {
+	tb.Helper()
+	d := openCacheDir(tb, filepath.Join(tb.TempDir(), "cache"), 1<<30)
+	m := mountRO(tb, p, fusefs.Options{UID: testUID, GID: testGID, CacheDir: d})
+	if _, err := os.ReadFile(filepath.Join(m.dir, name)); err != nil {
+		tb.Fatal(err)
+	}
+	m.WaitCacheFills()
+	return m, d
+}
+
+// checkCachedReads reads names through the mount and compares each with the
 // resolver's content of the point.
 func checkCachedReads(t *testing.T, m *mounted, p *resolver.Tree, names ...string) {
 	t.Helper()
@@ -285,6 +298,22 @@ func TestCacheDir(t *testing.T) {
 		}
 		m.unmount(t)
 	})
+}
+
+// TestCacheDirFillDropsBackupPages: a fill reads the backups through the
+// page cache, and leaves none of their block data there.
+func TestCacheDirFillDropsBackupPages(t *testing.T) {
+	requireFUSE(t)
+	c := cacheDirChain(t)
+	p := openPoint(t, c.Dirs())
+	backups := dropBackupPages(t, c.Root)
+	m, _ := mountFilled(t, p, cacheDirFiles[0])
+	if st := m.Stats(); st.CacheDir.Filled != 1 {
+		t.Fatalf("no fill: %+v", st.CacheDir)
+	}
+	if got := residentBytes(t, backups); got != 0 {
+		t.Errorf("%d bytes of the backups' block data cached after a fill", got)
+	}
 }
 
 // TestCacheDirFillKilled kills the mount process (-9) at each phase of a

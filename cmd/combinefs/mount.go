@@ -168,30 +168,11 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 		Log:    func(msg string) { lg.Print(msg) },
 		FsName: "combinefs:" + filepath.Base(chain.Final().Dir),
 	}
-	var m *fusefs.Mount
-	mode := "read-only"
-	if o.cow != "" {
-		upperDir, err := filepath.Abs(o.cow)
-		if err != nil {
-			return err
-		}
-		m, err = fusefs.MountCoW(mp, point, upperDir, fopts)
-		if err != nil {
-			return err
-		}
-		mode = "copy-on-write into " + upperDir
-	} else {
-		if o.cacheDir != "" {
-			if fopts.CacheDir, err = openCacheDir(o.cacheDir, cacheDirBytes, point); err != nil {
-				return err
-			}
-			defer fopts.CacheDir.Close()
-			mode += ", cache directory " + fopts.CacheDir.Path()
-		}
-		if m, err = fusefs.MountReadOnly(mp, point, fopts); err != nil {
-			return err
-		}
+	m, mode, closeCache, err := o.mount(mp, point, fopts, cacheDirBytes)
+	if err != nil {
+		return err
 	}
+	defer closeCache()
 	st := &mountState{PID: os.Getpid(), Mountpoint: mp, Backups: dirs, Stats: statePath(mp, ".stats.json")}
 	if err := st.write(); err != nil {
 		m.Unmount()
@@ -466,6 +447,36 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("bad size %q", s)
 	}
 	return n * mult, nil
+}
+
+// mount mounts point at mp, copy-on-write or read-only (with its cache
+// directory, which closeCache closes once the mount is gone), and says
+// how.
+func (o *mountOptions) mount(mp string, point *resolver.Tree, fopts fusefs.Options, cacheDirBytes int64) (m *fusefs.Mount, mode string, closeCache func(), err error) {
+	closeCache = func() {}
+	if o.cow != "" {
+		upperDir, err := filepath.Abs(o.cow)
+		if err != nil {
+			return nil, "", nil, err
+		}
+		if m, err = fusefs.MountCoW(mp, point, upperDir, fopts); err != nil {
+			return nil, "", nil, err
+		}
+		return m, "copy-on-write into " + upperDir, closeCache, nil
+	}
+	mode = "read-only"
+	if o.cacheDir != "" {
+		if fopts.CacheDir, err = openCacheDir(o.cacheDir, cacheDirBytes, point); err != nil {
+			return nil, "", nil, err
+		}
+		closeCache = func() { fopts.CacheDir.Close() }
+		mode += ", cache directory " + fopts.CacheDir.Path()
+	}
+	if m, err = fusefs.MountReadOnly(mp, point, fopts); err != nil {
+		closeCache()
+		return nil, "", nil, err
+	}
+	return m, mode, closeCache, nil
 }
 
 // cacheDirBound checks --cache-dir and --cache-dir-size; 0 means the
