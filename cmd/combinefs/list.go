@@ -46,7 +46,11 @@ func setupList(f *pflag.FlagSet) func(ctx context.Context, args []string) error 
 		if asJSON {
 			return printPointsJSON(os.Stdout, r.Dir, points, leftovers)
 		}
-		return printPoints(os.Stdout, points, leftovers, verbose)
+		perr := printPoints(os.Stdout, points, leftovers, verbose)
+		if err := printArchive(os.Stdout, r, points); err != nil {
+			return err
+		}
+		return perr
 	}
 }
 

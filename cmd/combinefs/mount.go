@@ -42,6 +42,7 @@ type mountOptions struct {
 	cow           string
 	cacheDir      string
 	cacheDirSize  string
+	pitr          pitrOptions
 }
 
 func (o *mountOptions) addFlags(f *pflag.FlagSet) {
@@ -60,6 +61,7 @@ func (o *mountOptions) addFlags(f *pflag.FlagSet) {
 	f.BoolVar(&o.debugFUSE, "debug-fuse", false, "log every FUSE request")
 	f.BoolVar(&o.noPassthrough, "no-passthrough", false, "serve whole files through combinefs instead of FUSE passthrough")
 	f.BoolVar(&o.writeback, "writeback-cache", true, "with --cow: let the kernel cache writes and send them in batches (no passthrough then)")
+	o.pitr.addFlags(f)
 }
 
 func setupMount(f *pflag.FlagSet) func(ctx context.Context, args []string) error {
@@ -72,7 +74,21 @@ func setupMount(f *pflag.FlagSet) func(ctx context.Context, args []string) error
 
 // chainDirs splits the command line into the backup chain and the mount
 // point. A repository point's chain stays locked (shared) until release.
+// With a recovery target, the point is the one to recover from.
 func (o *mountOptions) chainDirs(ctx context.Context, args []string) ([]string, string, *repo.Hold, error) {
+	if err := o.pitr.parse(); err != nil {
+		return nil, "", nil, err
+	}
+	if o.pitr.set() {
+		if o.repo == "" || o.cow == "" || o.point != "" {
+			return nil, "", nil, usageError{"a recovery target needs --repo and --cow, and picks the point itself (no --point)"}
+		}
+		name, err := o.pitr.choosePoint(ctx, o.repo)
+		if err != nil {
+			return nil, "", nil, err
+		}
+		o.point = name
+	}
 	if o.repo != "" || o.point != "" {
 		if o.repo == "" || o.point == "" {
 			return nil, "", nil, usageError{"--repo and --point go together"}
@@ -180,6 +196,13 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 			return err
 		}
 		mode = "copy-on-write into " + upperDir
+		if o.pitr.set() {
+			if err := o.pitr.writeRecovery(mp, o.repo); err != nil {
+				m.Unmount()
+				return fmt.Errorf("writing the recovery settings: %w", err)
+			}
+			mode += ", recovering to " + o.pitr.describe()
+		}
 	} else {
 		if o.cacheDir != "" {
 			if fopts.CacheDir, err = openCacheDir(o.cacheDir, cacheDirBytes, point); err != nil {
