@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,15 +19,21 @@ var (
 )
 
 // combinefsPaths are the in-root paths of the combinefs binary and of the
-// pg_combinebackup link to it. Inside a chroot they are fixed system paths;
-// with PG_BINDIR (no chroot) they live in a per-user temp directory so the
-// host's /usr/local is left alone.
+// pg_combinebackup link to it. Inside a chroot they are system paths of
+// this source tree; with PG_BINDIR (no chroot) they live in a per-user temp
+// directory so the host's /usr/local is left alone.
 func (e *Env) combinefsPaths() (bin, link string) {
 	if e.Root == "/" {
 		dir := filepath.Join(os.TempDir(), "combinefs-"+strconv.Itoa(os.Getuid()))
 		return filepath.Join(dir, "bin", "combinefs"), filepath.Join(dir, "lib", "pg_combinebackup")
 	}
-	return "/usr/local/bin/combinefs", "/usr/local/lib/combinefs/pg_combinebackup"
+	// One directory per source tree: helpers testing other trees of the
+	// module at the same time in the same root would otherwise swap the
+	// binary under each other's tests.
+	mod, _ := moduleRoot()
+	h := sha256.Sum256([]byte(mod))
+	dir := "/usr/local/lib/combinefs-test/" + hex.EncodeToString(h[:6])
+	return dir + "/combinefs", dir + "/pg_combinebackup"
 }
 
 // CombinefsPath builds ./cmd/combinefs (once per process), installs it in
