@@ -280,12 +280,14 @@ func (a *archiver) readSlot(ctx context.Context) (LSN, uint32, bool, error) {
 }
 
 // serverError classifies err: server errors that say the server is not
-// ready (starting, shutting down, out of connections) or a connection that
-// broke are retried, other server errors are fatal.
+// ready (starting, shutting down, out of connections), a slot still held by
+// the walsender of a connection that died (object_in_use, until the server
+// notices) or a connection that broke are retried; other server errors are
+// fatal.
 func (a *archiver) serverError(err error, what string) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
-		if c := pgErr.Code; !strings.HasPrefix(c, "57") && !strings.HasPrefix(c, "08") && !strings.HasPrefix(c, "53") {
+		if c := pgErr.Code; !strings.HasPrefix(c, "57") && !strings.HasPrefix(c, "08") && !strings.HasPrefix(c, "53") && c != "55006" {
 			return fatal(classify(err, what))
 		}
 	}

@@ -150,10 +150,10 @@ func startRateLoad(t *testing.T, c *Cluster, rate string) (stop func()) {
 }
 
 // captureAs takes a backup into repo as the server user and returns its name.
-func captureAs(t *testing.T, e *Env, c *Cluster, repo string) string {
+func captureAs(t *testing.T, e *Env, c *Cluster, repo string, extra ...string) string {
 	t.Helper()
 	c.WaitForWALSummary(t)
-	args := append([]string{"capture", "--repo", repo, "-c", "fast", "--progress=false"}, connArgs(c)...)
+	args := append(append([]string{"capture", "--repo", repo, "-c", "fast", "--progress=false"}, connArgs(c)...), extra...)
 	out, err := e.Command(context.Background(), false, e.CombinefsPath(t), args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("combinefs %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -450,4 +450,104 @@ func TestArchiveSynchronous(t *testing.T) {
 	}
 	c.Psql(t, "postgres", "ALTER SYSTEM RESET synchronous_standby_names; SELECT pg_reload_conf()")
 	a.stop(t)
+}
+
+// TestArchiveTimelines archives from a standby that is then promoted: the
+// archiver follows the switch to timeline 2 (its history file, a directory
+// of its own), and a mount recovers to a time on each timeline, from a
+// point on that timeline.
+func TestArchiveTimelines(t *testing.T) {
+	e := Provision(t)
+	RequireFUSE(t)
+	p := e.InitCluster(t, ClusterOptions{InitdbArgs: []string{"--wal-segsize=1"}})
+	dir := e.TempDir(t)
+	repo := path.Join(dir, "repo")
+	p.Pgbench(t, "-i", "-q", "-s", "1", "postgres")
+	p.Psql(t, "postgres", "CREATE TABLE marks (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())")
+	sdir := path.Join(dir, "standby")
+	p.BaseBackup(t, sdir, "", "-R")
+	s := e.StartServer(t, sdir, ServerOptions{FixOwnership: true})
+	arch := startArchive(t, e, s, repo, nil)
+
+	next := 1
+	insert := func(c *Cluster, n int) int {
+		for i := 0; i < n; i++ {
+			c.Psql(t, "postgres", fmt.Sprintf("INSERT INTO marks (id) VALUES (%d)", next))
+			next++
+		}
+		return next - 1
+	}
+	now := func(c *Cluster) time.Time {
+		v := c.Psql(t, "postgres", `SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`)
+		tm, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+		return tm
+	}
+	ts := func(tm time.Time) string { return tm.UTC().Format(time.RFC3339Nano) }
+
+	insert(p, 2)
+	b1 := captureAs(t, e, p, repo)
+	id1 := insert(p, 3)
+	t1 := now(p)
+	insert(p, 3)
+	// The standby has everything, and the archive every whole segment of
+	// timeline 1 up to here, before the promotion.
+	lsn := p.Psql(t, "postgres", "SELECT pg_switch_wal()")
+	for s.Psql(t, "postgres", fmt.Sprintf("SELECT pg_last_wal_replay_lsn() >= '%s'", lsn)) != "t" {
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.Stop(t, "fast")
+	s.Psql(t, "postgres", "SELECT pg_promote()")
+	for !strings.Contains(arch.out.String(), "timeline 2") {
+		select {
+		case <-arch.done:
+			t.Fatalf("archive exited at the promotion:\n%s", arch.out.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	b2 := captureAs(t, e, s, repo, "--full")
+	id2 := insert(s, 3)
+	t2 := now(s)
+	insert(s, 3)
+	switchAndWait(t, s, repo, arch)
+	arch.stop(t)
+	t.Logf("archive log:\n%s", arch.out.String())
+	if _, err := os.Stat(e.Host(path.Join(repo, "wal", "00000002", "00000002.history"))); err != nil {
+		t.Errorf("timeline 2's history was not archived: %v", err)
+	}
+	list := mustCombinefs(t, e, "list", "--repo", repo)
+	t.Logf("combinefs list:\n%s", list)
+	for _, want := range []string{"recoverable: timeline 1 from", "recoverable: timeline 2 from"} {
+		if !strings.Contains(list, want) {
+			t.Errorf("list lacks %q", want)
+		}
+	}
+	if out := mustCombinefs(t, e, "verify", "--repo", repo); !strings.Contains(out, "WAL archive of timeline 2 is continuous") {
+		t.Errorf("verify --repo:\n%s", out)
+	}
+
+	for i, tc := range []pitrCase{
+		{"timeline 1", []string{"--target-time", ts(t1), "--target-timeline", "1"}, b1, id1},
+		{"timeline 2", []string{"--target-time", ts(t2)}, b2, id2},
+	} {
+		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
+			upper := path.Join(dir, fmt.Sprintf("upper%d", i))
+			mp := cowMountPoint(t, e, dir, fmt.Sprintf("mnt%d", i))
+			m := mountCoWFlags(t, e, append([]string{"--repo", repo}, tc.flags...), upper, mp)
+			logText, _ := os.ReadFile(e.Host(m.log))
+			if !strings.Contains(string(logText), path.Join(repo, tc.point)+" ") {
+				t.Errorf("mount picked another point than %s:\n%s", tc.point, logText)
+			}
+			srv := e.StartServer(t, mp, ServerOptions{Settings: cowServerSettings})
+			waitPaused(t, srv)
+			if got, want := srv.Psql(t, "postgres", "SELECT coalesce(max(id), 0), count(*) FROM marks"), fmt.Sprintf("%d|%d", tc.lastID, tc.lastID); got != want {
+				t.Errorf("recovered to %v: marks max|count %s, want %s", tc.flags, got, want)
+			}
+			srv.Stop(t, "fast")
+			mustCombinefs(t, e, "umount", mp)
+		})
+	}
 }

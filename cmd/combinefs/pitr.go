@@ -199,7 +199,7 @@ func printArchive(w io.Writer, r *repo.Repo, points []*repo.Point) error {
 			desc = fmt.Sprintf("%d segments, %s to %s", n, format.WALSegmentName(t.TLI, t.Segs[0], a.Info.SegSize), format.WALSegmentName(t.TLI, t.Segs[n-1], a.Info.SegSize))
 		}
 		if len(t.Partial) > 0 {
-			desc += fmt.Sprintf(", receiving %s", format.WALSegmentName(t.TLI, t.Partial[len(t.Partial)-1], a.Info.SegSize)+repo.WALPartialSuffix)
+			desc += fmt.Sprintf(", and %s", format.WALSegmentName(t.TLI, t.Partial[len(t.Partial)-1], a.Info.SegSize)+repo.WALPartialSuffix)
 		}
 		fmt.Fprintf(w, "WAL archive, timeline %d: %s\n", t.TLI, desc)
 	}
