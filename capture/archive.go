@@ -217,17 +217,20 @@ func (a *archiver) findStart(ctx context.Context, sys system) error {
 	if err != nil {
 		return err
 	}
+	// The newest place the archive reaches: after a whole segment, or at
+	// the start of a .partial one; on a tie the later timeline.
 	found := false
+	consider := func(tli uint32, pos LSN) {
+		if !found || pos > a.pos || pos == a.pos && tli > a.tli {
+			a.tli, a.pos, found = tli, pos, true
+		}
+	}
 	for _, t := range tls {
 		for _, s := range t.Segs {
-			if !found || s+1 > uint64(a.pos)/uint64(a.segSize) || s+1 == uint64(a.pos)/uint64(a.segSize) && t.TLI > a.tli {
-				a.tli, a.pos, found = t.TLI, LSN((s+1)*uint64(a.segSize)), true
-			}
+			consider(t.TLI, LSN((s+1)*uint64(a.segSize)))
 		}
 		for _, s := range t.Partial {
-			if !found || s > uint64(a.pos)/uint64(a.segSize) || s == uint64(a.pos)/uint64(a.segSize) && t.TLI >= a.tli {
-				a.tli, a.pos, found = t.TLI, LSN(s*uint64(a.segSize)), true
-			}
+			consider(t.TLI, LSN(s*uint64(a.segSize)))
 		}
 	}
 	switch {
