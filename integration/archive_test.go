@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -233,6 +234,23 @@ func TestArchivePITR(t *testing.T) {
 	t.Logf("combinefs list:\n%s", list)
 	if !strings.Contains(list, "recoverable") || strings.Contains(list, "missing") {
 		t.Errorf("list does not show one recoverable window without gaps:\n%s", list)
+	}
+	var listed struct {
+		WAL struct {
+			Windows []struct {
+				Timeline uint32 `json:"timeline"`
+				Point    string `json:"point"`
+				StartLSN string `json:"start_lsn"`
+				EndLSN   string `json:"end_lsn"`
+			} `json:"windows"`
+			Gaps []string `json:"gaps"`
+		} `json:"wal"`
+	}
+	if err := json.Unmarshal([]byte(mustCombinefs(t, e, "list", "--repo", repo, "--json")), &listed); err != nil {
+		t.Fatal(err)
+	}
+	if w := listed.WAL.Windows; len(w) != 1 || w[0].Point != b1 || w[0].Timeline != 1 || len(listed.WAL.Gaps) != 0 {
+		t.Errorf("list --json: %+v, want one window on timeline 1 from %s and no gaps", listed.WAL, b1)
 	}
 
 	cases := []pitrCase{

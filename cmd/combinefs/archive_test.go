@@ -39,3 +39,15 @@ func TestWALGet(t *testing.T) {
 		t.Errorf("wal-get left %d files in %s, want 1", len(ents), out)
 	}
 }
+
+// TestMountTargetNeedsNewUpper: recovery settings go into a fresh upper
+// directory only; one holding changes is refused before anything else.
+func TestMountTargetNeedsNewUpper(t *testing.T) {
+	dir := t.TempDir()
+	upper := filepath.Join(dir, "upper")
+	os.MkdirAll(filepath.Join(upper, "tree"), 0o700)
+	mp := filepath.Join(dir, "mnt")
+	os.Mkdir(mp, 0o700)
+	code, got := runCLI(t, "mount", "--repo", dir, "--cow", upper, "--target-lsn", "0/3000028", mp)
+	check(t, nil, code, got, 1, "combinefs mount: upper directory "+upper+" is not empty: recovering to a target needs a new one (it holds a server's changes already)\n")
+}

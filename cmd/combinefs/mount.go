@@ -83,6 +83,9 @@ func (o *mountOptions) chainDirs(ctx context.Context, args []string) ([]string, 
 		if o.repo == "" || o.cow == "" || o.point != "" {
 			return nil, "", nil, usageError{"a recovery target needs --repo and --cow, and picks the point itself (no --point)"}
 		}
+		if ents, err := os.ReadDir(o.cow); err == nil && len(ents) > 0 {
+			return nil, "", nil, fmt.Errorf("upper directory %s is not empty: recovering to a target needs a new one (it holds a server's changes already)", o.cow)
+		}
 		name, err := o.pitr.choosePoint(ctx, o.repo)
 		if err != nil {
 			return nil, "", nil, err

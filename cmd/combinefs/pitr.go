@@ -182,6 +182,69 @@ func (o *pitrOptions) describe() string {
 	return strings.TrimPrefix(o.target.String(), "recovery ")
 }
 
+// walJSON is list --json's view of the WAL archive.
+type walJSON struct {
+	Timelines []walTimelineJSON `json:"timelines"`
+	Windows   []walWindowJSON   `json:"windows"`
+	Gaps      []string          `json:"gaps"`
+}
+
+type walTimelineJSON struct {
+	Timeline uint32 `json:"timeline"`
+	Segments int    `json:"segments"`
+	First    string `json:"first,omitempty"`
+	Last     string `json:"last,omitempty"`
+	Partial  string `json:"partial,omitempty"`
+}
+
+type walWindowJSON struct {
+	Timeline  uint32     `json:"timeline"`
+	Point     string     `json:"point"`
+	StartLSN  string     `json:"start_lsn"`
+	StartTime time.Time  `json:"start_time"`
+	EndLSN    string     `json:"end_lsn"`
+	EndTime   *time.Time `json:"end_time,omitempty"`
+}
+
+// archiveJSON describes the repository's WAL archive for list --json; nil
+// when it has none.
+func archiveJSON(r *repo.Repo, points []*repo.Point) (*walJSON, error) {
+	if _, ok, err := repo.ReadWALInfo(r.Dir); err != nil || !ok {
+		return nil, err
+	}
+	a, err := openArchive(r, points)
+	if err != nil {
+		return nil, err
+	}
+	out := &walJSON{Timelines: []walTimelineJSON{}, Windows: []walWindowJSON{}, Gaps: a.Gaps()}
+	if out.Gaps == nil {
+		out.Gaps = []string{}
+	}
+	for _, t := range a.Timelines {
+		j := walTimelineJSON{Timeline: t.TLI, Segments: len(t.Segs)}
+		if n := len(t.Segs); n > 0 {
+			j.First, j.Last = format.WALSegmentName(t.TLI, t.Segs[0], a.Info.SegSize), format.WALSegmentName(t.TLI, t.Segs[n-1], a.Info.SegSize)
+		}
+		if n := len(t.Partial); n > 0 {
+			j.Partial = format.WALSegmentName(t.TLI, t.Partial[n-1], a.Info.SegSize) + repo.WALPartialSuffix
+		}
+		out.Timelines = append(out.Timelines, j)
+	}
+	windows, err := a.Windows()
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range windows {
+		j := walWindowJSON{Timeline: w.TLI, Point: w.Point.Name, StartLSN: w.Start.String(), StartTime: w.StartTime.UTC(), EndLSN: w.End.String()}
+		if !w.EndTime.IsZero() {
+			end := w.EndTime.UTC()
+			j.EndTime = &end
+		}
+		out.Windows = append(out.Windows, j)
+	}
+	return out, nil
+}
+
 // printArchive adds the WAL archive to list: what each timeline holds, the
 // recoverable windows and any gap. A repository without an archive prints
 // nothing.
