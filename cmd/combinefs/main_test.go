@@ -283,6 +283,7 @@ func TestWrongArgumentCount(t *testing.T) {
 		{[]string{"mount", "--repo", dir, "--cow", dir, "--target-xid", "-1", dir}, `invalid --target-xid "-1": want a transaction ID (3 to 4294967295)`},
 		{[]string{"mount", "--repo", dir, "--cow", dir, "--target-xid", "5", "--target-name", "n", dir}, "give only one of --target-time, --target-lsn, --target-xid and --target-name"},
 		{[]string{"mount", "--repo", dir, "--cow", dir, "--target-name", "n", "--target-action", "stop", dir}, `invalid --target-action "stop": must be pause, promote or shutdown`},
+		{[]string{"mount", "--repo", dir, "--point", "p", "--target-timeline", "2", dir}, "--target-action and --target-timeline go with a recovery target (--target-time, --target-lsn, --target-xid or --target-name)"},
 	}
 	for _, tt := range tests {
 		code, out := runCLI(t, tt.args...)

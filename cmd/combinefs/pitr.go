@@ -75,6 +75,9 @@ func (o *pitrOptions) parse() error {
 		}
 		t.XID, t.HasXID = uint32(x), true
 	case o.name == "":
+		if o.timeline != 0 || o.action != "pause" {
+			return usageError{"--target-action and --target-timeline go with a recovery target (--target-time, --target-lsn, --target-xid or --target-name)"}
+		}
 		return nil
 	}
 	if len(o.name) >= 64 {
