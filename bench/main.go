@@ -255,8 +255,9 @@ func (b *bench) add(t *benchTB, figs ...*Figure) {
 }
 
 // installBinary builds combinefs from this tree into a directory of its own
-// in the root, so that tests running at the same time (which install theirs
-// at /usr/local/bin/combinefs) cannot swap it under the benchmark.
+// in the root, so that tests of this tree running at the same time (which
+// install theirs in a directory per source tree) cannot swap it under the
+// benchmark.
 func (b *bench) installBinary(t *benchTB, mod string) {
 	dir := fmt.Sprintf("/usr/local/lib/combinefs-bench/%d", os.Getpid())
 	b.bin = dir + "/combinefs"

@@ -363,24 +363,27 @@ func (w *walStreamer) finish() error {
 
 // sendStatus sends a standby status update: written and flushed up to pos.
 func (w *walStreamer) sendStatus(replyRequested bool) error {
+	return sendStandbyStatus(w.conn, w.pos, w.pos, replyRequested)
+}
+
+// sendStandbyStatus sends a standby status update (the 'r' message):
+// written and flushed up to the given positions, nothing applied.
+func sendStandbyStatus(conn *pgconn.PgConn, written, flushed LSN, replyRequested bool) error {
 	buf := make([]byte, 34)
 	buf[0] = 'r'
-	binary.BigEndian.PutUint64(buf[1:], uint64(w.pos))
-	binary.BigEndian.PutUint64(buf[9:], uint64(w.pos))
+	binary.BigEndian.PutUint64(buf[1:], uint64(written))
+	binary.BigEndian.PutUint64(buf[9:], uint64(flushed))
 	binary.BigEndian.PutUint64(buf[17:], 0)
 	binary.BigEndian.PutUint64(buf[25:], uint64(pgTime(time.Now())))
 	if replyRequested {
 		buf[33] = 1
 	}
-	w.conn.Frontend().Send(&pgproto3.CopyData{Data: buf})
-	if err := w.conn.Frontend().Flush(); err != nil {
+	conn.Frontend().Send(&pgproto3.CopyData{Data: buf})
+	if err := conn.Frontend().Flush(); err != nil {
 		return fmt.Errorf("%w: send status update: %v", ErrConnLost, err)
 	}
 	return nil
 }
 
-// pgEpoch is PostgreSQL's epoch, 2000-01-01 UTC.
-var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
-
 // pgTime is t in microseconds since PostgreSQL's epoch.
-func pgTime(t time.Time) int64 { return t.Sub(pgEpoch).Microseconds() }
+func pgTime(t time.Time) int64 { return t.Sub(format.PGEpoch).Microseconds() }

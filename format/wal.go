@@ -53,10 +53,12 @@ const (
 
 // xlp_info flags.
 const (
-	xlpFirstIsContRecord          = 0x0001
-	xlpLongHeader                 = 0x0002
-	xlpFirstIsOverwriteContRecord = 0x0004
-	xlpAllFlags                   = 0x0007
+	xlpFirstIsContRecord = 0x0001
+	xlpLongHeader        = 0x0002
+	// 0x0004 is XLP_BKP_REMOVABLE, set on pages written while no backup
+	// runs; nothing to check.
+	xlpFirstIsOverwriteContRecord = 0x0008
+	xlpAllFlags                   = 0x000F
 )
 
 // Resource managers: built-in IDs run from 0 (RM_XLOG_ID) to the last entry
@@ -181,6 +183,9 @@ type WALRecord struct {
 	LSN LSN
 	WALRecordHeader
 	Next LSN
+	// Data is the whole record, header first, when WALReaderOptions.KeepData
+	// is set; it is valid until the next call of the reader.
+	Data []byte
 }
 
 // WALReaderOptions say which WAL a WALReader reads and how to check it.
@@ -194,6 +199,9 @@ type WALReaderOptions struct {
 	// goes forward only: it asks for each segment once and reads its pages
 	// in increasing order.
 	Open func(segNo uint64) (io.ReaderAt, error)
+	// KeepData makes each WALRecord carry the record's bytes, for readers
+	// that look into records (commit times, restore point names).
+	KeepData bool
 }
 
 // WALReader walks the records of one timeline's WAL from a start LSN to an
@@ -236,6 +244,7 @@ type WALReader struct {
 	recHdr  [WALRecordHeaderSize]byte
 	recHdrN int
 	crc     uint32
+	data    []byte // the record read, with KeepData
 }
 
 // errWALEnd is the reader reaching the end LSN: not a problem, the range is
@@ -355,6 +364,7 @@ func (r *WALReader) Scan(start, end LSN) (int, error) {
 // against xl_prev unless randAccess, when xl_prev need only be before at.
 func (r *WALReader) readRecord(at, prev LSN, randAccess bool) (WALRecord, error) {
 restart:
+	r.data = r.data[:0]
 	pageAddr := at &^ (WALBlockSize - 1)
 	off := int(at - pageAddr)
 	if err := r.readPage(pageAddr, min(off+WALRecordHeaderSize, WALBlockSize)); err != nil {
@@ -446,12 +456,19 @@ restart:
 		next += seg - 1
 		next -= next % seg
 	}
-	return WALRecord{LSN: at, WALRecordHeader: h, Next: next}, nil
+	rec := WALRecord{LSN: at, WALRecordHeader: h, Next: next}
+	if r.opts.KeepData {
+		rec.Data = r.data
+	}
+	return rec, nil
 }
 
 // feed adds record bytes: the first WALRecordHeaderSize are kept, the rest
 // go into the CRC.
 func (r *WALReader) feed(p []byte) {
+	if r.opts.KeepData {
+		r.data = append(r.data, p...)
+	}
 	if r.recHdrN < WALRecordHeaderSize {
 		n := copy(r.recHdr[r.recHdrN:], p)
 		r.recHdrN += n

@@ -14,7 +14,7 @@
 //	                         verifies that read it, exclusive to remove it
 //	.NAME.partial-XXXX       a capture or compaction being written
 //	.NAME.trash-XXXX         a point being removed
-//	wal/                     the WAL archive (written by a later archiver)
+//	wal/                     the WAL archive (wal.go), written by capture.Archive
 //
 // Each incremental backup is taken from the newest backup before it, so the
 // chain of a point is found by following each incremental's INCREMENTAL FROM

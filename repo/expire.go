@@ -6,7 +6,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"time"
 
@@ -182,9 +181,6 @@ func (r *Repo) retire(name string) error {
 	return nil
 }
 
-// walSegmentRe matches an archived WAL segment, complete or partial.
-var walSegmentRe = regexp.MustCompile(`^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.partial)?$`)
-
 // WALToRemove applies the WAL archive's retention rule: keep the WAL from
 // the oldest kept point's start LSN on. It returns the segments (of any
 // timeline) that end at or before keepFrom's segment begins; history files
@@ -197,7 +193,7 @@ func WALToRemove(objs []Object, segSize int64, keepFrom format.LSN) []Object {
 	first := uint64(keepFrom) / uint64(segSize)
 	var out []Object
 	for _, o := range objs {
-		m := walSegmentRe.FindStringSubmatch(path.Base(o.Name))
+		m := WALSegmentRe.FindStringSubmatch(path.Base(o.Name))
 		if m == nil {
 			continue
 		}
@@ -214,7 +210,7 @@ func WALToRemove(objs []Object, segSize int64, keepFrom format.LSN) []Object {
 // walSegmentSize is the size of the archive's complete segments, or 0.
 func walSegmentSize(objs []Object) int64 {
 	for _, o := range objs {
-		if m := walSegmentRe.FindStringSubmatch(path.Base(o.Name)); m != nil && m[4] == "" && format.ValidWALSegmentSize(o.Size) {
+		if m := WALSegmentRe.FindStringSubmatch(path.Base(o.Name)); m != nil && m[4] == "" && format.ValidWALSegmentSize(o.Size) {
 			return o.Size
 		}
 	}

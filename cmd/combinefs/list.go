@@ -44,9 +44,17 @@ func setupList(f *pflag.FlagSet) func(ctx context.Context, args []string) error 
 			return err
 		}
 		if asJSON {
-			return printPointsJSON(os.Stdout, r.Dir, points, leftovers)
+			wal, err := archiveJSON(r, points)
+			if err != nil {
+				return err
+			}
+			return printPointsJSON(os.Stdout, r.Dir, points, leftovers, wal)
 		}
-		return printPoints(os.Stdout, points, leftovers, verbose)
+		perr := printPoints(os.Stdout, points, leftovers, verbose)
+		if err := printArchive(os.Stdout, r, points); err != nil {
+			return err
+		}
+		return perr
 	}
 }
 
@@ -118,6 +126,8 @@ type listJSON struct {
 	Points     []pointJSON `json:"points"`
 	// Leftovers are hidden entries killed commands left (not points).
 	Leftovers []string `json:"leftovers"`
+	// WAL is the WAL archive, when the repository has one.
+	WAL *walJSON `json:"wal,omitempty"`
 }
 
 type pointJSON struct {
@@ -140,8 +150,8 @@ type pointJSON struct {
 
 // printPointsJSON writes list --json; like the table, a broken point makes
 // the command fail after the output.
-func printPointsJSON(w io.Writer, dir string, points []*repo.Point, leftovers []string) error {
-	out := listJSON{Repository: dir, Points: []pointJSON{}, Leftovers: leftovers}
+func printPointsJSON(w io.Writer, dir string, points []*repo.Point, leftovers []string, wal *walJSON) error {
+	out := listJSON{Repository: dir, Points: []pointJSON{}, Leftovers: leftovers, WAL: wal}
 	if out.Leftovers == nil {
 		out.Leftovers = []string{}
 	}

@@ -32,6 +32,8 @@ type command struct {
 // commands lists the subcommands in the order the help shows them.
 var commands = []command{
 	{"capture", "capture [flags] (-D OUTDIR [-i PRIOR_MANIFEST] | --repo DIR)", "take a full or incremental base backup over the replication protocol", setupCapture},
+	{"archive", "archive --repo DIR [-d CONNSTR] [--slot NAME [--create-slot]] [--synchronous]", "stream WAL into a repository continuously, like pg_receivewal", setupArchive},
+	{"wal-get", "wal-get --repo DIR FILE PATH", "restore_command: copy an archived WAL file to PATH", setupWALGet},
 	{"list", "list --repo DIR", "show the backups of a repository and check its chains", setupList},
 	{"mount", "mount [--cow UPPERDIR] [flags] (BACKUP... | --repo DIR --point NAME) MOUNTPOINT", "present a chain point as a data directory through FUSE, read-only or copy-on-write", setupMount},
 	{"exec", "exec [flags] (BACKUP... | --repo DIR --point NAME) -- CMD [ARG...]", "run a command against a private server on a copy-on-write mount of a point, then remove it all", setupExec},

@@ -210,8 +210,8 @@ func TestTopLevel(t *testing.T) {
 func TestSubcommandHelp(t *testing.T) {
 	for _, c := range commands {
 		helps := []string{"--help", "-h"}
-		if c.name == "capture" {
-			helps = helps[:1] // -h is --host, as in pg_basebackup (see below)
+		if c.name == "capture" || c.name == "archive" {
+			helps = helps[:1] // -h is --host, as in pg_basebackup and pg_receivewal (see below)
 		}
 		for _, h := range helps {
 			args := []string{c.name, h}
@@ -225,7 +225,7 @@ func TestSubcommandHelp(t *testing.T) {
 			}
 		}
 	}
-	// capture -h is the host flag without its argument: a usage error.
+	// capture -h (and archive -h) is the host flag without its argument: a usage error.
 	args := []string{"capture", "-h"}
 	code, out := runCLI(t, args...)
 	check(t, args, code, out, 2, "combinefs capture: flag needs an argument: 'h' in -h\n"+usageHint("capture"))
@@ -270,6 +270,20 @@ func TestWrongArgumentCount(t *testing.T) {
 		{[]string{"umount"}, "give one mount point"},
 		{[]string{"umount", dir, dir}, "give one mount point"},
 		{[]string{"capture", "-D", filepath.Join(dir, "out"), "extra"}, `too many command-line arguments (first is "extra")`},
+		{[]string{"archive"}, "no repository specified (--repo DIR)"},
+		{[]string{"archive", "--repo", dir, "extra"}, `too many command-line arguments (first is "extra")`},
+		{[]string{"archive", "--repo", dir, "--create-slot"}, "--create-slot needs --slot NAME"},
+		{[]string{"archive", "--repo", dir, "-s", "0"}, "invalid --status-interval 0: must be positive"},
+		{[]string{"wal-get", "a", "b"}, "no repository specified (--repo DIR)"},
+		{[]string{"wal-get", "--repo", dir, "a"}, "give the file's name and where to put it (restore_command = 'combinefs wal-get --repo DIR %f %p')"},
+		{[]string{"mount", "--repo", dir, "--target-lsn", "0/1", dir}, "a recovery target needs --repo and --cow, and picks the point itself (no --point)"},
+		{[]string{"mount", "--repo", dir, "--cow", dir, "--point", "p", "--target-name", "x", dir}, "a recovery target needs --repo and --cow, and picks the point itself (no --point)"},
+		{[]string{"mount", "--repo", dir, "--cow", dir, "--target-lsn", "zz", dir}, `invalid --target-lsn "zz": want an LSN such as 0/3000028`},
+		{[]string{"mount", "--repo", dir, "--cow", dir, "--target-time", "yesterday", dir}, `invalid --target-time "yesterday": want e.g. 2026-01-02T15:04:05Z or 2026-01-02 15:04:05.123+00`},
+		{[]string{"mount", "--repo", dir, "--cow", dir, "--target-xid", "-1", dir}, `invalid --target-xid "-1": want a transaction ID (3 to 4294967295)`},
+		{[]string{"mount", "--repo", dir, "--cow", dir, "--target-xid", "5", "--target-name", "n", dir}, "give only one of --target-time, --target-lsn, --target-xid and --target-name"},
+		{[]string{"mount", "--repo", dir, "--cow", dir, "--target-name", "n", "--target-action", "stop", dir}, `invalid --target-action "stop": must be pause, promote or shutdown`},
+		{[]string{"mount", "--repo", dir, "--point", "p", "--target-timeline", "2", dir}, "--target-action and --target-timeline go with a recovery target (--target-time, --target-lsn, --target-xid or --target-name)"},
 	}
 	for _, tt := range tests {
 		code, out := runCLI(t, tt.args...)

@@ -42,6 +42,7 @@ type mountOptions struct {
 	cow           string
 	cacheDir      string
 	cacheDirSize  string
+	pitr          pitrOptions
 }
 
 func (o *mountOptions) addFlags(f *pflag.FlagSet) {
@@ -60,6 +61,7 @@ func (o *mountOptions) addFlags(f *pflag.FlagSet) {
 	f.BoolVar(&o.debugFUSE, "debug-fuse", false, "log every FUSE request")
 	f.BoolVar(&o.noPassthrough, "no-passthrough", false, "serve whole files through combinefs instead of FUSE passthrough")
 	f.BoolVar(&o.writeback, "writeback-cache", true, "with --cow: let the kernel cache writes and send them in batches (no passthrough then)")
+	o.pitr.addFlags(f)
 }
 
 func setupMount(f *pflag.FlagSet) func(ctx context.Context, args []string) error {
@@ -72,7 +74,24 @@ func setupMount(f *pflag.FlagSet) func(ctx context.Context, args []string) error
 
 // chainDirs splits the command line into the backup chain and the mount
 // point. A repository point's chain stays locked (shared) until release.
+// With a recovery target, the point is the one to recover from.
 func (o *mountOptions) chainDirs(ctx context.Context, args []string) ([]string, string, *repo.Hold, error) {
+	if err := o.pitr.parse(); err != nil {
+		return nil, "", nil, err
+	}
+	if o.pitr.set() {
+		if o.repo == "" || o.cow == "" || o.point != "" {
+			return nil, "", nil, usageError{"a recovery target needs --repo and --cow, and picks the point itself (no --point)"}
+		}
+		if ents, err := os.ReadDir(o.cow); err == nil && len(ents) > 0 {
+			return nil, "", nil, fmt.Errorf("upper directory %s is not empty: recovering to a target needs a new one (it holds a server's changes already)", o.cow)
+		}
+		name, err := o.pitr.choosePoint(ctx, o.repo)
+		if err != nil {
+			return nil, "", nil, err
+		}
+		o.point = name
+	}
 	if o.repo != "" || o.point != "" {
 		if o.repo == "" || o.point == "" {
 			return nil, "", nil, usageError{"--repo and --point go together"}
@@ -462,7 +481,15 @@ func (o *mountOptions) mount(mp string, point *resolver.Tree, fopts fusefs.Optio
 		if m, err = fusefs.MountCoW(mp, point, upperDir, fopts); err != nil {
 			return nil, "", nil, err
 		}
-		return m, "copy-on-write into " + upperDir, closeCache, nil
+		mode = "copy-on-write into " + upperDir
+		if o.pitr.set() {
+			if err := o.pitr.writeRecovery(mp, o.repo); err != nil {
+				m.Unmount()
+				return nil, "", nil, fmt.Errorf("writing the recovery settings: %w", err)
+			}
+			mode += ", recovering to " + o.pitr.describe()
+		}
+		return m, mode, closeCache, nil
 	}
 	mode = "read-only"
 	if o.cacheDir != "" {

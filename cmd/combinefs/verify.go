@@ -19,7 +19,7 @@ func setupVerify(f *pflag.FlagSet) func(ctx context.Context, args []string) erro
 	f.BoolVarP(&opts.SkipChecksums, "skip-checksums", "s", false, "check file presence and sizes only")
 	f.BoolVarP(&opts.SkipWAL, "no-parse-wal", "n", false, "do not check (parse) the WAL the backup needs")
 	f.BoolVar(&chain, "chain", false, "also check that the backups, oldest first, form one chain")
-	f.StringVar(&repoDir, "repo", "", "check every point of the repository `DIR` and every chain's links")
+	f.StringVar(&repoDir, "repo", "", "check every point of the repository `DIR`, every chain's links and the continuity of its WAL archive")
 	f.IntVarP(&opts.Jobs, "jobs", "j", runtime.NumCPU(), "files checksummed at once")
 	f.BoolVarP(&progress, "progress", "P", false, "show a progress bar (default: when stderr is a terminal)")
 	return func(ctx context.Context, args []string) error {
@@ -27,7 +27,12 @@ func setupVerify(f *pflag.FlagSet) func(ctx context.Context, args []string) erro
 			if len(args) > 0 {
 				return usageError{fmt.Sprintf("with --repo, give no backup directories (first is %q)", args[0])}
 			}
-			return verifyRepo(ctx, repoDir, opts, progress)
+			perr := verifyRepo(ctx, repoDir, opts, progress)
+			aerr := verifyArchive(ctx, repoDir)
+			if perr != nil {
+				return perr
+			}
+			return aerr
 		}
 		if len(args) == 0 {
 			return usageError{"no backup directory specified"}

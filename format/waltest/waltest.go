@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/combinefs/combinefs/format"
 )
@@ -136,4 +137,46 @@ func (b *Builder) Segment(segNo uint64) []byte {
 		}
 	}
 	return out
+}
+
+// pgMicros is tm in microseconds since PostgreSQL's epoch.
+func pgMicros(tm time.Time) uint64 { return uint64(tm.Sub(format.PGEpoch).Microseconds()) }
+
+// mainData returns a mutate for Add that lays out a record's data as a
+// main-data-only record (XLR_BLOCK_ID_DATA_SHORT, length, data) with xl_xid
+// xid.
+func mainData(xid uint32, main []byte) (int, func(rec []byte)) {
+	return 2 + len(main), func(rec []byte) {
+		binary.NativeEndian.PutUint32(rec[4:], xid)
+		rec[format.WALRecordHeaderSize] = 255
+		rec[format.WALRecordHeaderSize+1] = byte(len(main))
+		copy(rec[format.WALRecordHeaderSize+2:], main)
+	}
+}
+
+// Commit adds the commit record of transaction xid at tm (RM_XACT_ID,
+// XLOG_XACT_COMMIT; xl_xact_commit starts with xact_time).
+func (b *Builder) Commit(xid uint32, tm time.Time) format.LSN {
+	main := binary.NativeEndian.AppendUint64(nil, pgMicros(tm))
+	main = binary.NativeEndian.AppendUint32(main, 0) // xinfo
+	n, mutate := mainData(xid, main)
+	return b.Add(1, 0x00, n, mutate)
+}
+
+// Abort adds the abort record of transaction xid at tm.
+func (b *Builder) Abort(xid uint32, tm time.Time) format.LSN {
+	main := binary.NativeEndian.AppendUint64(nil, pgMicros(tm))
+	main = binary.NativeEndian.AppendUint32(main, 0)
+	n, mutate := mainData(xid, main)
+	return b.Add(1, 0x20, n, mutate)
+}
+
+// RestorePoint adds the record pg_create_restore_point(name) writes at tm
+// (RM_XLOG_ID, XLOG_RESTORE_POINT, xl_restore_point).
+func (b *Builder) RestorePoint(name string, tm time.Time) format.LSN {
+	main := binary.NativeEndian.AppendUint64(nil, pgMicros(tm))
+	var nm [64]byte
+	copy(nm[:], name)
+	n, mutate := mainData(0, append(main, nm[:]...))
+	return b.Add(0, 0x70, n, mutate)
 }

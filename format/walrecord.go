@@ -1,0 +1,195 @@
+package format
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"time"
+)
+
+// What point-in-time recovery looks for in WAL records: the transaction
+// commits and aborts that recovery_target_time and recovery_target_xid stop
+// at, and the restore points (pg_create_restore_point) that
+// recovery_target_name stops after (access/xlog_internal.h, access/xact.h,
+// access/xlogrecord.h, catalog/pg_control.h).
+const (
+	rmXactID          = 1
+	xactOpMask        = 0x70
+	xactCommit        = 0x00
+	xactAbort         = 0x20
+	xactCommitPrep    = 0x30
+	xactAbortPrep     = 0x40
+	xlogRestorePoint  = 0x70
+	restorePointNameN = 64 // MAXFNAMELEN
+
+	blockIDDataShort  = 255
+	blockIDDataLong   = 254
+	blockIDOrigin     = 253
+	blockIDToplevel   = 252
+	maxBlockID        = 32
+	bkpBlockHasImage  = 0x10
+	bkpBlockHasData   = 0x20
+	bkpBlockSameRel   = 0x80
+	bkpImageHasHole   = 0x01
+	bkpImageCompessed = 0x04 | 0x08 | 0x10 // PGLZ, LZ4, ZSTD
+)
+
+// PGEpoch is PostgreSQL's epoch: timestamps count microseconds from it.
+var PGEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// PGTime converts a TimestampTz.
+func PGTime(us int64) time.Time { return PGEpoch.Add(time.Duration(us) * time.Microsecond) }
+
+// WALEvent is what a record means for recovery targets.
+type WALEvent struct {
+	Kind WALEventKind
+	XID  uint32    // the transaction of a commit or abort
+	Time time.Time // the commit's, abort's or restore point's time
+	Name string    // the restore point's name
+}
+
+// WALEventKind tells the records recovery can stop at apart.
+type WALEventKind int
+
+// The kinds of WALEvent; WALNone for every other record.
+const (
+	WALNone WALEventKind = iota
+	WALCommit
+	WALAbort
+	WALRestorePoint
+)
+
+// WALRecordEvent reads a whole record (WALRecord.Data) as recovery's
+// recoveryStopsBefore/After do: a commit or abort (prepared ones included,
+// for their time; their XID is the preparing transaction's, which this does
+// not decode) or a restore point. Other records are WALNone.
+func WALRecordEvent(rec []byte) (WALEvent, error) {
+	if len(rec) < WALRecordHeaderSize {
+		return WALEvent{}, fmt.Errorf("WAL record of %d bytes is shorter than its header", len(rec))
+	}
+	h := parseWALRecordHeader(rec)
+	info := h.Info &^ xlrInfoMask
+	switch {
+	case h.RmID == rmXactID:
+		op := h.Info & xactOpMask
+		kind := WALNone
+		switch op {
+		case xactCommit, xactCommitPrep:
+			kind = WALCommit
+		case xactAbort, xactAbortPrep:
+			kind = WALAbort
+		}
+		if kind == WALNone {
+			return WALEvent{}, nil
+		}
+		main, err := walMainData(rec, h)
+		if err != nil {
+			return WALEvent{}, err
+		}
+		if len(main) < 8 {
+			return WALEvent{}, fmt.Errorf("transaction record of %d bytes of main data has no time", len(main))
+		}
+		ev := WALEvent{Kind: kind, Time: PGTime(int64(binary.NativeEndian.Uint64(main)))}
+		if op == xactCommit || op == xactAbort {
+			ev.XID = h.XID
+		}
+		return ev, nil
+	case h.RmID == rmXLogID && info == xlogRestorePoint:
+		main, err := walMainData(rec, h)
+		if err != nil {
+			return WALEvent{}, err
+		}
+		if len(main) < 8+restorePointNameN {
+			return WALEvent{}, fmt.Errorf("restore point record of %d bytes of main data, want %d", len(main), 8+restorePointNameN)
+		}
+		name := main[8 : 8+restorePointNameN]
+		if i := bytes.IndexByte(name, 0); i >= 0 {
+			name = name[:i]
+		}
+		return WALEvent{Kind: WALRestorePoint, Time: PGTime(int64(binary.NativeEndian.Uint64(main))), Name: string(name)}, nil
+	}
+	return WALEvent{}, nil
+}
+
+// walMainData walks the record's block headers as DecodeXLogRecord does and
+// returns its main data, which follows every block's data.
+func walMainData(rec []byte, h WALRecordHeader) ([]byte, error) {
+	if uint64(h.TotLen) != uint64(len(rec)) {
+		return nil, fmt.Errorf("WAL record of %d bytes says it has %d", len(rec), h.TotLen)
+	}
+	p := rec[WALRecordHeaderSize:]
+	need := func(n int) error {
+		if len(p) < n {
+			return fmt.Errorf("WAL record header ends inside a field")
+		}
+		return nil
+	}
+	var blockData uint64
+	for uint64(len(p)) > blockData {
+		id := p[0]
+		p = p[1:]
+		switch {
+		case id == blockIDDataShort:
+			if err := need(1); err != nil {
+				return nil, err
+			}
+			return tail(p[1:], blockData, uint64(p[0]))
+		case id == blockIDDataLong:
+			if err := need(4); err != nil {
+				return nil, err
+			}
+			return tail(p[4:], blockData, uint64(binary.NativeEndian.Uint32(p)))
+		case id == blockIDOrigin:
+			if err := need(2); err != nil {
+				return nil, err
+			}
+			p = p[2:]
+		case id == blockIDToplevel:
+			if err := need(4); err != nil {
+				return nil, err
+			}
+			p = p[4:]
+		case id <= maxBlockID:
+			if err := need(3); err != nil {
+				return nil, err
+			}
+			flags := p[0]
+			blockData += uint64(binary.NativeEndian.Uint16(p[1:]))
+			p = p[3:]
+			if flags&bkpBlockHasImage != 0 {
+				if err := need(5); err != nil {
+					return nil, err
+				}
+				blockData += uint64(binary.NativeEndian.Uint16(p))
+				bimgInfo := p[4]
+				p = p[5:]
+				if bimgInfo&bkpImageHasHole != 0 && bimgInfo&bkpImageCompessed != 0 {
+					if err := need(2); err != nil {
+						return nil, err
+					}
+					p = p[2:]
+				}
+			}
+			n := 4 // block number
+			if flags&bkpBlockSameRel == 0 {
+				n += 12 // RelFileLocator
+			}
+			if err := need(n); err != nil {
+				return nil, err
+			}
+			p = p[n:]
+		default:
+			return nil, fmt.Errorf("invalid block_id %d in WAL record", id)
+		}
+	}
+	return nil, nil // no main data
+}
+
+// tail is the main data of mainLen bytes after blockData bytes of block
+// data, which must be all that is left of the record.
+func tail(p []byte, blockData, mainLen uint64) ([]byte, error) {
+	if blockData+mainLen != uint64(len(p)) {
+		return nil, fmt.Errorf("WAL record has %d bytes of data, its headers say %d", len(p), blockData+mainLen)
+	}
+	return p[blockData:], nil
+}
