@@ -41,6 +41,8 @@ type mountOptions struct {
 	cacheDir      string
 	cacheDirSize  string
 	pitr          pitrOptions
+	hydrate       bool
+	hydrateRate   string
 }
 
 func (o *mountOptions) addFlags(f *pflag.FlagSet) {
@@ -58,6 +60,8 @@ func (o *mountOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.logFile, "log", "", "append the mount's log to `FILE` (default: stderr; none with --daemon)")
 	f.BoolVar(&o.debugFUSE, "debug-fuse", false, "log every FUSE request")
 	f.BoolVar(&o.noPassthrough, "no-passthrough", false, "serve whole files through combinefs instead of FUSE passthrough")
+	f.BoolVar(&o.hydrate, "hydrate", false, "with --cow: copy every block UPPERDIR lacks from the backups into it in the background, so it becomes a complete data directory (see combinefs status, combinefs detach)")
+	f.StringVar(&o.hydrateRate, "hydrate-rate", "0", "with --hydrate: read at most `BYTES` per second from the backups (e.g. 100MiB; 0: no limit)")
 	f.BoolVar(&o.writeback, "writeback-cache", true, "with --cow: let the kernel cache writes and send them in batches (no passthrough then)")
 	o.pitr.addFlags(f)
 }
@@ -150,6 +154,13 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	if err != nil {
 		return err
 	}
+	hydrateRate, err := parseSize(o.hydrateRate)
+	if err != nil {
+		return usageError{fmt.Sprintf("--hydrate-rate: %v", err)}
+	}
+	if o.hydrate && o.cow == "" {
+		return usageError{"--hydrate needs --cow UPPERDIR"}
+	}
 	mp, err = checkMountpoint(mp)
 	if err != nil {
 		return err
@@ -182,6 +193,7 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	fopts := fusefs.Options{
 		UID: uid, GID: gid, AllowOther: o.allowOther, DefaultPermissions: o.defaultPerms,
 		CacheBytes: cacheBytes, NoPassthrough: o.noPassthrough, WritebackCache: o.writeback, Debug: o.debugFUSE,
+		Hydrate: o.hydrate, HydrateRate: hydrateRate,
 		Log:    func(msg string) { lg.Print(msg) },
 		FsName: "combinefs:" + filepath.Base(chain.Final().Dir),
 	}
@@ -254,10 +266,7 @@ func setupUmount(f *pflag.FlagSet) func(ctx context.Context, args []string) erro
 	f.BoolVarP(&lazy, "lazy", "l", false, "detach now even if the mount is busy (umount -l)")
 	f.DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait for the mount's process to finish")
 	return func(ctx context.Context, args []string) error {
-		if len(args) != 1 {
-			return usageError{"give one mount point"}
-		}
-		mp, err := filepath.Abs(args[0])
+		mp, err := oneMountPoint(args)
 		if err != nil {
 			return err
 		}
@@ -393,6 +402,9 @@ func (o *mountOptions) mount(mp string, point *resolver.Tree, fopts fusefs.Optio
 			return nil, "", nil, err
 		}
 		mode = "copy-on-write into " + upperDir
+		if o.hydrate {
+			mode += ", hydrating"
+		}
 		if o.pitr.set() {
 			if err := o.pitr.writeRecovery(mp, o.repo); err != nil {
 				m.Unmount()
