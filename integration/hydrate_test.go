@@ -66,6 +66,22 @@ func hydrateNoServer(t *testing.T, ch *Chain, last int, ref string) {
 	m2.Umount(t)
 	detachRefused(t, e, partial, "incomplete")
 
+	// kill -9 of detach after its steps: mount refuses what is left, and
+	// detach run again completes it.
+	for _, step := range []string{"marked", "cleaned", "moving", "moved", "removed"} {
+		cmd := e.Combinefs(context.Background(), "detach", upper)
+		cmd.Env = append(cmd.Environ(), "COMBINEFS_TEST_DETACH_CRASH="+step)
+		out, err := cmd.CombinedOutput()
+		if ee, ok := err.(interface{ Sys() any }); !ok || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("combinefs detach with a crash after %s: %v %s", step, err, out)
+		}
+		mp3 := cowMountPoint(t, e, dir, "mnt-"+step)
+		out2, code := runCombinefs(t, e, append(append([]string{"mount", "--daemon", "--cow", upper}, ch.Upto(last)...), mp3)...)
+		if code == 0 || !strings.Contains(out2, "being detached") {
+			t.Fatalf("mount of an upper whose detach was killed after %s: exit %d %s", step, code, out2)
+		}
+		t.Logf("detach killed after %s; mount refuses: %s", step, strings.TrimSpace(out2))
+	}
 	out = mustCombinefs(t, e, "detach", upper)
 	t.Logf("combinefs detach: %s", out)
 	if d := TreeDiff(e.Host(ref), e.Host(upper), nil, "backup_manifest"); d != "" {
