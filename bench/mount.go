@@ -1,9 +1,6 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -17,6 +14,7 @@ import (
 
 	"github.com/combinefs/combinefs/fusefs"
 	"github.com/combinefs/combinefs/integration"
+	"github.com/combinefs/combinefs/internal/mountctl"
 )
 
 // mnt is a combinefs mount --daemon the benchmark made.
@@ -26,11 +24,6 @@ type mnt struct {
 	pid   int    // serving process
 	stats string // host path of its stats file
 	gone  bool
-}
-
-type mountState struct {
-	PID   int    `json:"pid"`
-	Stats string `json:"stats"`
 }
 
 // mountArgs is the command line of a daemon mount of the chain at mp
@@ -48,15 +41,10 @@ func (b *bench) mountArgs(mp, upper string) []string {
 func (b *bench) attach(t *benchTB, mp string) *mnt {
 	m := &mnt{b: b, dir: mp}
 	t.Cleanup(func() { m.umount(t) })
-	h := sha256.Sum256([]byte(mp))
-	statePath := b.e.Host("/run/combinefs/mnt-" + hex.EncodeToString(h[:8]) + ".json")
-	data, err := os.ReadFile(statePath)
-	if err != nil {
+	statePath := b.e.Host(mountctl.StatePath(mp))
+	st, err := mountctl.ReadFile(statePath)
+	if err != nil || st.PID == 0 {
 		t.Fatalf("state file of the mount at %s: %v", mp, err)
-	}
-	var st mountState
-	if err := json.Unmarshal(data, &st); err != nil || st.PID == 0 {
-		t.Fatalf("state file %s: %v %s", statePath, err, data)
 	}
 	m.pid, m.stats = st.PID, b.e.Host(st.Stats)
 	return m
@@ -100,7 +88,7 @@ func (m *mnt) umount(t *benchTB) {
 		t.Logf("combinefs umount %s: %v: %s; unmounting lazily", m.dir, err, out)
 		syscall.Unmount(m.b.e.Host(m.dir), syscall.MNT_DETACH)
 		deadline := time.Now().Add(30 * time.Second)
-		for integration.ProcessAlive(m.pid) && time.Now().Before(deadline) {
+		for mountctl.ProcessAlive(m.pid) && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}

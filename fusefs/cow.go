@@ -72,6 +72,8 @@ type cowFS struct {
 	// entries) against lookups; it is taken before any node lock.
 	ns sync.RWMutex
 
+	hyd *hydrator // when hydrating
+
 	inoMu   sync.Mutex
 	inos    map[string]uint64 // merged path -> inode number, for the mount's life
 	nextIno uint64
@@ -262,6 +264,9 @@ func MountCoW(dir string, p *resolver.Tree, upperDir string, opts Options) (*Mou
 	m.onRelease = up.close
 	c := newCowFS(m, up)
 	c.root = &cowNode{c: c, lowerVisible: true}
+	if opts.Hydrate {
+		m.newHydrator(c)
+	}
 	// Every change goes through this mount, and the kernel keeps its own
 	// caches of names and attributes right for what passes through it:
 	// long timeouts spare the server a round trip per lseek(SEEK_END).
@@ -281,5 +286,8 @@ func MountCoW(dir string, p *resolver.Tree, upperDir string, opts Options) (*Mou
 	}
 	m.server = server
 	m.setReadAhead()
+	if c.hyd != nil {
+		go c.hyd.run()
+	}
 	return m, nil
 }

@@ -33,6 +33,7 @@ type fileState struct {
 	limit   int64    // kindOverlay: bytes below it show the origin where the upper has no block
 	size    int64    // kindOverlay: the file's length
 	present []uint64 // kindOverlay: a bit per block the upper file holds
+	torn    []int64  // kindOverlay, at load: blocks only partly allocated
 
 	// dirSync is an upper directory to fsync on the file's next fsync: the
 	// one whose entry made the upper file appear.
@@ -102,7 +103,12 @@ func (n *cowNode) load() (*fileState, error) {
 	if !ok {
 		return nil, os.ErrNotExist
 	}
-	f, err := os.OpenFile(n.c.up.path(rel), os.O_RDWR|syscall.O_NOFOLLOW, 0)
+	return n.c.loadAt(rel)
+}
+
+// loadAt reads the state of the file at merged path rel. Caller holds ns.
+func (c *cowFS) loadAt(rel string) (*fileState, error) {
+	f, err := os.OpenFile(c.up.path(rel), os.O_RDWR|syscall.O_NOFOLLOW, 0)
 	if err == nil {
 		origin, limit, overlay, err := overlayAttrs(int(f.Fd()))
 		if err != nil {
@@ -112,10 +118,10 @@ func (n *cowNode) load() (*fileState, error) {
 		if !overlay {
 			return &fileState{kind: kindWhole, fd: f}, nil
 		}
-		le := n.c.lower[origin]
+		le := c.lower[origin]
 		if le == nil || le.dir || le.link != "" {
 			f.Close()
-			return nil, fmt.Errorf("upper file %s overlays %q, which is not in the chain point", n.c.up.path(rel), origin)
+			return nil, fmt.Errorf("upper file %s overlays %q, which is not in the chain point", c.up.path(rel), origin)
 		}
 		st := &fileState{kind: kindOverlay, lower: le, fd: f, limit: limit}
 		var s unix.Stat_t
@@ -128,12 +134,16 @@ func (n *cowNode) load() (*fileState, error) {
 			f.Close()
 			return nil, err
 		}
+		if err := c.repairTorn(st); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("upper file %s: %w", f.Name(), err)
+		}
 		return st, nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	le := n.c.lower[rel]
+	le := c.lower[rel]
 	if le == nil || le.dir || le.link != "" {
 		return nil, os.ErrNotExist
 	}
@@ -154,6 +164,12 @@ func scanBlocks(f *os.File, st *fileState) error {
 		h, err := unix.Seek(fd, d, unix.SEEK_HOLE)
 		if err != nil {
 			return err
+		}
+		if d%format.BlockSize != 0 {
+			st.torn = append(st.torn, d/format.BlockSize)
+		}
+		if h%format.BlockSize != 0 && h < st.size {
+			st.torn = append(st.torn, h/format.BlockSize)
 		}
 		for b := d / format.BlockSize; b*format.BlockSize < h; b++ {
 			st.mark(b)
@@ -195,20 +211,49 @@ func (n *cowNode) ensureUpperLocked() syscall.Errno {
 	c := n.c
 	rel, attached := n.rel()
 	le := st.lower
-	tmp := c.up.tmpName()
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, c.m.point.FileMode)
+	tmp, f, err := c.newUpperTmp(le, func(f *os.File) error { return c.copyLower(le, f) })
 	if err != nil {
-		return toErrno(err)
-	}
-	fail := func(err error) syscall.Errno {
-		f.Close()
-		os.Remove(tmp)
 		c.m.logf("copy-up of %s: %v", rel, err)
 		return toErrno(err)
 	}
+	if attached {
+		dirSync, err := c.installUpper(rel, tmp)
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+			c.m.logf("copy-up of %s: %v", rel, err)
+			return toErrno(err)
+		}
+		st.dirSync = dirSync
+	} else {
+		// Unlinked while open: its changes need no name.
+		os.Remove(tmp)
+	}
+	st.fd = f
+	if size := le.size(); !le.wholeCopy() {
+		st.kind, st.limit, st.size = kindOverlay, size, size
+	} else {
+		st.kind = kindWhole
+	}
+	return 0
+}
+
+// newUpperTmp makes the upper file of lower file le in tmp/, fsynced: an
+// empty overlay (origin, limit, size) when le is copied up block by block,
+// else le's whole content, written by fill.
+func (c *cowFS) newUpperTmp(le *lowerEntry, fill func(f *os.File) error) (string, *os.File, error) {
+	tmp := c.up.tmpName()
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, c.m.point.FileMode)
+	if err != nil {
+		return "", nil, err
+	}
+	fail := func(err error) (string, *os.File, error) {
+		f.Close()
+		os.Remove(tmp)
+		return "", nil, err
+	}
 	size := le.size()
-	overlay := !le.wholeCopy()
-	if overlay {
+	if !le.wholeCopy() {
 		if err := unix.Fsetxattr(int(f.Fd()), xattrOrigin, []byte(le.rel), 0); err != nil {
 			return fail(err)
 		}
@@ -218,7 +263,7 @@ func (n *cowNode) ensureUpperLocked() syscall.Errno {
 		if err := f.Truncate(size); err != nil {
 			return fail(err)
 		}
-	} else if err := c.copyLower(le, f); err != nil {
+	} else if err := fill(f); err != nil {
 		return fail(err)
 	}
 	// Durable before its name is: a crash must not leave a name in tree/
@@ -228,25 +273,20 @@ func (n *cowNode) ensureUpperLocked() syscall.Errno {
 		return fail(err)
 	}
 	os.Chtimes(tmp, le.mtime, le.mtime)
-	if attached {
-		if err := c.ensureUpperDir(path.Dir(rel)); err != nil && path.Dir(rel) != "." {
-			return fail(err)
-		}
-		if err := os.Rename(tmp, c.up.path(rel)); err != nil {
-			return fail(err)
-		}
-		st.dirSync = path.Dir(c.up.path(rel))
-	} else {
-		// Unlinked while open: its changes need no name.
-		os.Remove(tmp)
+	return tmp, f, nil
+}
+
+// installUpper renames a file of tmp/ to merged path rel in tree/, making
+// its parents, and returns the directory to fsync with the file. Caller
+// holds ns.
+func (c *cowFS) installUpper(rel, tmp string) (dirSync string, err error) {
+	if err := c.ensureUpperDir(path.Dir(rel)); err != nil && path.Dir(rel) != "." {
+		return "", err
 	}
-	st.fd = f
-	if overlay {
-		st.kind, st.limit, st.size = kindOverlay, size, size
-	} else {
-		st.kind = kindWhole
+	if err := os.Rename(tmp, c.up.path(rel)); err != nil {
+		return "", err
 	}
-	return 0
+	return path.Dir(c.up.path(rel)), nil
 }
 
 // stateNS is state for a caller that already holds ns.
@@ -402,6 +442,9 @@ func (n *cowNode) readAt(dest []byte, off int64) (fuse.ReadResult, syscall.Errno
 	}
 	n.mu.RLock()
 	defer n.mu.RUnlock()
+	if st.kind != kindWhole {
+		n.c.hyd.note(n)
+	}
 	switch st.kind {
 	case kindLower:
 		le := st.lower

@@ -8,6 +8,7 @@ import (
 	"path"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -26,6 +27,8 @@ type cowNode struct {
 
 	mu sync.RWMutex // guards st and the file's data
 	st *fileState   // a regular file's storage, loaded on first use
+
+	hydNoted atomic.Bool // hydration was told the server reads it
 }
 
 var (

@@ -50,6 +50,13 @@ type Options struct {
 	// system asks for; raising it through sysfs (root only) lets
 	// sequential reads arrive as 1 MiB requests, several at a time.
 	ReadAheadKB int
+	// Hydrate (copy-on-write mounts) copies every block the upper
+	// directory lacks from the chain into it in the background (see
+	// hydrate.go), HydrateJobs files at a time (0: 4), reading at most
+	// HydrateRate bytes per second from the chain (0: no limit).
+	Hydrate     bool
+	HydrateRate int64
+	HydrateJobs int
 }
 
 // Mount is a running mount.
@@ -66,6 +73,7 @@ type Mount struct {
 	stats     counters
 	closed    sync.Once
 	onRelease func() // what else to release at unmount
+	hyd       *hydrator
 }
 
 type counters struct {
@@ -91,6 +99,8 @@ type Stats struct {
 	CacheDir      cachedir.Stats
 	// CacheDirPending are the fills queued or running.
 	CacheDirPending int
+	// Hydration is the progress of hydration (mounts with Options.Hydrate).
+	Hydration *HydrationStats `json:",omitempty"`
 }
 
 // Stats returns the mount's counters.
@@ -105,6 +115,9 @@ func (m *Mount) Stats() Stats {
 		SourceBytes:      m.src.readBytes.Load(),
 		IOErrors:         m.stats.ioErrors.Load(),
 		BlocksWritten:    m.stats.blocksWritten.Load(),
+	}
+	if m.hyd != nil {
+		st.Hydration = m.hyd.stats()
 	}
 	if m.fills != nil {
 		st.CacheDirOpens = m.stats.cacheDirOpens.Load()
@@ -266,12 +279,13 @@ func (m *Mount) Unmount() error {
 
 func (m *Mount) release() {
 	m.closed.Do(func() {
+		// onRelease first: it stops hydration, which reads the sources.
+		if m.onRelease != nil {
+			m.onRelease()
+		}
 		if m.fills != nil {
 			m.fills.close()
 		}
 		m.src.close()
-		if m.onRelease != nil {
-			m.onRelease()
-		}
 	})
 }

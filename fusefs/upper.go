@@ -90,6 +90,9 @@ func metaFor(p *resolver.Tree) upperMeta {
 // is initialised; one made for p is reused; anything else is refused.
 func openUpper(dir string, p *resolver.Tree) (*upper, error) {
 	u := &upper{dir: dir, tree: filepath.Join(dir, "tree"), tmp: filepath.Join(dir, "tmp")}
+	if err := detachingError(dir); err != nil {
+		return nil, err
+	}
 	want := metaFor(p)
 	data, err := os.ReadFile(filepath.Join(dir, upperMetaName))
 	switch {

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -27,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/combinefs/combinefs/fusefs"
+	"github.com/combinefs/combinefs/internal/mountctl"
 )
 
 // cowServerSettings are given to every server started on a copy-on-write
@@ -220,7 +219,7 @@ func cowRefusal(t *testing.T, ch *Chain, last int) {
 		if !strings.Contains(out, upperDir) {
 			t.Errorf("%s: the error does not name the upper directory %s:\n%s", what, upperDir, out)
 		}
-		if _, err := os.Stat(e.Host(cowStatePath(e, mp))); err == nil {
+		if _, err := os.Stat(e.Host(mountctl.StatePath(mp))); err == nil {
 			t.Errorf("%s: a refused mount left its state file", what)
 		}
 		t.Logf("%s: exit %d: %s", what, code, out)
@@ -472,8 +471,8 @@ func TestCowCrash(t *testing.T) {
 	if cowIsMounted(e.Host(mp)) {
 		t.Fatalf("%s is still mounted after combinefs umount --lazy", mp)
 	}
-	if _, err := os.Stat(e.Host(cowStatePath(e, mp))); err == nil {
-		t.Errorf("minor BUG: combinefs umount --lazy of the dead mount left its state file %s (its process %d is gone)", cowStatePath(e, mp), m.pid)
+	if _, err := os.Stat(e.Host(mountctl.StatePath(mp))); err == nil {
+		t.Errorf("minor BUG: combinefs umount --lazy of the dead mount left its state file %s (its process %d is gone)", mountctl.StatePath(mp), m.pid)
 	}
 	m = mountCoW(t, e, upper, mp, ch.Upto(last)...)
 	timed(t, "start on the new mount of the same upper (crash recovery)", func() {
@@ -1106,18 +1105,10 @@ func mountCoWFlags(t *testing.T, e *Env, flags []string, upper, mp string, backu
 	if !cowIsMounted(e.Host(mp)) {
 		t.Fatalf("combinefs mount --daemon returned, but %s is not mounted", mp)
 	}
-	st := e.Host(cowStatePath(e, mp))
-	data, err := os.ReadFile(st)
-	if err != nil {
-		t.Fatalf("the mount's state file: %v", err)
-	}
-	var s struct {
-		PID        int    `json:"pid"`
-		Mountpoint string `json:"mountpoint"`
-		Stats      string `json:"stats"`
-	}
-	if err := json.Unmarshal(data, &s); err != nil || s.Mountpoint != mp || !ProcessAlive(s.PID) {
-		t.Fatalf("state file %s: %v, %+v (process alive: %v)", st, err, s, ProcessAlive(s.PID))
+	st := e.Host(mountctl.StatePath(mp))
+	s, err := mountctl.ReadFile(st)
+	if err != nil || s.Mountpoint != mp || !mountctl.ProcessAlive(s.PID) {
+		t.Fatalf("state file %s: %v, %+v", st, err, s)
 	}
 	m.pid, m.stats = s.PID, e.Host(s.Stats)
 	return m
@@ -1126,17 +1117,6 @@ func mountCoWFlags(t *testing.T, e *Env, flags []string, upper, mp string, backu
 // cowLogsShown: mount logs already shown by a failed test's cleanup (one
 // log serves every mount of a mount point).
 var cowLogsShown sync.Map
-
-// cowStatePath is the in-root state file of the mount at mp, as combinefs
-// mount names it (cmd/combinefs/mount.go, statePath).
-func cowStatePath(e *Env, mp string) string {
-	h := sha256.Sum256([]byte(mp))
-	dir := "/run/combinefs"
-	if e.asSelf {
-		dir = fmt.Sprintf("/tmp/combinefs-%d", os.Geteuid())
-	}
-	return path.Join(dir, "mnt-"+hex.EncodeToString(h[:8])+".json")
-}
 
 func (m *cowMount) logTail() string {
 	return lastLines(readFrom(m.e.Host(m.log), -64<<10), 40)
@@ -1153,7 +1133,7 @@ func (m *cowMount) Umount(t *testing.T) {
 		t.Fatalf("%s still mounted after combinefs umount", m.mp)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for ProcessAlive(m.pid) {
+	for mountctl.ProcessAlive(m.pid) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the mount's process %d still runs after combinefs umount", m.pid)
 		}
@@ -1174,7 +1154,7 @@ func (m *cowMount) Kill9(t *testing.T) {
 		t.Fatalf("kill -9 %d (the mount's process): %v", m.pid, err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for ProcessAlive(m.pid) {
+	for mountctl.ProcessAlive(m.pid) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the mount's process %d survived SIGKILL", m.pid)
 		}
@@ -1197,7 +1177,7 @@ func mountOptionsAt(host string) string {
 	data, _ := os.ReadFile("/proc/self/mounts")
 	opts := ""
 	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) >= 4 && unescapeMountPath(f[1]) == host {
+		if f := strings.Fields(line); len(f) >= 4 && mountctl.Unescape(f[1]) == host {
 			opts = f[3]
 		}
 	}

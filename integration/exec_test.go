@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/combinefs/combinefs/internal/mountctl"
 )
 
 // TestExec runs combinefs exec against a 3-point chain and a repository:
@@ -143,7 +145,7 @@ func execSignal(t *testing.T, ch *Chain, sig syscall.Signal) {
 		t.Errorf("psql did not report its query cancelled by the SIGINT:\n%s", stderr.String())
 	}
 	for _, pid := range []int{pm, backend} {
-		if ProcessAlive(pid) || GroupAlive(pm) {
+		if mountctl.ProcessAlive(pid) || GroupAlive(pm) {
 			t.Errorf("server process %d is still running after exec ended", pid)
 		}
 	}
@@ -167,7 +169,7 @@ func execKill9(t *testing.T, ch *Chain) {
 		t.Fatal(err)
 	}
 	cmd.Wait()
-	for deadline := time.Now().Add(2 * time.Minute); ProcessAlive(pm) || ProcessAlive(backend); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(2 * time.Minute); mountctl.ProcessAlive(pm) || mountctl.ProcessAlive(backend); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the server (postmaster %d, backend %d) still runs 2 minutes after exec was killed", pm, backend)
 		}
@@ -229,8 +231,8 @@ func execKeep(t *testing.T, ch *Chain) {
 	pid, _ := strconv.Atoi(m[4])
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
 	dirs := newEntries(before, execTempDirs(t, e))
-	if len(dirs) != 1 || !cowIsMounted(filepath.Join(dirs[0], "data")) || !ProcessAlive(pid) {
-		t.Fatalf("after exec --keep: temporary directories %v, process %d alive %v; want one mounted", dirs, pid, ProcessAlive(pid))
+	if len(dirs) != 1 || !cowIsMounted(filepath.Join(dirs[0], "data")) || !mountctl.ProcessAlive(pid) {
+		t.Fatalf("after exec --keep: temporary directories %v, process %d alive %v; want one mounted", dirs, pid, mountctl.ProcessAlive(pid))
 	}
 	out := e.Run(t, true, e.Tool("psql"), "-h", m[1], "-p", m[2], "-U", m[3], "-XAtqc", "INSERT INTO sample_table VALUES (50, 'kept'); SELECT count(*) FROM sample_table", "postgres")
 	if strings.TrimSpace(out) != "3" {
@@ -239,7 +241,7 @@ func execKeep(t *testing.T, ch *Chain) {
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(2 * time.Minute); ProcessAlive(pid); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(2 * time.Minute); mountctl.ProcessAlive(pid); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the process keeping the server (%d) still runs 2 minutes after SIGTERM", pid)
 		}
@@ -327,7 +329,7 @@ func execServers() []int {
 	var pids []int
 	for _, pid := range procPIDs() {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err == nil && bytes.Contains(b, []byte("/combinefs-exec-")) && ProcessAlive(pid) {
+		if err == nil && bytes.Contains(b, []byte("/combinefs-exec-")) && mountctl.ProcessAlive(pid) {
 			pids = append(pids, pid)
 		}
 	}

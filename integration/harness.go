@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/combinefs/combinefs/internal/mountctl"
 )
 
 // Env is one provisioned PostgreSQL toolset: a root directory the tools run
@@ -341,29 +343,13 @@ func mountsBelow(dir string) []string {
 		if len(f) < 5 {
 			continue
 		}
-		mp := unescapeMountPath(f[4])
+		mp := mountctl.Unescape(f[4])
 		if mp == dir || strings.HasPrefix(mp, dir+"/") {
 			mps = append(mps, mp)
 		}
 	}
 	sort.Slice(mps, func(i, j int) bool { return len(mps[i]) > len(mps[j]) })
 	return mps
-}
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMountPath(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // unmount unmounts mp, falling back to a lazy unmount (umount -l) when it is

@@ -2,8 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"encoding/json"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -11,49 +9,22 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/combinefs/combinefs/fusefs"
+	"github.com/combinefs/combinefs/internal/mountctl"
 )
 
 // MountStats asks a mount's process for its counters: SIGUSR1 makes it
 // write them (atomically) to its stats file.
 func MountStats(tb testing.TB, pid int, statsPath string) fusefs.Stats {
 	tb.Helper()
-	os.Remove(statsPath)
-	if err := syscall.Kill(pid, syscall.SIGUSR1); err != nil {
-		tb.Fatalf("SIGUSR1 to the mount's process %d: %v", pid, err)
+	var s fusefs.Stats
+	if err := mountctl.RequestStats(pid, statsPath, 10*time.Second, &s); err != nil {
+		tb.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		data, err := os.ReadFile(statsPath)
-		if err == nil {
-			var s fusefs.Stats
-			if err := json.Unmarshal(data, &s); err != nil {
-				tb.Fatalf("stats file %s: %v\n%s", statsPath, err, data)
-			}
-			return s
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("no stats in %s 10 s after SIGUSR1", statsPath)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// ProcessAlive: the process exists and is not a zombie.
-func ProcessAlive(pid int) bool {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(data)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
-		return s[i+2] != 'Z'
-	}
-	return true
+	return s
 }
 
 // GroupAlive reports whether a non-zombie process of group pgid exists.

@@ -3,7 +3,6 @@ package integration
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/combinefs/combinefs/fusefs"
+	"github.com/combinefs/combinefs/internal/mountctl"
 )
 
 // TestMountReadOnly checks combinefs mount (read-only) against
@@ -198,7 +198,7 @@ func TestMountReadOnly(t *testing.T) {
 				others++
 			}
 		}
-		if !isMountedHost(e.Host(mp)) || !ProcessAlive(m.pid) {
+		if !isMountedHost(e.Host(mp)) || !mountctl.ProcessAlive(m.pid) {
 			t.Fatalf("the mount did not stay up after a read error")
 		}
 		s := m.Stats(t)
@@ -257,7 +257,7 @@ func TestMountReadOnly(t *testing.T) {
 			t.Fatalf("umount %s: %v", mp, err)
 		}
 		deadline := time.Now().Add(10 * time.Second)
-		for ProcessAlive(m.pid) {
+		for mountctl.ProcessAlive(m.pid) {
 			if time.Now().After(deadline) {
 				t.Fatalf("the mount's process %d still runs 10 s after umount(8)", m.pid)
 			}
@@ -314,7 +314,7 @@ func TestMountReadOnly(t *testing.T) {
 		if isMountedHost(e.Host(mp)) {
 			t.Errorf("%s still mounted after SIGTERM", mp)
 		}
-		mustNotExist(t, state.path, "SIGTERM of the foreground mount")
+		mustNotExist(t, e.Host(mountctl.StatePath(mp)), "SIGTERM of the foreground mount")
 		// Nothing else is left either: combinefs umount removes the
 		// stats file of a daemon mount; a foreground mount has no one
 		// else to do it.
@@ -414,7 +414,7 @@ func mountBadInput(t *testing.T, ch *Chain) {
 					t.Errorf("error does not name the culprit %s:\n%s", c.culprit, msg)
 				}
 				if st := stateFileOf(t, e, mp); st != nil {
-					t.Errorf("a refused mount left its state file %s", st.path)
+					t.Errorf("a refused mount left its state file %s", mountctl.StatePath(mp))
 				}
 				if daemon {
 					t.Logf("combinefs: %s", msg)
@@ -432,7 +432,7 @@ func mountBadInput(t *testing.T, ch *Chain) {
 		if code == 0 || !strings.Contains(msg, mp) {
 			t.Errorf("mounting over a mount: exit %d: %s", code, msg)
 		}
-		if !ProcessAlive(m.pid) || !isMountedHost(e.Host(mp)) {
+		if !mountctl.ProcessAlive(m.pid) || !isMountedHost(e.Host(mp)) {
 			t.Errorf("a refused second mount disturbed the first")
 		}
 		m.Umount(t)
@@ -495,35 +495,15 @@ type roMount struct {
 	stats string // host path of the stats file SIGUSR1 writes
 }
 
-// mountState is the state file combinefs mount writes for combinefs umount.
-type mountState struct {
-	PID        int      `json:"pid"`
-	Mountpoint string   `json:"mountpoint"`
-	Backups    []string `json:"backups"`
-	Stats      string   `json:"stats"`
-	path       string   // host path of the file
-}
-
-// stateFileOf finds the state file of the mount at mp (in-root) among
-// those in the root's /run/combinefs, or nil.
-func stateFileOf(t testing.TB, e *Env, mp string) *mountState {
+// stateFileOf reads the state file of the mount at mp (in-root) from the
+// root, or returns nil.
+func stateFileOf(t testing.TB, e *Env, mp string) *mountctl.State {
 	t.Helper()
-	names, _ := filepath.Glob(e.Host("/run/combinefs/mnt-*.json"))
-	for _, n := range names {
-		if strings.HasSuffix(n, ".stats.json") {
-			continue
-		}
-		data, err := os.ReadFile(n)
-		if err != nil {
-			continue
-		}
-		var s mountState
-		if json.Unmarshal(data, &s) == nil && s.Mountpoint == mp {
-			s.path = n
-			return &s
-		}
+	st, err := mountctl.ReadFile(e.Host(mountctl.StatePath(mp)))
+	if err != nil || st.Mountpoint != mp {
+		return nil
 	}
-	return nil
+	return st
 }
 
 // mountPoint makes an empty in-root directory to mount on.
@@ -553,10 +533,10 @@ func mountDaemon(t *testing.T, e *Env, mp string, args ...string) *roMount {
 	if st == nil {
 		t.Fatalf("no state file for %s in %s", mp, e.Host("/run/combinefs"))
 	}
-	if !ProcessAlive(st.PID) {
+	if !mountctl.ProcessAlive(st.PID) {
 		t.Fatalf("the mount's process %d is not running", st.PID)
 	}
-	return &roMount{e: e, dir: mp, pid: st.PID, state: st.path, stats: e.Host(st.Stats)}
+	return &roMount{e: e, dir: mp, pid: st.PID, state: e.Host(mountctl.StatePath(mp)), stats: e.Host(st.Stats)}
 }
 
 // Stats asks the mount for its counters (SIGUSR1) and reads them.
@@ -574,7 +554,7 @@ func (m *roMount) Umount(t testing.TB) {
 		t.Errorf("%s still mounted after combinefs umount", m.dir)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for ProcessAlive(m.pid) {
+	for mountctl.ProcessAlive(m.pid) {
 		if time.Now().After(deadline) {
 			t.Errorf("the mount's process %d is still running after combinefs umount", m.pid)
 			break
@@ -601,7 +581,7 @@ func mountOptionsOf(host string) string {
 	opts := ""
 	for _, line := range strings.Split(string(data), "\n") {
 		f := strings.Fields(line)
-		if len(f) >= 4 && unescapeMountPath(f[1]) == host {
+		if len(f) >= 4 && mountctl.Unescape(f[1]) == host {
 			opts = f[3] // the last mount there is the visible one
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/combinefs/combinefs/internal/mountctl"
 )
 
 // execDirPrefix names exec's temporary directories; execPIDFile in each
@@ -32,11 +34,11 @@ func sweepStale() {
 			continue
 		}
 		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || processAlive(pid) {
+		if err != nil || mountctl.ProcessAlive(pid) {
 			continue
 		}
 		data := filepath.Join(d, "data")
-		if isMounted(data) && unmount(data, true) != nil {
+		if mountctl.IsMounted(data) && mountctl.Unmount(data, true) != nil {
 			continue
 		}
 		if os.RemoveAll(d) == nil {

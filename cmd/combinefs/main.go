@@ -38,6 +38,8 @@ var commands = []command{
 	{"mount", "mount [--cow UPPERDIR] [flags] (BACKUP... | --repo DIR --point NAME) MOUNTPOINT", "present a chain point as a data directory through FUSE, read-only or copy-on-write", setupMount},
 	{"exec", "exec [flags] (BACKUP... | --repo DIR --point NAME) -- CMD [ARG...]", "run a command against a private server on a copy-on-write mount of a point, then remove it all", setupExec},
 	{"umount", "umount MOUNTPOINT", "unmount a combinefs mount", setupUmount},
+	{"status", "status [--wait] MOUNTPOINT", "show a mount's hydration progress, or wait for it to complete", setupStatus},
+	{"detach", "detach [--owner USER[:GROUP]] UPPERDIR", "turn the hydrated upper directory of an unmounted copy-on-write mount into a plain data directory", setupDetach},
 	{"flatten", "flatten [flags] -o OUTDIR (BACKUP... | --repo DIR --point NAME)", "combine a chain into a full backup, like pg_combinebackup", setupFlatten},
 	{"verify", "verify [--chain] BACKUP... | verify --repo DIR", "check backups against their manifests, like pg_verifybackup", setupVerify},
 	{"expire", "expire --repo DIR --keep-full N [--keep-within DURATION] [--dry-run]", "remove a repository's chains older than those kept", setupExpire},

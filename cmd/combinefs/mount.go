@@ -3,9 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +21,7 @@ import (
 
 	"github.com/combinefs/combinefs/cachedir"
 	"github.com/combinefs/combinefs/fusefs"
+	"github.com/combinefs/combinefs/internal/mountctl"
 	"github.com/combinefs/combinefs/repo"
 	"github.com/combinefs/combinefs/resolver"
 )
@@ -43,6 +41,8 @@ type mountOptions struct {
 	cacheDir      string
 	cacheDirSize  string
 	pitr          pitrOptions
+	hydrate       bool
+	hydrateRate   string
 }
 
 func (o *mountOptions) addFlags(f *pflag.FlagSet) {
@@ -60,6 +60,8 @@ func (o *mountOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.logFile, "log", "", "append the mount's log to `FILE` (default: stderr; none with --daemon)")
 	f.BoolVar(&o.debugFUSE, "debug-fuse", false, "log every FUSE request")
 	f.BoolVar(&o.noPassthrough, "no-passthrough", false, "serve whole files through combinefs instead of FUSE passthrough")
+	f.BoolVar(&o.hydrate, "hydrate", false, "with --cow: copy every block UPPERDIR lacks from the backups into it in the background, so it becomes a complete data directory (see combinefs status, combinefs detach)")
+	f.StringVar(&o.hydrateRate, "hydrate-rate", "0", "with --hydrate: read at most `BYTES` per second from the backups (e.g. 100MiB; 0: no limit)")
 	f.BoolVar(&o.writeback, "writeback-cache", true, "with --cow: let the kernel cache writes and send them in batches (no passthrough then)")
 	o.pitr.addFlags(f)
 }
@@ -152,6 +154,13 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	if err != nil {
 		return err
 	}
+	hydrateRate, err := parseSize(o.hydrateRate)
+	if err != nil {
+		return usageError{fmt.Sprintf("--hydrate-rate: %v", err)}
+	}
+	if o.hydrate && o.cow == "" {
+		return usageError{"--hydrate needs --cow UPPERDIR"}
+	}
 	mp, err = checkMountpoint(mp)
 	if err != nil {
 		return err
@@ -184,6 +193,7 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	fopts := fusefs.Options{
 		UID: uid, GID: gid, AllowOther: o.allowOther, DefaultPermissions: o.defaultPerms,
 		CacheBytes: cacheBytes, NoPassthrough: o.noPassthrough, WritebackCache: o.writeback, Debug: o.debugFUSE,
+		Hydrate: o.hydrate, HydrateRate: hydrateRate,
 		Log:    func(msg string) { lg.Print(msg) },
 		FsName: "combinefs:" + filepath.Base(chain.Final().Dir),
 	}
@@ -192,13 +202,16 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 		return err
 	}
 	defer closeCache()
-	st := &mountState{PID: os.Getpid(), Mountpoint: mp, Backups: dirs, Stats: statePath(mp, ".stats.json")}
-	if err := st.write(); err != nil {
+	var upperDir string
+	if o.cow != "" {
+		upperDir, _ = filepath.Abs(o.cow) // o.mount checked it
+	}
+	st := &mountctl.State{PID: os.Getpid(), Mountpoint: mp, Backups: dirs, Stats: mountctl.StatsPath(mp), Upper: upperDir}
+	if err := st.Write(); err != nil {
 		m.Unmount()
 		return err
 	}
-	defer os.Remove(statePath(mp, ".json"))
-	defer os.Remove(st.Stats)
+	defer st.Remove()
 	lg.Printf("mounted %s (%d backups, PostgreSQL %d) at %s, %s, in %.0f ms", chain.Final().Dir, len(dirs), chain.Major, mp, mode, float64(time.Since(start).Microseconds())/1000)
 	notifyReady("")
 	if !child {
@@ -209,7 +222,7 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 
 // serveUntilDone serves until the mount goes away (combinefs umount,
 // umount(8)) or a signal asks for a clean unmount. SIGUSR1 writes stats.
-func serveUntilDone(ctx context.Context, m *fusefs.Mount, st *mountState, lg *logWriter) error {
+func serveUntilDone(ctx context.Context, m *fusefs.Mount, st *mountctl.State, lg *logWriter) error {
 	done := make(chan struct{})
 	go func() { m.Wait(); close(done) }()
 	usr1 := make(chan os.Signal, 1)
@@ -217,7 +230,7 @@ func serveUntilDone(ctx context.Context, m *fusefs.Mount, st *mountState, lg *lo
 	defer signal.Stop(usr1)
 	writeStats := func() {
 		s := m.Stats()
-		if err := writeJSON(st.Stats, s); err != nil {
+		if err := mountctl.WriteJSON(st.Stats, s); err != nil {
 			lg.Printf("writing stats: %v", err)
 		}
 		lg.Printf("stats: cache %d hits, %d misses (%.1f%% hits), %d evictions, %s cached; %d reconstructed and %d whole-file opens; %s served, %d read errors",
@@ -253,27 +266,27 @@ func setupUmount(f *pflag.FlagSet) func(ctx context.Context, args []string) erro
 	f.BoolVarP(&lazy, "lazy", "l", false, "detach now even if the mount is busy (umount -l)")
 	f.DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait for the mount's process to finish")
 	return func(ctx context.Context, args []string) error {
-		if len(args) != 1 {
-			return usageError{"give one mount point"}
-		}
-		mp, err := filepath.Abs(args[0])
+		mp, err := oneMountPoint(args)
 		if err != nil {
 			return err
 		}
-		st, _ := readState(mp)
-		if !isMounted(mp) {
+		st, _ := mountctl.Read(mp)
+		if !mountctl.IsMounted(mp) {
 			if st != nil {
-				os.Remove(statePath(mp, ".json"))
+				os.Remove(mountctl.StatePath(mp))
 			}
 			return fmt.Errorf("%s is not mounted", mp)
 		}
 		// Ask the mount for its counters while it still runs: it removes
 		// its files when it exits.
 		var stats *fusefs.Stats
-		if st != nil {
-			stats = requestStats(st)
+		if st != nil && st.Mountpoint == mp {
+			var s fusefs.Stats
+			if mountctl.RequestStats(st.PID, st.Stats, time.Second, &s) == nil {
+				stats = &s
+			}
 		}
-		if err := unmount(mp, lazy); err != nil {
+		if err := mountctl.Unmount(mp, lazy); err != nil {
 			return err
 		}
 		if st == nil {
@@ -282,15 +295,14 @@ func setupUmount(f *pflag.FlagSet) func(ctx context.Context, args []string) erro
 		}
 		// Wait for the serving process so nothing is left behind.
 		deadline := time.Now().Add(timeout)
-		for processAlive(st.PID) {
+		for mountctl.ProcessAlive(st.PID) {
 			if time.Now().After(deadline) {
 				return fmt.Errorf("unmounted %s, but its process %d is still running after %s", mp, st.PID, timeout)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
 		// A mount process that was killed could not remove its files.
-		os.Remove(statePath(mp, ".json"))
-		os.Remove(st.Stats)
+		st.Remove()
 		fmt.Fprintf(stderr, "combinefs umount: unmounted %s\n", mp)
 		if s := stats; s != nil {
 			fmt.Fprintf(stderr, "combinefs umount: block cache %.1f%% hits (%d of %d), %s read from backups\n",
@@ -313,102 +325,10 @@ func checkMountpoint(mp string) (string, error) {
 	if !fi.IsDir() {
 		return "", fmt.Errorf("mount point %s is not a directory", abs)
 	}
-	if isMounted(abs) {
+	if mountctl.IsMounted(abs) {
 		return "", fmt.Errorf("%s is already a mount point", abs)
 	}
 	return abs, nil
-}
-
-// isMounted looks mp up in /proc/self/mounts.
-func isMounted(mp string) bool {
-	data, err := os.ReadFile("/proc/self/mounts")
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		fields := strings.Fields(line)
-		if len(fields) > 1 && unescapeMount(fields[1]) == mp {
-			return true
-		}
-	}
-	return false
-}
-
-func unescapeMount(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func unmount(mp string, lazy bool) error {
-	if os.Geteuid() == 0 {
-		flags := 0
-		if lazy {
-			flags = syscall.MNT_DETACH
-		}
-		if err := syscall.Unmount(mp, flags); err != nil {
-			if errors.Is(err, syscall.EBUSY) {
-				return fmt.Errorf("%s is busy (a server or shell still uses it); stop it first or use --lazy", mp)
-			}
-			return fmt.Errorf("unmount %s: %w", mp, err)
-		}
-		return nil
-	}
-	args := []string{"-u", mp}
-	if lazy {
-		args = []string{"-u", "-z", mp}
-	}
-	out, err := exec.Command("fusermount3", args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("fusermount3 -u %s: %s", mp, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
-// processAlive: a zombie (exited, not yet reaped by whoever adopted it)
-// counts as gone.
-func processAlive(pid int) bool {
-	if pid <= 0 || syscall.Kill(pid, 0) != nil {
-		return false
-	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// The state follows the command name, which is in parentheses.
-	if i := strings.LastIndexByte(string(data), ')'); i >= 0 && i+2 < len(data) {
-		return data[i+2] != 'Z'
-	}
-	return true
-}
-
-// requestStats has the mount process write its counters (SIGUSR1) and reads
-// them; nil when it does not answer within a second.
-func requestStats(st *mountState) *fusefs.Stats {
-	before, _ := os.Stat(st.Stats)
-	if syscall.Kill(st.PID, syscall.SIGUSR1) != nil {
-		return nil
-	}
-	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		fi, err := os.Stat(st.Stats)
-		if err != nil || (before != nil && !fi.ModTime().After(before.ModTime())) {
-			continue
-		}
-		var s fusefs.Stats
-		if data, err := os.ReadFile(st.Stats); err == nil && json.Unmarshal(data, &s) == nil {
-			return &s
-		}
-	}
-	return nil
 }
 
 // resolveOwner picks the presented owner: --owner, else the owner of the
@@ -482,6 +402,9 @@ func (o *mountOptions) mount(mp string, point *resolver.Tree, fopts fusefs.Optio
 			return nil, "", nil, err
 		}
 		mode = "copy-on-write into " + upperDir
+		if o.hydrate {
+			mode += ", hydrating"
+		}
 		if o.pitr.set() {
 			if err := o.pitr.writeRecovery(mp, o.repo); err != nil {
 				m.Unmount()
@@ -554,58 +477,6 @@ func openCacheDir(dir string, limit int64, p *resolver.Tree) (*cachedir.Dir, err
 // buffers, per-file maps (read blocks go straight into the cache, which
 // bounds itself).
 const memOverhead = 48 << 20
-
-// mountState is what combinefs umount needs to know about a mount.
-type mountState struct {
-	PID        int      `json:"pid"`
-	Mountpoint string   `json:"mountpoint"`
-	Backups    []string `json:"backups"`
-	Stats      string   `json:"stats"` // written on SIGUSR1 and at unmount
-}
-
-func stateDir() string {
-	if os.Geteuid() == 0 {
-		return "/run/combinefs"
-	}
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "combinefs")
-	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("combinefs-%d", os.Geteuid()))
-}
-
-func statePath(mp, suffix string) string {
-	h := sha256.Sum256([]byte(mp))
-	return filepath.Join(stateDir(), "mnt-"+hex.EncodeToString(h[:8])+suffix)
-}
-
-func (s *mountState) write() error {
-	if err := os.MkdirAll(stateDir(), 0o700); err != nil {
-		return err
-	}
-	return writeJSON(statePath(s.Mountpoint, ".json"), s)
-}
-
-func readState(mp string) (*mountState, error) {
-	data, err := os.ReadFile(statePath(mp, ".json"))
-	if err != nil {
-		return nil, err
-	}
-	var s mountState
-	return &s, json.Unmarshal(data, &s)
-}
-
-// writeJSON writes v atomically (temp file, rename).
-func writeJSON(path string, v any) error {
-	data, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(data, '\n'), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
 
 // Daemon mode: the parent re-executes itself with daemonEnv set and a pipe
 // as fd 3; the child reports "ok" (and what the parent should know, on the

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/combinefs/combinefs/internal/mountctl"
 )
 
 // runMountRefused runs a mount that must be refused before mounting. The
@@ -18,7 +20,7 @@ func runMountRefused(t *testing.T, mp string, args ...string) (int, string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	code, out := runCtx(t, ctx, args...)
-	if mp != "" && isMounted(mp) {
+	if mp != "" && mountctl.IsMounted(mp) {
 		t.Errorf("combinefs %q mounted %s", args, mp)
 	}
 	return code, out
@@ -32,7 +34,7 @@ func noFuseMounts(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) > 2 && strings.Contains(f[2], "fuse") && strings.HasPrefix(unescapeMount(f[1]), dir) {
+		if f := strings.Fields(line); len(f) > 2 && strings.Contains(f[2], "fuse") && strings.HasPrefix(mountctl.Unescape(f[1]), dir) {
 			t.Errorf("left mounted: %s", line)
 		}
 	}
@@ -61,7 +63,7 @@ func TestMountRefused(t *testing.T) {
 		return append(append(args(flags...), chain...), last)
 	}
 	// /proc is mounted; if it were not, the test would try to mount there.
-	if !isMounted("/proc") {
+	if !mountctl.IsMounted("/proc") {
 		t.Fatal("/proc is not a mount point here; the already-mounted case cannot run safely")
 	}
 

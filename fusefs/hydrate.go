@@ -1,0 +1,638 @@
+package fusefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+
+	"github.com/combinefs/combinefs/format"
+)
+
+// Hydration (Options.Hydrate) copies into the upper directory every block
+// it does not hold yet, while the mount serves, until the upper alone is
+// the data directory. It uses the upper's own layout (upper.go), so a
+// hydrated block is just the newest layer holding it:
+//
+//   - a small or non-relation file (wholeCopy) is copied into tmp/,
+//     fsynced and renamed into tree/: the lower file, or the whole upper one;
+//   - a relation file gets an empty overlay first, as a first write would,
+//     then every block below its limit that the overlay lacks is read from
+//     the chain and written with pwrite into the overlay, under the file's
+//     lock and only where the upper has no block (a block the server wrote
+//     is never overwritten); a block torn by a kill in the middle of its
+//     pwrite is completed from the chain at the next load (repairTorn);
+//   - once every block below the limit is held, the overlay is fsynced and
+//     its origin and limit xattrs removed: from then on it is a whole
+//     upper file, served natively (passthrough where the mount allows it).
+//     A file open through the page cache keeps being served by the daemon
+//     (from the upper file alone) until the kernel forgets it: the kernel
+//     refuses passthrough opens of an inode with cached opens (EIO).
+//     A crash between the fsync and the removal leaves a complete overlay,
+//     which the next hydration makes whole.
+//
+// Files the server reads from the chain go first (note), then the rest in
+// path order; the chain is read by a bounded number of workers at no more
+// than Options.HydrateRate bytes per second. When nothing is left, the
+// upper file system is synced and hydratedName written (durably): detach
+// requires it. Nothing of hydration's progress is kept but the upper's
+// files, so a remount resumes where a kill stopped it.
+const hydratedName = "combinefs-hydrated"
+
+// hydrateChunk is the most blocks read from the chain in one go.
+const hydrateChunk = 128
+
+// HydrationStats is the progress of hydration.
+type HydrationStats struct {
+	Done, Total int64   // bytes of the point's files held by the upper, of all
+	AtStart     int64   // bytes the upper held when this mount started (-1 until known)
+	BytesPerSec float64 // since this mount started hydrating
+	Complete    bool
+	Error       string `json:",omitempty"` // why hydration stopped, if it failed
+}
+
+type hydrator struct {
+	c       *cowFS
+	jobs    int
+	lim     rateLimiter
+	prio    chan string
+	started time.Time
+
+	total, done, doneAtStart atomic.Int64
+	complete                 atomic.Bool
+	errMsg                   atomic.Pointer[string]
+
+	ctx      context.Context
+	cancel   context.CancelFunc
+	finished chan struct{}
+}
+
+// newHydrator prepares the hydration of c's upper, before the mount serves
+// (run starts it); it stops at unmount, before the upper is released.
+func (m *Mount) newHydrator(c *cowFS) {
+	ctx, cancel := context.WithCancel(context.Background())
+	jobs := m.opts.HydrateJobs
+	if jobs <= 0 {
+		jobs = 4
+	}
+	h := &hydrator{c: c, jobs: jobs, lim: rateLimiter{rate: m.opts.HydrateRate}, prio: make(chan string, 256),
+		started: time.Now(), ctx: ctx, cancel: cancel, finished: make(chan struct{})}
+	h.doneAtStart.Store(-1)
+	c.hyd = h
+	m.hyd = h
+	release := m.onRelease
+	m.onRelease = func() {
+		h.cancel()
+		<-h.finished
+		release()
+	}
+}
+
+func (h *hydrator) stats() *HydrationStats {
+	s := &HydrationStats{Done: h.done.Load(), Total: h.total.Load(), AtStart: h.doneAtStart.Load(), Complete: h.complete.Load()}
+	if e := h.errMsg.Load(); e != nil {
+		s.Error = *e
+	}
+	if d := time.Since(h.started).Seconds(); d > 0 {
+		s.BytesPerSec = float64(s.Done-max(s.AtStart, 0)) / d
+	}
+	return s
+}
+
+// note puts the file of node n first in line: the server reads it from the
+// chain. Once per node; never blocks.
+func (h *hydrator) note(n *cowNode) {
+	if h == nil || h.complete.Load() || !n.hydNoted.CompareAndSwap(false, true) {
+		return
+	}
+	if rel, ok := n.rel(); ok {
+		select {
+		case h.prio <- rel:
+		default:
+		}
+	}
+}
+
+func (h *hydrator) fail(err error) {
+	msg := err.Error()
+	h.errMsg.Store(&msg)
+	h.c.m.logf("hydration stopped: %v", err)
+}
+
+// run hydrates round after round until a plan finds nothing left (a round
+// can leave work when the server changed a file under it).
+func (h *hydrator) run() {
+	defer close(h.finished)
+	ctx := h.ctx
+	c := h.c
+	var total int64
+	for rel, le := range c.lower {
+		if hydratable(rel, le) && !le.dir && le.link == "" {
+			total += le.size()
+		}
+	}
+	h.total.Store(total)
+	if _, err := os.Stat(filepath.Join(c.up.dir, hydratedName)); err == nil {
+		h.done.Store(total)
+		h.doneAtStart.Store(total)
+		h.complete.Store(true)
+		return
+	}
+	for round := 0; ctx.Err() == nil; round++ {
+		items, remaining, err := h.plan()
+		if err != nil {
+			h.fail(err)
+			return
+		}
+		h.done.Store(max(total-remaining, 0))
+		if round == 0 {
+			h.doneAtStart.Store(h.done.Load())
+			c.m.logf("hydrating: %d of %d bytes to copy, %d entries", remaining, total, len(items))
+		}
+		if len(items) == 0 {
+			if err := h.finish(); err != nil {
+				h.fail(err)
+			}
+			return
+		}
+		if err := h.round(ctx, items); err != nil {
+			if ctx.Err() == nil {
+				h.fail(err)
+			}
+			return
+		}
+	}
+}
+
+// round works through items, those the server reads first.
+func (h *hydrator) round(ctx context.Context, items []*hydItem) error {
+	byRel := make(map[string]*hydItem, len(items))
+	for _, it := range items {
+		byRel[it.rel] = it
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(h.jobs)
+	taken := map[*hydItem]bool{}
+	for i := 0; i < len(items) && gctx.Err() == nil; {
+		var it *hydItem
+		select {
+		case rel := <-h.prio:
+			it = byRel[rel]
+		default:
+			it = items[i]
+			i++
+		}
+		if it == nil || taken[it] {
+			continue
+		}
+		taken[it] = true
+		g.Go(func() error { return h.do(gctx, it) })
+	}
+	return g.Wait()
+}
+
+// finish records completion: every change durable first.
+func (h *hydrator) finish() error {
+	c := h.c
+	d, err := os.Open(c.up.dir)
+	if err != nil {
+		return err
+	}
+	err = unix.Syncfs(int(d.Fd()))
+	d.Close()
+	if err != nil {
+		return err
+	}
+	if err := writeDurably(filepath.Join(c.up.dir, hydratedName), []byte(time.Now().UTC().Format(time.RFC3339)+"\n")); err != nil {
+		return err
+	}
+	h.done.Store(h.total.Load())
+	h.complete.Store(true)
+	c.m.logf("hydration complete: %d bytes in %s", h.total.Load()-max(h.doneAtStart.Load(), 0), time.Since(h.started).Round(time.Millisecond))
+	return nil
+}
+
+// hydratable: the entries a detached data directory has. The mount's
+// backup_manifest is built from the chain on demand and is not part of the
+// data directory a server needs, so it is left out (as detach's
+// byte-identity with pg_combinebackup sets backup_manifest aside).
+func hydratable(rel string, le *lowerEntry) bool {
+	return rel != "" && le.man == nil
+}
+
+type hydKind int
+
+const (
+	hydDir     hydKind = iota // a lower directory with no upper one
+	hydLink                   // a lower symlink (tablespace)
+	hydWhole                  // a lower file copied whole
+	hydOverlay                // a lower relation file, or an overlay to fill
+)
+
+type hydItem struct {
+	rel  string
+	kind hydKind
+	le   *lowerEntry // hydDir, hydLink, hydWhole, and hydOverlay of a lower-only file
+}
+
+// plan lists what is left: lower entries the merged view still shows from
+// the chain, and overlays in tree/ lacking blocks; remaining is the bytes
+// to copy.
+func (h *hydrator) plan() (items []*hydItem, remaining int64, err error) {
+	c := h.c
+	c.ns.RLock()
+	defer c.ns.RUnlock()
+	rels := make([]string, 0, len(c.lower))
+	for rel, le := range c.lower {
+		if hydratable(rel, le) {
+			rels = append(rels, rel)
+		}
+	}
+	slices.Sort(rels)
+	for _, rel := range rels {
+		e := c.resolve(rel)
+		if e.mode == 0 || e.upper {
+			continue
+		}
+		le := e.lower
+		switch {
+		case le.dir:
+			items = append(items, &hydItem{rel: rel, kind: hydDir, le: le})
+		case le.link != "":
+			items = append(items, &hydItem{rel: rel, kind: hydLink, le: le})
+		case le.wholeCopy():
+			items = append(items, &hydItem{rel: rel, kind: hydWhole, le: le})
+			remaining += le.size()
+		default:
+			items = append(items, &hydItem{rel: rel, kind: hydOverlay, le: le})
+			remaining += le.size()
+		}
+	}
+	err = filepath.WalkDir(c.up.tree, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		rel, _ := filepath.Rel(c.up.tree, p)
+		st, err := c.loadAt(rel)
+		if err != nil {
+			return fmt.Errorf("upper file %s: %w", p, err)
+		}
+		defer st.fd.Close()
+		if st.kind != kindOverlay {
+			return nil
+		}
+		items = append(items, &hydItem{rel: rel, kind: hydOverlay})
+		remaining += int64(len(st.missing())) * format.BlockSize
+		return nil
+	})
+	return items, remaining, err
+}
+
+// resolve is the merged entry at rel, its parents followed from the root.
+// Caller holds ns.
+func (c *cowFS) resolve(rel string) entry {
+	parts := strings.Split(rel, "/")
+	visible := true
+	var e entry
+	for i := range parts {
+		e = c.lookup(strings.Join(parts[:i+1], "/"), visible)
+		if e.mode == 0 || (i < len(parts)-1 && e.mode != syscall.S_IFDIR) {
+			return entry{}
+		}
+		visible = e.lowerVisible
+	}
+	return e
+}
+
+// nodeAt is the node the kernel knows at merged path rel, if any. A node
+// whose file state is loaded is always in the tree where its path says,
+// since loading and every rename take ns. Caller holds ns.
+func (c *cowFS) nodeAt(rel string) *cowNode {
+	cur := &c.root.Inode
+	for _, name := range strings.Split(rel, "/") {
+		if cur = cur.GetChild(name); cur == nil {
+			return nil
+		}
+	}
+	n, _ := cur.Operations().(*cowNode)
+	return n
+}
+
+// stillLower reports whether rel still shows lower entry le from the chain.
+// Caller holds ns.
+func (c *cowFS) stillLower(rel string, le *lowerEntry) bool {
+	e := c.resolve(rel)
+	return e.mode != 0 && !e.upper && e.lower == le
+}
+
+func (h *hydrator) do(ctx context.Context, it *hydItem) error {
+	c := h.c
+	switch it.kind {
+	case hydDir:
+		c.ns.Lock()
+		defer c.ns.Unlock()
+		if c.stillLower(it.rel, it.le) {
+			return c.ensureUpperDir(it.rel)
+		}
+		return nil
+	case hydLink:
+		c.ns.Lock()
+		defer c.ns.Unlock()
+		if !c.stillLower(it.rel, it.le) {
+			return nil
+		}
+		if err := c.ensureUpperDir(path.Dir(it.rel)); err != nil && path.Dir(it.rel) != "." {
+			return err
+		}
+		return os.Symlink(it.le.link, c.up.path(it.rel))
+	case hydWhole:
+		return h.copyWhole(ctx, it)
+	}
+	if it.le != nil {
+		if done, err := h.makeOverlay(it); err != nil || done {
+			return err
+		}
+	}
+	return h.fill(ctx, it.rel)
+}
+
+// copyWhole copies a lower file into tmp/ and renames it into place if the
+// merged view still shows the lower file; an open node of it switches to
+// the upper file.
+func (h *hydrator) copyWhole(ctx context.Context, it *hydItem) error {
+	c := h.c
+	tmp, f, err := c.newUpperTmp(it.le, func(f *os.File) error { return h.copyThrottled(ctx, it.le, f) })
+	if err != nil {
+		return fmt.Errorf("copying %s: %w", it.rel, err)
+	}
+	c.ns.Lock()
+	defer c.ns.Unlock()
+	if !c.stillLower(it.rel, it.le) {
+		f.Close()
+		os.Remove(tmp)
+		return nil
+	}
+	dirSync, err := c.installUpper(it.rel, tmp)
+	if err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if n := c.nodeAt(it.rel); n != nil {
+		n.mu.Lock()
+		if st := n.st; st != nil && st.kind == kindLower && st.cachedOpens == 0 {
+			st.kind, st.fd, st.dirSync = kindWhole, f, dirSync
+			f = nil
+		}
+		n.mu.Unlock()
+	}
+	if f != nil {
+		f.Close()
+	}
+	return nil
+}
+
+// copyThrottled writes all of lower file le to f at the hydration rate.
+func (h *hydrator) copyThrottled(ctx context.Context, le *lowerEntry, f *os.File) error {
+	size := le.size()
+	buf := make([]byte, min(size, hydrateChunk*format.BlockSize))
+	for off := int64(0); off < size; {
+		n := min(int64(len(buf)), size-off)
+		if err := h.lim.wait(ctx, n); err != nil {
+			return err
+		}
+		m, err := h.c.readLower(le, buf[:n], off)
+		if err != nil {
+			return err
+		}
+		if int64(m) < n {
+			return fmt.Errorf("%s: short read at %d", le.rel, off+int64(m))
+		}
+		if _, err := f.WriteAt(buf[:n], off); err != nil {
+			return err
+		}
+		off += n
+		h.done.Add(n)
+	}
+	return nil
+}
+
+// makeOverlay gives a lower relation file its empty overlay, as its first
+// write would; done is true when the path no longer shows it.
+func (h *hydrator) makeOverlay(it *hydItem) (done bool, err error) {
+	c := h.c
+	c.ns.Lock()
+	defer c.ns.Unlock()
+	if !c.stillLower(it.rel, it.le) {
+		return true, nil
+	}
+	if n := c.nodeAt(it.rel); n != nil {
+		if errno := n.ensureUpperLocked(); errno != 0 {
+			return false, fmt.Errorf("copy-up of %s: %w", it.rel, errno)
+		}
+		return false, nil
+	}
+	tmp, f, err := c.newUpperTmp(it.le, nil)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	if _, err := c.installUpper(it.rel, tmp); err != nil {
+		os.Remove(tmp)
+		return false, err
+	}
+	return false, nil
+}
+
+// withState runs fn on the state of the upper file at rel under the file's
+// lock: the loaded state of its node, else one loaded for the call.
+func (c *cowFS) withState(rel string, fn func(st *fileState) error) error {
+	c.ns.Lock()
+	defer c.ns.Unlock()
+	if e := c.resolve(rel); e.mode != syscall.S_IFREG || !e.upper {
+		return errChanged // removed, or replaced by something else
+	}
+	if n := c.nodeAt(rel); n != nil {
+		if n.Mode()&syscall.S_IFMT != syscall.S_IFREG {
+			return errChanged
+		}
+		st, errno := n.stateNS()
+		if errno != 0 {
+			return fmt.Errorf("%s: %w", rel, errno)
+		}
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		return fn(st)
+	}
+	st, err := c.loadAt(rel)
+	if err != nil {
+		return err
+	}
+	if st.fd != nil {
+		defer st.fd.Close()
+	}
+	return fn(st)
+}
+
+// errChanged: the file at a path is no longer the overlay being filled; the
+// next round's plan sees what it became.
+var errChanged = errors.New("changed under hydration")
+
+// fill copies the blocks the overlay at rel lacks from its origin, then
+// makes it whole.
+func (h *hydrator) fill(ctx context.Context, rel string) error {
+	c := h.c
+	var missing []int64
+	var origin *lowerEntry
+	err := c.withState(rel, func(st *fileState) error {
+		if st.kind != kindOverlay {
+			return errChanged
+		}
+		missing, origin = st.missing(), st.lower
+		return nil
+	})
+	if errors.Is(err, errChanged) || errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, hydrateChunk*format.BlockSize)
+	for len(missing) > 0 {
+		// A run of consecutive missing blocks, read from the chain
+		// without any lock (the chain never changes).
+		run := 1
+		for run < len(missing) && run < hydrateChunk && missing[run] == missing[0]+int64(run) {
+			run++
+		}
+		first := missing[0]
+		missing = missing[run:]
+		off := first * format.BlockSize
+		n := min(int64(run)*format.BlockSize, origin.size()-off)
+		if n <= 0 {
+			continue
+		}
+		if err := h.lim.wait(ctx, n); err != nil {
+			return err
+		}
+		m, err := c.readLower(origin, buf[:n], off)
+		if err != nil {
+			return err
+		}
+		data := buf[:m]
+		err = c.withState(rel, func(st *fileState) error {
+			if st.kind != kindOverlay || st.lower != origin {
+				return errChanged
+			}
+			for b := first; b < first+int64(run); b++ {
+				start := b * format.BlockSize
+				end := min(start+format.BlockSize, st.size, st.limit, off+int64(len(data)))
+				if st.has(b) || end <= start {
+					continue
+				}
+				// The whole block, as materialize writes it: bytes at
+				// or past the limit are zeros.
+				blk := make([]byte, min(format.BlockSize, st.size-start))
+				copy(blk, data[start-off:end-off])
+				if _, err := st.fd.WriteAt(blk, start); err != nil {
+					return err
+				}
+				st.mark(b)
+			}
+			return nil
+		})
+		if errors.Is(err, errChanged) || errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		h.done.Add(n)
+	}
+	return h.makeWhole(rel)
+}
+
+// makeWhole turns the overlay at rel, holding every block below its limit,
+// into a whole upper file: its data durable first, then the origin and
+// limit xattrs removed.
+func (h *hydrator) makeWhole(rel string) error {
+	err := h.c.withState(rel, func(st *fileState) error {
+		if st.kind != kindOverlay || len(st.missing()) > 0 {
+			return errChanged
+		}
+		if err := st.fd.Sync(); err != nil {
+			return err
+		}
+		fd := int(st.fd.Fd())
+		if err := unix.Fremovexattr(fd, xattrOrigin); err != nil {
+			return err
+		}
+		if err := unix.Fremovexattr(fd, xattrLimit); err != nil && !errors.Is(err, unix.ENODATA) {
+			return err
+		}
+		if err := st.fd.Sync(); err != nil {
+			return err
+		}
+		if st.cachedOpens == 0 {
+			st.kind = kindWhole
+		}
+		return nil
+	})
+	if errors.Is(err, errChanged) || errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// missing lists the blocks below the limit an overlay does not hold: those
+// still read from the chain.
+func (s *fileState) missing() []int64 {
+	var out []int64
+	end := min(s.limit, s.size)
+	for b := int64(0); b*format.BlockSize < end; b++ {
+		if !s.has(b) {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// rateLimiter spaces reads so that they average at most rate bytes per
+// second (0: no limit).
+type rateLimiter struct {
+	rate int64
+	mu   sync.Mutex
+	next time.Time
+}
+
+func (l *rateLimiter) wait(ctx context.Context, n int64) error {
+	if l.rate <= 0 {
+		return ctx.Err()
+	}
+	l.mu.Lock()
+	now := time.Now()
+	at := l.next
+	if at.Before(now) {
+		at = now
+	}
+	l.next = at.Add(time.Duration(float64(n) / float64(l.rate) * float64(time.Second)))
+	l.mu.Unlock()
+	select {
+	case <-time.After(time.Until(at)):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

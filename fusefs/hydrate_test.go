@@ -1,0 +1,149 @@
+package fusefs_test
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/combinefs/combinefs/fusefs"
+)
+
+// TestHydrate runs every copy-on-write scenario on a mount that hydrates at
+// the same time (slowly, so the two interleave), then waits for hydration
+// to complete: the view must still match the model, the upper directory
+// must hold no overlay and no lower-only entry (a remount shows the same
+// view, and so does the upper tree read alone), and the backups must not
+// change.
+func TestHydrate(t *testing.T) {
+	requireFUSE(t)
+	c := cowChain(t)
+	p := openPoint(t, c.Dirs())
+	before := hashTree(t, c.Root)
+	initial := pointModel(t, p)
+	for _, mode := range []string{"passthrough", "writeback"} {
+		for _, sc := range cowScenarios() {
+			t.Run(sc.name+"/"+mode, func(t *testing.T) {
+				upper := filepath.Join(t.TempDir(), "upper")
+				opts := fusefs.Options{UID: testUID, GID: testGID, WritebackCache: mode == "writeback",
+					Hydrate: true, HydrateRate: 16 << 20, HydrateJobs: 2}
+				opts.Log = func(msg string) { t.Log(msg) }
+				mt := mountCoW(t, "", p, upper, opts)
+				m := initial.clone()
+				sc.run(t, mt.dir, m)
+				waitHydrated(t, mt)
+				checkView(t, mt.dir, m)
+				if st := mt.Stats(); st.IOErrors != 0 || st.Hydration.Done != st.Hydration.Total {
+					t.Errorf("stats: %+v, hydration %+v", st, st.Hydration)
+				}
+				mt.unmount(t)
+				checkTmpEmpty(t, upper)
+				checkHydratedUpper(t, upper, m)
+
+				// Remounted without hydration: the same view, and the
+				// marker keeps a new hydration from doing anything.
+				opts.Hydrate = false
+				mt2 := mountCoW(t, "", p, upper, opts)
+				checkView(t, mt2.dir, m)
+				mt2.unmount(t)
+			})
+		}
+	}
+	checkUnchanged(t, before, hashTree(t, c.Root))
+}
+
+// TestHydrateResume: a hydration stopped by an unmount resumes at the next
+// mount and completes.
+func TestHydrateResume(t *testing.T) {
+	requireFUSE(t)
+	c := cowChain(t)
+	p := openPoint(t, c.Dirs())
+	m := pointModel(t, p)
+	upper := filepath.Join(t.TempDir(), "upper")
+	opts := fusefs.Options{UID: testUID, GID: testGID, Hydrate: true, HydrateRate: 1 << 20, HydrateJobs: 1}
+	mt := mountCoW(t, "", p, upper, opts)
+	// Past the first file or two (a whole copy in progress is dropped).
+	for mt.Stats().Hydration.Done < 5<<19 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	first := mt.Stats().Hydration
+	if first.Complete || first.AtStart != 0 {
+		t.Fatalf("hydration at 1 MiB/s of a new upper: %+v", first)
+	}
+	mt.unmount(t)
+	opts.HydrateRate = 0
+	mt2 := mountCoW(t, "", p, upper, opts)
+	st := mt2.Stats().Hydration
+	for st.AtStart < 0 {
+		time.Sleep(10 * time.Millisecond)
+		st = mt2.Stats().Hydration
+	}
+	if st.AtStart <= 0 || st.AtStart > first.Done || st.Total != first.Total {
+		t.Errorf("remount: %+v; before the unmount %+v", st, first)
+	}
+	waitHydrated(t, mt2)
+	checkView(t, mt2.dir, m)
+	mt2.unmount(t)
+	checkHydratedUpper(t, upper, m)
+}
+
+func waitHydrated(t *testing.T, mt *mounted) {
+	t.Helper()
+	for {
+		h := mt.Stats().Hydration
+		if h == nil {
+			t.Fatal("no hydration in the stats of a hydrating mount")
+		}
+		if h.Error != "" {
+			t.Fatalf("hydration failed: %s", h.Error)
+		}
+		if h.Complete {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// checkHydratedUpper: UPPER/tree alone is the view of model m (but for the
+// mount's backup_manifest and whiteouts), with no overlay left, and the
+// completion marker is there.
+func checkHydratedUpper(t *testing.T, upper string, m model) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(upper, "combinefs-hydrated")); err != nil {
+		t.Errorf("no completion marker: %v", err)
+	}
+	tree := filepath.Join(upper, "tree")
+	seen := map[string]bool{}
+	filepath.WalkDir(tree, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == tree {
+			return err
+		}
+		rel, _ := filepath.Rel(tree, p)
+		if isWhiteoutPath(p) {
+			return nil
+		}
+		seen[rel] = true
+		if _, ok := getXattr(p, xattrOrigin); ok {
+			t.Errorf("upper %s is still an overlay after hydration", rel)
+		}
+		if d.Type().IsRegular() {
+			want := m[rel]
+			if want == nil {
+				t.Errorf("upper %s is not in the view", rel)
+				return nil
+			}
+			got, err := os.ReadFile(p)
+			if err != nil || string(got) != string(want.data) {
+				t.Errorf("upper %s: %d bytes (%v), the view has %d: %s", rel, len(got), err, len(want.data), firstDiff(got, want.data))
+			}
+		}
+		return nil
+	})
+	for rel := range m {
+		if rel != "" && rel != "backup_manifest" && !seen[rel] && !strings.HasPrefix(rel, ".") {
+			t.Errorf("the view's %s is not in the hydrated upper", rel)
+		}
+	}
+}
