@@ -143,7 +143,7 @@ func planExec(o *execOptions, dirs, cmd []string) (*execSession, error) {
 	if s.cache, err = parseSize(o.cacheSize); err != nil {
 		return nil, usageError{fmt.Sprintf("--cache-size: %v", err)}
 	}
-	if s.chain, s.point, err = openPoint(dirs, func(string) {}); err != nil {
+	if s.chain, s.point, err = openPoint(dirs, execLog); err != nil {
 		return nil, err
 	}
 	if s.bin, err = findPgBin(s.chain.Major); err != nil {
@@ -159,6 +159,10 @@ func planExec(o *execOptions, dirs, cmd []string) (*execSession, error) {
 	}
 	return s, nil
 }
+
+// execLog reports the chain's warnings and the mount's read errors on
+// stderr, beside the command's own messages.
+func execLog(msg string) { fmt.Fprintf(stderr, "combinefs exec: %s\n", msg) }
 
 // serverOwner is the user the server runs as: as root the owner of the
 // final backup or --owner (PostgreSQL refuses root), else ourselves.
@@ -227,7 +231,7 @@ func (s *execSession) start(ctx context.Context) error {
 	m, err := fusefs.MountCoW(s.data, s.point, filepath.Join(s.base, "upper"), fusefs.Options{
 		UID: s.uid, GID: s.gid, AllowOther: os.Geteuid() == 0, DefaultPermissions: os.Geteuid() == 0,
 		CacheBytes: s.cache, NoPassthrough: true, WritebackCache: true,
-		Log:    func(string) {},
+		Log:    execLog,
 		FsName: "combinefs:" + filepath.Base(s.chain.Final().Dir),
 	})
 	if err != nil {
