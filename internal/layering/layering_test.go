@@ -26,6 +26,7 @@ var allowed = map[string][]string{
 	"format/waltest":        {"format"},
 	"internal/dio":          {},
 	"internal/layering":     {},
+	"internal/mountctl":     {},
 	"cache":                 {"format", "internal/dio"},
 	"resolver":              {"format"},
 	"resolver/resolvertest": {"format", "resolver"},
