@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path"
 	"strings"
 	"sync"
 	"syscall"
@@ -187,8 +186,9 @@ func (c *cowFS) lookup(rel string, parentLowerVisible bool) entry {
 		e.lower = c.lower[rel]
 	}
 	var st unix.Stat_t
-	p := c.up.path(rel)
-	if err := unix.Lstat(p, &st); err == nil {
+	p, done, err := c.up.at(rel)
+	defer done()
+	if err == nil && unix.Lstat(p, &st) == nil {
 		if isWhiteout(p, &st) {
 			return entry{}
 		}
@@ -225,28 +225,37 @@ func (c *cowFS) ensureUpperDir(rel string) error {
 	}
 	parts := strings.Split(rel, "/")
 	for i := range parts {
-		r := strings.Join(parts[:i+1], "/")
-		p := c.up.path(r)
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err == nil {
-			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-				continue
-			}
-			return fmt.Errorf("upper %s is not a directory", p)
-		}
-		if err := os.Mkdir(p, c.m.point.DirMode); err != nil && !errors.Is(err, fs.ErrExist) {
-			return err
-		}
-		if le := c.lower[r]; le != nil {
-			os.Chtimes(p, le.mtime, le.mtime)
-		}
-		// The new directory must survive a crash once anything in it is
-		// fsynced.
-		if err := syncDir(path.Dir(p)); err != nil {
+		if err := c.ensureUpperDirOne(strings.Join(parts[:i+1], "/")); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// ensureUpperDirOne makes upper directory r whose parent exists.
+func (c *cowFS) ensureUpperDirOne(r string) error {
+	p, done, err := c.up.at(r)
+	defer done()
+	if err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err == nil {
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			return nil
+		}
+		return fmt.Errorf("upper %s is not a directory", r)
+	}
+	if err := os.Mkdir(p, c.m.point.DirMode); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	if le := c.lower[r]; le != nil {
+		ts := []unix.Timespec{unix.NsecToTimespec(le.mtime.UnixNano()), unix.NsecToTimespec(le.mtime.UnixNano())}
+		unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	// The new directory must survive a crash once anything in it is
+	// fsynced.
+	return c.up.syncDir(parentRel(r))
 }
 
 // MountCoW mounts point p at dir as a writable view whose changes go to

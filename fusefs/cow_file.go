@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -35,9 +34,11 @@ type fileState struct {
 	present []uint64 // kindOverlay: a bit per block the upper file holds
 	torn    []int64  // kindOverlay, at load: blocks only partly allocated
 
-	// dirSync is an upper directory to fsync on the file's next fsync: the
-	// one whose entry made the upper file appear.
-	dirSync string
+	// dirSync is the merged path of an upper directory to fsync on the
+	// file's next fsync (when dirSyncDue): the one whose entry made the
+	// upper file appear.
+	dirSync    string
+	dirSyncDue bool
 	// cachedOpens counts open handles served through the page cache; a
 	// file with some is not offered for passthrough (the kernel refuses to
 	// mix the two on one inode).
@@ -108,12 +109,17 @@ func (n *cowNode) load() (*fileState, error) {
 
 // loadAt reads the state of the file at merged path rel. Caller holds ns.
 func (c *cowFS) loadAt(rel string) (*fileState, error) {
-	f, err := os.OpenFile(c.up.path(rel), os.O_RDWR|syscall.O_NOFOLLOW, 0)
+	p, done, err := c.up.at(rel)
+	defer done()
+	var f *os.File
+	if err == nil {
+		f, err = os.OpenFile(p, os.O_RDWR|syscall.O_NOFOLLOW, 0)
+	}
 	if err == nil {
 		origin, limit, overlay, err := overlayAttrs(int(f.Fd()))
 		if err != nil {
 			f.Close()
-			return nil, fmt.Errorf("upper file %s: %w", f.Name(), err)
+			return nil, fmt.Errorf("upper file %s: %w", rel, err)
 		}
 		if !overlay {
 			return &fileState{kind: kindWhole, fd: f}, nil
@@ -121,7 +127,7 @@ func (c *cowFS) loadAt(rel string) (*fileState, error) {
 		le := c.lower[origin]
 		if le == nil || le.dir || le.link != "" {
 			f.Close()
-			return nil, fmt.Errorf("upper file %s overlays %q, which is not in the chain point", c.up.path(rel), origin)
+			return nil, fmt.Errorf("upper file %s overlays %q, which is not in the chain point", rel, origin)
 		}
 		st := &fileState{kind: kindOverlay, lower: le, fd: f, limit: limit}
 		var s unix.Stat_t
@@ -224,7 +230,7 @@ func (n *cowNode) ensureUpperLocked() syscall.Errno {
 			c.m.logf("copy-up of %s: %v", rel, err)
 			return toErrno(err)
 		}
-		st.dirSync = dirSync
+		st.dirSync, st.dirSyncDue = dirSync, true
 	} else {
 		// Unlinked while open: its changes need no name.
 		os.Remove(tmp)
@@ -272,21 +278,26 @@ func (c *cowFS) newUpperTmp(le *lowerEntry, fill func(f *os.File) error) (string
 	if err := f.Sync(); err != nil {
 		return fail(err)
 	}
-	os.Chtimes(tmp, le.mtime, le.mtime)
+	os.Chtimes(fdPath(int(f.Fd())), le.mtime, le.mtime)
 	return tmp, f, nil
 }
 
 // installUpper renames a file of tmp/ to merged path rel in tree/, making
-// its parents, and returns the directory to fsync with the file. Caller
-// holds ns.
+// its parents, and returns the merged path of the directory to fsync with
+// the file. Caller holds ns.
 func (c *cowFS) installUpper(rel, tmp string) (dirSync string, err error) {
-	if err := c.ensureUpperDir(path.Dir(rel)); err != nil && path.Dir(rel) != "." {
+	if err := c.ensureUpperDir(parentRel(rel)); err != nil {
 		return "", err
 	}
-	if err := os.Rename(tmp, c.up.path(rel)); err != nil {
+	p, done, err := c.up.at(rel)
+	defer done()
+	if err != nil {
 		return "", err
 	}
-	return path.Dir(c.up.path(rel)), nil
+	if err := os.Rename(tmp, p); err != nil {
+		return "", err
+	}
+	return parentRel(rel), nil
 }
 
 // stateNS is state for a caller that already holds ns.
@@ -593,7 +604,7 @@ func (n *cowNode) fsync(dataOnly bool) syscall.Errno {
 		return 0
 	}
 	var err error
-	if dataOnly && st.dirSync == "" {
+	if dataOnly && !st.dirSyncDue {
 		err = unix.Fdatasync(int(st.fd.Fd()))
 	} else {
 		err = st.fd.Sync()
@@ -601,11 +612,11 @@ func (n *cowNode) fsync(dataOnly bool) syscall.Errno {
 	if err != nil {
 		return toErrno(err)
 	}
-	if st.dirSync != "" {
-		if err := syncDir(st.dirSync); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if st.dirSyncDue {
+		if err := n.c.up.syncDir(st.dirSync); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return toErrno(err)
 		}
-		st.dirSync = ""
+		st.dirSyncDue = false
 	}
 	return 0
 }

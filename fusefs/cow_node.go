@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -14,6 +13,8 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/combinefs/combinefs/internal/safedir"
 )
 
 // cowNode is a directory, file or symlink of a copy-on-write mount. Its
@@ -116,7 +117,7 @@ func (c *cowFS) attrOf(crel string, e entry, a *fuse.Attr) syscall.Errno {
 	m := c.m
 	if e.upper {
 		var s unix.Stat_t
-		if err := unix.Lstat(c.up.path(crel), &s); err != nil {
+		if err := c.lstat(crel, &s); err != nil {
 			return toErrno(err)
 		}
 		fillFromStat(m, a, &s)
@@ -159,10 +160,15 @@ func (n *cowNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 func (c *cowFS) list(rel string, lowerVisible bool) ([]fuse.DirEntry, error) {
 	var out []fuse.DirEntry
 	seen := map[string]bool{}
-	dir := c.up.path(rel)
-	if f, err := os.Open(dir); err == nil {
+	dirRel := rel
+	if dirRel == "" {
+		dirRel = "."
+	}
+	if fd, err := safedir.OpenBeneath(c.up.treeFD, dirRel, unix.O_RDONLY|unix.O_DIRECTORY, 0); err == nil {
+		f := os.NewFile(uintptr(fd), dirRel)
+		defer f.Close()
+		dir := fdPath(fd)
 		ents, err := f.ReadDir(-1)
-		f.Close()
 		if err != nil {
 			return nil, err
 		}
@@ -186,7 +192,7 @@ func (c *cowFS) list(rel string, lowerVisible bool) ([]fuse.DirEntry, error) {
 			}
 			out = append(out, fuse.DirEntry{Name: name, Mode: mode, Ino: c.ino(joinRel(rel, name))})
 		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
+	} else if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, unix.ENOTDIR) {
 		return nil, err
 	}
 	if le := c.lower[rel]; lowerVisible && le != nil {
@@ -238,7 +244,7 @@ func (n *cowNode) getattr(a *fuse.Attr) syscall.Errno {
 	}
 	rel, ok := n.rel()
 	var s unix.Stat_t
-	if ok && unix.Lstat(n.c.up.path(rel), &s) == nil {
+	if ok && n.c.lstat(rel, &s) == nil {
 		fillFromStat(m, a, &s)
 		return 0
 	}
@@ -247,6 +253,16 @@ func (n *cowNode) getattr(a *fuse.Attr) syscall.Errno {
 		return 0
 	}
 	return syscall.ENOENT
+}
+
+// lstat stats upper entry rel, not following it.
+func (c *cowFS) lstat(rel string, s *unix.Stat_t) error {
+	p, done, err := c.up.at(rel)
+	defer done()
+	if err != nil {
+		return err
+	}
+	return unix.Lstat(p, s)
 }
 
 func fillFromStat(m *Mount, a *fuse.Attr, s *unix.Stat_t) {
@@ -275,7 +291,12 @@ func (n *cowNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	if !ok {
 		return nil, syscall.ENOENT
 	}
-	t, err := os.Readlink(n.c.up.path(rel))
+	p, done, err := n.c.up.at(rel)
+	defer done()
+	var t string
+	if err == nil {
+		t, err = os.Readlink(p)
+	}
 	if errors.Is(err, fs.ErrNotExist) {
 		if le := n.c.lower[rel]; le != nil && le.link != "" {
 			return []byte(le.link), 0
@@ -295,7 +316,7 @@ func (n *cowNode) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) s
 		if !ok {
 			return 0
 		}
-		if err := syncDir(n.c.up.path(rel)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := n.c.up.syncDir(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return toErrno(err)
 		}
 		return 0
@@ -316,16 +337,17 @@ func (n *cowNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetA
 	atime, hasA := in.GetATime()
 	mtime, hasM := in.GetMTime()
 	if hasMode || hasA || hasM {
-		p, follow, errno := n.upperPath()
+		p, follow, done, errno := n.upperPath()
+		defer done()
 		if errno != 0 {
 			return errno
 		}
-		statFn, flags := unix.Lstat, unix.AT_SYMLINK_NOFOLLOW
+		statFn, flags, chmod := unix.Lstat, unix.AT_SYMLINK_NOFOLLOW, lchmod
 		if follow {
-			statFn, flags = unix.Stat, 0
+			statFn, flags, chmod = unix.Stat, 0, unix.Chmod
 		}
 		if hasMode {
-			if err := os.Chmod(p, os.FileMode(mode&0o7777)); err != nil {
+			if err := chmod(p, mode&0o7777); err != nil {
 				return toErrno(err)
 			}
 		}
@@ -350,35 +372,39 @@ func (n *cowNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetA
 	return n.getattr(&out.Attr)
 }
 
-// upperPath returns the upper path of the node, copying it up first; for a
-// regular file it is its open descriptor's /proc path, to be followed
-// (follow), since the file may have been unlinked.
-func (n *cowNode) upperPath() (string, bool, syscall.Errno) {
+// upperPath returns the upper path of the node (from upper.at, so not to
+// be followed), copying it up first; for a regular file it is its open
+// descriptor's /proc path, to be followed (follow), since the file may have
+// been unlinked. done releases the path.
+func (n *cowNode) upperPath() (p string, follow bool, done func(), errno syscall.Errno) {
+	done = func() {}
 	if n.IsDir() {
 		n.c.ns.Lock()
 		defer n.c.ns.Unlock()
 		rel, ok := n.rel()
 		if !ok {
-			return "", false, syscall.ENOENT
+			return "", false, done, syscall.ENOENT
 		}
 		if err := n.c.ensureUpperDir(rel); err != nil {
-			return "", false, toErrno(err)
+			return "", false, done, toErrno(err)
 		}
-		return n.c.up.path(rel), false, 0
+		p, done, err := n.c.up.at(rel)
+		return p, false, done, toErrno(err)
 	}
 	if n.Mode()&syscall.S_IFMT == syscall.S_IFLNK {
 		rel, ok := n.rel()
 		if !ok {
-			return "", false, syscall.ENOENT
+			return "", false, done, syscall.ENOENT
 		}
-		return n.c.up.path(rel), false, 0
+		p, done, err := n.c.up.at(rel)
+		return p, false, done, toErrno(err)
 	}
 	if errno := n.ensureUpper(); errno != 0 {
-		return "", false, errno
+		return "", false, done, errno
 	}
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	return "/proc/self/fd/" + strconv.Itoa(int(n.st.fd.Fd())), true, 0
+	return fdPath(int(n.st.fd.Fd())), true, done, 0
 }
 
 // newName checks that name is free in directory n and makes n's upper
@@ -416,7 +442,7 @@ func (n *cowNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	ch := n.child(ctx, crel, entry{mode: syscall.S_IFREG})
 	cn := ch.Operations().(*cowNode)
 	cn.mu.Lock()
-	cn.st = &fileState{kind: kindWhole, fd: f, dirSync: c.up.path(rel)}
+	cn.st = &fileState{kind: kindWhole, fd: f, dirSync: rel, dirSyncDue: true}
 	cn.mu.Unlock()
 	if errno := c.attrOf(crel, entry{upper: true}, &out.Attr); errno != 0 {
 		return nil, nil, 0, errno
@@ -428,7 +454,11 @@ func (n *cowNode) Create(ctx context.Context, name string, flags uint32, mode ui
 // createUpper creates the upper entry for merged path rel with mk: in place,
 // or, where a whiteout holds the name, in tmp/ and then renamed over it.
 func (c *cowFS) createUpper(rel string, mk func(p string) (*os.File, error)) (*os.File, error) {
-	p := c.up.path(rel)
+	p, done, err := c.up.at(rel)
+	defer done()
+	if err != nil {
+		return nil, err
+	}
 	var st unix.Stat_t
 	if unix.Lstat(p, &st) != nil {
 		return mk(p)
@@ -456,7 +486,11 @@ func (n *cowNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	if errno != 0 {
 		return nil, errno
 	}
-	p := c.up.path(crel)
+	p, done, err := c.up.at(crel)
+	defer done()
+	if err != nil {
+		return nil, toErrno(err)
+	}
 	var st unix.Stat_t
 	if unix.Lstat(p, &st) == nil {
 		// A whiteout holds the name: a lower directory was removed. Make
@@ -465,7 +499,7 @@ func (n *cowNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 		if err := os.Mkdir(tmp, os.FileMode(mode&0o7777)); err != nil {
 			return nil, toErrno(err)
 		}
-		if err := unix.Setxattr(tmp, xattrOpaque, []byte("y"), 0); err != nil {
+		if err := unix.Lsetxattr(tmp, xattrOpaque, []byte("y"), 0); err != nil {
 			return nil, toErrno(err)
 		}
 		if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, p, unix.RENAME_EXCHANGE); err != nil {
@@ -475,7 +509,7 @@ func (n *cowNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	} else if err := os.Mkdir(p, os.FileMode(mode&0o7777)); err != nil {
 		return nil, toErrno(err)
 	}
-	os.Chmod(p, os.FileMode(mode&0o7777))
+	lchmod(p, mode&0o7777)
 	if errno := c.attrOf(crel, entry{upper: true}, &out.Attr); errno != 0 {
 		return nil, errno
 	}
@@ -534,19 +568,31 @@ func (n *cowNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	return 0
 }
 
+// removalPath is the upper path of merged entry e at crel, in directory
+// rel, made first where only a whiteout will be there.
+func (c *cowFS) removalPath(rel, crel string, e entry) (string, func(), error) {
+	if !e.upper {
+		if err := c.ensureUpperDir(rel); err != nil {
+			return "", func() {}, err
+		}
+	}
+	return c.up.at(crel)
+}
+
 // remove takes away the merged entry e at crel (in directory rel): the
 // upper entry goes, and a whiteout hides a lower one.
 func (c *cowFS) remove(rel, crel string, e entry) error {
-	p := c.up.path(crel)
+	p, done, err := c.removalPath(rel, crel, e)
+	defer done()
+	if err != nil {
+		return err
+	}
 	switch {
 	case e.upper && e.lower != nil:
 		return c.up.replaceWithWhiteout(p)
 	case e.upper:
 		return os.Remove(p)
 	default:
-		if err := c.ensureUpperDir(rel); err != nil {
-			return err
-		}
 		return c.up.makeWhiteout(p)
 	}
 }
@@ -577,7 +623,11 @@ func (n *cowNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 // it is swapped for a whiteout in one step where a lower directory must stay
 // hidden, so a crash never brings those entries back.
 func (c *cowFS) removeDir(rel, crel string, e entry) error {
-	p := c.up.path(crel)
+	p, done, err := c.removalPath(rel, crel, e)
+	defer done()
+	if err != nil {
+		return err
+	}
 	switch {
 	case e.upper && e.lower != nil:
 		tmp := c.up.tmpName()
@@ -592,9 +642,6 @@ func (c *cowFS) removeDir(rel, crel string, e entry) error {
 	case e.upper:
 		return os.RemoveAll(p)
 	default:
-		if err := c.ensureUpperDir(rel); err != nil {
-			return err
-		}
 		return c.up.makeWhiteout(p)
 	}
 }
@@ -657,7 +704,12 @@ func (n *cowNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 			if err := c.ensureUpperDir(rel); err != nil {
 				return toErrno(err)
 			}
-			if err := os.Symlink(src.lower.link, c.up.path(from)); err != nil {
+			p, done, err := c.up.at(from)
+			if err == nil {
+				err = os.Symlink(src.lower.link, p)
+			}
+			done()
+			if err != nil {
 				return toErrno(err)
 			}
 		} else if !src.upper {
@@ -673,13 +725,22 @@ func (n *cowNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 	if err := c.ensureUpperDir(nrel); err != nil {
 		return toErrno(err)
 	}
-	fromP, toP := c.up.path(from), c.up.path(to)
+	fromP, doneFrom, err := c.up.at(from)
+	defer doneFrom()
+	if err != nil {
+		return toErrno(err)
+	}
+	toP, doneTo, err := c.up.at(to)
+	defer doneTo()
+	if err != nil {
+		return toErrno(err)
+	}
 	if err := c.renameUpper(src, fromP, toP); err != nil {
 		return toErrno(err)
 	}
 	if lt := c.lower[to]; src.mode == syscall.S_IFDIR && np.lowerVisible && lt != nil && lt.dir {
 		// A lower directory of the target's name must not show through.
-		if err := unix.Setxattr(toP, xattrOpaque, []byte("y"), 0); err != nil {
+		if err := unix.Lsetxattr(toP, xattrOpaque, []byte("y"), 0); err != nil {
 			return toErrno(err)
 		}
 	}
@@ -687,7 +748,7 @@ func (n *cowNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		cn := ch.Operations().(*cowNode)
 		cn.mu.Lock()
 		if cn.st != nil {
-			cn.st.dirSync = c.up.path(nrel)
+			cn.st.dirSync, cn.st.dirSyncDue = nrel, true
 		}
 		cn.mu.Unlock()
 	}

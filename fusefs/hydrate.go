@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -280,7 +279,9 @@ func (h *hydrator) plan() (items []*hydItem, remaining int64, err error) {
 			remaining += le.size()
 		}
 	}
-	err = filepath.WalkDir(c.up.tree, func(p string, d fs.DirEntry, err error) error {
+	// tree/ through its descriptor ("/." so that the walk starts at the
+	// directory, not at the /proc link); WalkDir follows no symlink.
+	err = filepath.WalkDir(c.up.tree+"/.", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !d.Type().IsRegular() {
 			return err
 		}
@@ -353,10 +354,15 @@ func (h *hydrator) do(ctx context.Context, it *hydItem) error {
 		if !c.stillLower(it.rel, it.le) {
 			return nil
 		}
-		if err := c.ensureUpperDir(path.Dir(it.rel)); err != nil && path.Dir(it.rel) != "." {
+		if err := c.ensureUpperDir(parentRel(it.rel)); err != nil {
 			return err
 		}
-		return os.Symlink(it.le.link, c.up.path(it.rel))
+		p, done, err := c.up.at(it.rel)
+		defer done()
+		if err != nil {
+			return err
+		}
+		return os.Symlink(it.le.link, p)
 	case hydWhole:
 		return h.copyWhole(ctx, it)
 	}
@@ -393,7 +399,7 @@ func (h *hydrator) copyWhole(ctx context.Context, it *hydItem) error {
 	if n := c.nodeAt(it.rel); n != nil {
 		n.mu.Lock()
 		if st := n.st; st != nil && st.kind == kindLower && st.cachedOpens == 0 {
-			st.kind, st.fd, st.dirSync = kindWhole, f, dirSync
+			st.kind, st.fd, st.dirSync, st.dirSyncDue = kindWhole, f, dirSync, true
 			f = nil
 		}
 		n.mu.Unlock()

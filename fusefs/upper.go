@@ -4,16 +4,20 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/combinefs/combinefs/internal/safedir"
 	"github.com/combinefs/combinefs/resolver"
 )
 
@@ -47,8 +51,16 @@ import (
 // told was written; fsync of a file or directory of the mount fsyncs the
 // corresponding upper file or directory (and, the first time, the
 // directory entry that made the file appear in tree/).
+//
+// UPPER is the mounting user's own (safedir.Check) and tree/ and tmp/ are
+// used only through descriptors opened without following symlinks: a
+// symlink found inside UPPER is shown or removed, never followed (see at).
 type upper struct {
-	dir, tree, tmp string
+	dir string
+	// treeFD and tmpFD are O_PATH descriptors of tree/ and tmp/; tree and
+	// tmp are their /proc/self/fd paths.
+	treeFD, tmpFD int
+	tree, tmp     string
 	// lock is the meta file, flock'ed for the life of the mount: two mounts
 	// on one upper would overwrite each other's changes.
 	lock *os.File
@@ -87,83 +99,129 @@ func metaFor(p *resolver.Tree) upperMeta {
 }
 
 // openUpper prepares dir as the upper of point p: a new or empty directory
-// is initialised; one made for p is reused; anything else is refused.
+// is initialised; one made for p is reused; anything else is refused, as is
+// a directory another user could change (safedir.Check).
 func openUpper(dir string, p *resolver.Tree) (*upper, error) {
-	u := &upper{dir: dir, tree: filepath.Join(dir, "tree"), tmp: filepath.Join(dir, "tmp")}
+	u := &upper{dir: dir, treeFD: -1, tmpFD: -1}
 	if err := detachingError(dir); err != nil {
 		return nil, err
 	}
-	want := metaFor(p)
-	data, err := os.ReadFile(filepath.Join(dir, upperMetaName))
-	switch {
-	case err == nil:
-		var have upperMeta
-		if err := json.Unmarshal(data, &have); err != nil {
-			return nil, fmt.Errorf("upper directory %s: %s is damaged: %v", dir, upperMetaName, err)
-		}
-		if have.Format != upperMetaFormat {
-			return nil, fmt.Errorf("upper directory %s has format %d; this combinefs writes format %d", dir, have.Format, upperMetaFormat)
-		}
-		if have.SystemIdentifier != want.SystemIdentifier || have.StartLSN != want.StartLSN || have.StartTimeline != want.StartTimeline {
-			return nil, fmt.Errorf("upper directory %s belongs to another chain point (system identifier %d, backup starting at %s on timeline %d, made from %v); this point is system identifier %d, %s on timeline %d: use a new upper directory",
-				dir, have.SystemIdentifier, have.StartLSN, have.StartTimeline, have.Backups, want.SystemIdentifier, want.StartLSN, want.StartTimeline)
-		}
-	case errors.Is(err, fs.ErrNotExist):
-		if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
-			return nil, fmt.Errorf("upper directory %s is not empty and was not made by combinefs", dir)
-		} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("upper directory %s: %w", dir, err)
-		}
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("upper directory: %w", err)
-		}
-		if err := checkXattrs(dir); err != nil {
-			return nil, err
-		}
-		for _, d := range []string{u.tree, u.tmp} {
-			if err := os.Mkdir(d, 0o700); err != nil {
-				return nil, err
-			}
-		}
-		// tree/ is the mount's root directory: its mode is the point's.
-		if err := os.Chmod(u.tree, p.DirMode); err != nil {
-			return nil, err
-		}
-		want.Created = time.Now().UTC().Format(time.RFC3339)
-		out, _ := json.MarshalIndent(want, "", "  ")
-		if err := writeDurably(filepath.Join(dir, upperMetaName), append(out, '\n')); err != nil {
-			return nil, err
-		}
-	default:
-		return nil, fmt.Errorf("upper directory %s: %w", dir, err)
-	}
-	for _, d := range []string{u.tree, u.tmp} {
-		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
-			return nil, fmt.Errorf("upper directory %s is damaged: %s is missing", dir, d)
-		}
-	}
-	lock, err := os.Open(filepath.Join(dir, upperMetaName))
-	if err != nil {
+	if err := prepareUpper(dir, p); err != nil {
 		return nil, err
 	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		lock.Close()
+	dirFD, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("upper directory %s: %w", dir, err)
+	}
+	defer unix.Close(dirFD)
+	for _, d := range []struct {
+		name string
+		fd   *int
+	}{{"tree", &u.treeFD}, {"tmp", &u.tmpFD}} {
+		fd, err := safedir.OpenBeneath(dirFD, d.name, unix.O_PATH|unix.O_DIRECTORY, 0)
+		if err != nil {
+			u.close()
+			return nil, fmt.Errorf("upper directory %s is damaged or was tampered with: %s is not a directory (%v)", dir, filepath.Join(dir, d.name), err)
+		}
+		*d.fd = fd
+	}
+	u.tree, u.tmp = fdPath(u.treeFD), fdPath(u.tmpFD)
+	lockFD, err := safedir.OpenBeneath(dirFD, upperMetaName, unix.O_RDONLY, 0)
+	if err != nil {
+		u.close()
+		return nil, fmt.Errorf("upper directory %s: %s: %w", dir, upperMetaName, err)
+	}
+	u.lock = os.NewFile(uintptr(lockFD), filepath.Join(dir, upperMetaName))
+	if err := unix.Flock(lockFD, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		u.close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
 			return nil, fmt.Errorf("upper directory %s is in use by another mount", dir)
 		}
 		return nil, fmt.Errorf("upper directory %s: lock: %w", dir, err)
 	}
-	u.lock = lock
 	// Leftovers of operations a crash interrupted.
-	if ents, err := os.ReadDir(u.tmp); err == nil {
-		for _, e := range ents {
-			os.RemoveAll(filepath.Join(u.tmp, e.Name()))
+	if f, err := os.Open(u.tmp); err == nil {
+		names, _ := f.Readdirnames(-1)
+		f.Close()
+		for _, name := range names {
+			os.RemoveAll(u.tmp + "/" + name)
 		}
 	}
-	u.symlinkWhiteouts = unix.Mknod(filepath.Join(u.tmp, "probe"), syscall.S_IFCHR|0, 0) != nil
-	os.Remove(filepath.Join(u.tmp, "probe"))
+	u.symlinkWhiteouts = unix.Mknod(u.tmp+"/probe", syscall.S_IFCHR|0, 0) != nil
+	os.Remove(u.tmp + "/probe")
 	return u, nil
 }
+
+// prepareUpper checks an existing dir (its owner and mode, and its meta
+// file against p) or makes a new one, private, for p.
+func prepareUpper(dir string, p *resolver.Tree) error {
+	want := metaFor(p)
+	if _, err := os.Lstat(dir); err == nil {
+		if err := safedir.Check(dir, os.Geteuid()); err != nil {
+			return fmt.Errorf("unsafe upper directory: %v", err)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("upper directory %s: %w", dir, err)
+	}
+	data, err := readNoFollow(filepath.Join(dir, upperMetaName))
+	switch {
+	case err == nil:
+		var have upperMeta
+		if err := json.Unmarshal(data, &have); err != nil {
+			return fmt.Errorf("upper directory %s: %s is damaged: %v", dir, upperMetaName, err)
+		}
+		if have.Format != upperMetaFormat {
+			return fmt.Errorf("upper directory %s has format %d; this combinefs writes format %d", dir, have.Format, upperMetaFormat)
+		}
+		if have.SystemIdentifier != want.SystemIdentifier || have.StartLSN != want.StartLSN || have.StartTimeline != want.StartTimeline {
+			return fmt.Errorf("upper directory %s belongs to another chain point (system identifier %d, backup starting at %s on timeline %d, made from %v); this point is system identifier %d, %s on timeline %d: use a new upper directory",
+				dir, have.SystemIdentifier, have.StartLSN, have.StartTimeline, have.Backups, want.SystemIdentifier, want.StartLSN, want.StartTimeline)
+		}
+		return nil
+	case errors.Is(err, fs.ErrNotExist):
+	default:
+		return fmt.Errorf("upper directory %s: %w", dir, err)
+	}
+	if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
+		return fmt.Errorf("upper directory %s is not empty and was not made by combinefs", dir)
+	} else if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			return fmt.Errorf("upper directory: %w", err)
+		}
+		if err := safedir.MkdirPrivate(dir); err != nil {
+			return fmt.Errorf("upper directory: %v", err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("upper directory %s: %w", dir, err)
+	}
+	if err := checkXattrs(dir); err != nil {
+		return err
+	}
+	for _, d := range []string{"tree", "tmp"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
+			return err
+		}
+	}
+	// tree/ is the mount's root directory: its mode is the point's.
+	if err := os.Chmod(filepath.Join(dir, "tree"), p.DirMode); err != nil {
+		return err
+	}
+	want.Created = time.Now().UTC().Format(time.RFC3339)
+	out, _ := json.MarshalIndent(want, "", "  ")
+	return writeDurably(filepath.Join(dir, upperMetaName), append(out, '\n'))
+}
+
+// readNoFollow reads a small file that must not be a symlink.
+func readNoFollow(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, 1<<20))
+}
+
+func fdPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 
 // checkXattrs refuses a filesystem without user xattrs: overlays need them.
 func checkXattrs(dir string) error {
@@ -212,24 +270,78 @@ func syncDir(dir string) error {
 	return f.Sync()
 }
 
-// close releases the upper's lock.
+// close releases the upper's lock and descriptors.
 func (u *upper) close() {
 	if u.lock != nil {
 		u.lock.Close()
 		u.lock = nil
 	}
+	for _, fd := range []*int{&u.treeFD, &u.tmpFD} {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
+		}
+	}
 }
 
-func (u *upper) path(rel string) string {
+// at returns a path for rel in tree/ that cannot lead out of it: rel's
+// parent directory is opened beneath tree/ following no symlink
+// (safedir.OpenBeneath) and the path goes through that descriptor,
+// /proc/self/fd/N/NAME. Use it only with calls that do not follow a final
+// symlink (lstat, mkdir, unlink, rename, symlink, readlink, mknod, l*xattr,
+// O_NOFOLLOW or O_CREAT|O_EXCL opens, lchmod). done closes the descriptor;
+// it is set even when err is not nil.
+func (u *upper) at(rel string) (p string, done func(), err error) {
+	done = func() {}
 	if rel == "" {
-		return u.tree
+		return u.tree + "/.", done, nil
 	}
-	return filepath.Join(u.tree, rel)
+	dir, name := path.Split(rel)
+	if dir == "" {
+		return u.tree + "/" + name, done, nil
+	}
+	fd, err := safedir.OpenBeneath(u.treeFD, strings.TrimSuffix(dir, "/"), unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return "", done, err
+	}
+	return fdPath(fd) + "/" + name, func() { unix.Close(fd) }, nil
+}
+
+// syncDir fsyncs directory rel of tree/.
+func (u *upper) syncDir(rel string) error {
+	if rel == "" {
+		rel = "."
+	}
+	fd, err := safedir.OpenBeneath(u.treeFD, rel, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Fsync(fd)
+}
+
+// lchmod sets the mode of p itself, never of what a symlink at p leads to
+// (Linux has no lchmod; a symlink gets EOPNOTSUPP).
+func lchmod(p string, mode uint32) error {
+	fd, err := unix.Open(p, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Chmod(fdPath(fd), mode)
+}
+
+// parentRel is the merged path of rel's directory ("" for the root).
+func parentRel(rel string) string {
+	if d := path.Dir(rel); d != "." {
+		return d
+	}
+	return ""
 }
 
 // tmpName is a fresh name in tmp/.
 func (u *upper) tmpName() string {
-	return filepath.Join(u.tmp, fmt.Sprintf("t%d-%d", os.Getpid(), tmpCounter.Add(1)))
+	return fmt.Sprintf("%s/t%d-%d", u.tmp, os.Getpid(), tmpCounter.Add(1))
 }
 
 // isWhiteout reports whether st (an lstat of an upper entry) is a whiteout.

@@ -323,3 +323,117 @@ func TestUpperCrashStates(t *testing.T) {
 		m.unmount(t)
 	})
 }
+
+// TestUpperTrust: the daemon runs as root, so an upper directory another
+// user could have made or may change is refused, a new one is private, and
+// a symlink found inside it is never followed: an inner directory swapped
+// for a symlink to elsewhere neither lets the mount create files there nor
+// shows what is there.
+func TestUpperTrust(t *testing.T) {
+	requireFUSE(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give the upper directory to another user")
+	}
+	c := resolvertest.NewChain(t)
+	c.Full().File("base/5/16384", resolvertest.FillBlock("full", 0))
+	c.Incremental().Incremental("base/5/16384", 1)
+	point := openPoint(t, c.Dirs())
+	base := t.TempDir()
+
+	old := syscall.Umask(0)
+	upper := filepath.Join(base, "new", "upper")
+	m := mountCoW(t, "", point, upper, fusefs.Options{})
+	syscall.Umask(old)
+	if fi, err := os.Lstat(upper); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("new upper directory: %v %v, want mode 0700", fi.Mode(), err)
+	}
+	mustCreate(t, filepath.Join(m.dir, "base/5/new"), []byte("x"), 0o600)
+	m.unmount(t)
+
+	refuse := func(what, dir, want string) {
+		t.Helper()
+		mnt := t.TempDir()
+		_, err := fusefs.MountCoW(mnt, point, dir, fusefs.Options{})
+		if err == nil {
+			unix.Unmount(mnt, 0)
+			t.Errorf("%s: mounted; want a refusal", what)
+			return
+		}
+		if !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: error %q, want one line naming %s and saying %q", what, err, dir, want)
+		}
+	}
+	mk := func(name string, mode uint32, uid int) string {
+		d := filepath.Join(base, name)
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		unix.Chmod(d, mode)
+		os.Chown(d, uid, uid)
+		return d
+	}
+	refuse("upper of another user", mk("theirs", 0o700, 65534), "owned by uid 65534")
+	refuse("group-writable upper", mk("groupw", 0o770, 0), "writable by group or others")
+	refuse("world-writable upper", mk("worldw", 0o777, 0), "writable by group or others")
+	open := mk("open", 0o777, 0)
+	refuse("upper in a world-writable directory", mk("open/upper", 0o700, 0), open)
+	refuse("upper in a directory of another user", mk("open/../theirs/upper", 0o700, 0), filepath.Join(base, "theirs"))
+	link := filepath.Join(base, "link")
+	os.Symlink(upper, link)
+	refuse("upper given as a symlink", link, "symbolic link")
+
+	// Inner directories swapped for symlinks to a directory outside.
+	outside := mk("outside", 0o700, 0)
+	// Files of the names the mount has in base/5, which it must not touch.
+	for _, name := range []string{"secret", "new", "new2"} {
+		os.WriteFile(filepath.Join(outside, name), []byte("outside"), 0o600)
+	}
+	swap := func(rel string) func() {
+		p := filepath.Join(upper, rel)
+		if err := os.Rename(p, p+".real"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(outside, p); err != nil {
+			t.Fatal(err)
+		}
+		return func() { os.Remove(p); os.Rename(p+".real", p) }
+	}
+	for _, inner := range []string{"tree", "tmp"} {
+		restore := swap(inner)
+		refuse("upper whose "+inner+"/ is a symlink", upper, "tampered")
+		restore()
+	}
+	// Deeper in tree/: a directory swapped while mounted is never followed
+	// by the daemon (the kernel still believes it a directory), and after a
+	// remount it is shown as the symlink it is.
+	m = mountCoW(t, "", point, upper, fusefs.Options{})
+	mustCreate(t, filepath.Join(m.dir, "base/5/new2"), []byte("x"), 0o600)
+	restore := swap("tree/base/5")
+	for _, rel := range []string{"base/5/made", "base/5/16384", "base/5/new"} {
+		if f, err := os.OpenFile(filepath.Join(m.dir, rel), os.O_RDWR|os.O_CREATE, 0o600); err == nil {
+			f.Write([]byte("through the mount"))
+			f.Sync()
+			f.Close()
+		}
+	}
+	os.Mkdir(filepath.Join(m.dir, "base/5/dir"), 0o700)
+	os.Symlink("x", filepath.Join(m.dir, "base/5/link"))
+	os.Remove(filepath.Join(m.dir, "base/5/new2"))
+	os.Rename(filepath.Join(m.dir, "base/5/new"), filepath.Join(m.dir, "base/5/renamed"))
+	m.unmount(t)
+	m = mountCoW(t, "", point, upper, fusefs.Options{})
+	if fi, err := os.Lstat(filepath.Join(m.dir, "base/5")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("swapped base/5 shows as %v %v, want the symlink itself", fi, err)
+	}
+	m.unmount(t)
+	restore()
+	ents, _ := os.ReadDir(outside)
+	if len(ents) != 3 {
+		t.Errorf("the mount changed the entries of a directory outside the upper directory: %v", ents)
+	}
+	for _, name := range []string{"secret", "new", "new2"} {
+		if data, err := os.ReadFile(filepath.Join(outside, name)); string(data) != "outside" {
+			t.Errorf("the mount changed %s outside the upper directory: %q %v", name, data, err)
+		}
+	}
+}
