@@ -87,12 +87,15 @@ func NewTree(c *Chain) (*Tree, error) {
 	if st.Mode().Perm()&0o750 == 0o750 {
 		p.DirMode, p.FileMode = 0o750, 0o640
 	}
-	b := &treeBuilder{p: p, final: len(c.Backups) - 1}
+	b := &treeBuilder{p: p, final: len(c.Backups) - 1, present: map[string]bool{"backup_label": true}}
 	p.Root = &Entry{Kind: KindDir, ModTime: st.ModTime()}
 	if err := b.walk(p.Root, final.Dir, "", "", false); err != nil {
 		return nil, err
 	}
 	if err := b.scanTablespaces(final.Dir); err != nil {
+		return nil, err
+	}
+	if err := b.checkManifest(final); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -101,6 +104,28 @@ func NewTree(c *Chain) (*Tree, error) {
 type treeBuilder struct {
 	p     *Tree
 	final int
+	// present holds the manifest path of every regular file of the final
+	// backup, as named there (INCREMENTAL.x for an incremental file).
+	present map[string]bool
+}
+
+// checkManifest refuses a final backup that lacks a file its manifest
+// lists. Without the file the point would silently have no such file, and
+// a new manifest written from the tree would leave it out too, so even a
+// verify of the output would not notice (pg_combinebackup does not check).
+func (b *treeBuilder) checkManifest(final *Backup) error {
+	if final.Manifest == nil {
+		return nil
+	}
+	for _, f := range final.Manifest.Files {
+		if b.present[f.Path] {
+			continue
+		}
+		p := filepath.Join(final.Dir, filepath.FromSlash(f.Path))
+		return chainErr(final.Dir, fmt.Sprintf("%s is missing: the backup_manifest of %q lists it, so the backup is not complete", p, final.Dir),
+			fmt.Sprintf("\"%s\" is present in the manifest but not on disk", p))
+	}
+	return nil
 }
 
 // walk fills dir from the directory src. rel is the path relative to the
@@ -154,6 +179,7 @@ func (b *treeBuilder) walk(dir *Entry, src, rel, manifestPrefix string, inTables
 		case rel == "" && !inTablespace && (name == "backup_label" || name == "backup_manifest"):
 			continue
 		}
+		b.present[manifestPrefix+dirPrefix(rel)+name] = true
 		file := &File{chain: b.p.Chain, src: path, size: info.Size()}
 		outName := name
 		if base, ok := format.IsIncrementalName(name); ok && incrementalDir {
