@@ -184,9 +184,29 @@ func (p *manifestParser) expect(kind byte) error {
 		if t.kind == 0 {
 			return p.fail(t.off, "manifest ended unexpectedly")
 		}
+		if msg, ok := unexpectedValue(t.kind); ok && (kind == '{' || kind == '[') {
+			return p.fail(t.off, msg)
+		}
 		return p.fail(t.off, fmt.Sprintf("expected %q", kind))
 	}
 	return nil
+}
+
+// unexpectedValue is PostgreSQL's message for a value of the wrong kind
+// where the manifest's shape wants another (parse_manifest.c's semantic
+// callbacks fail on the value's first token: "unexpected array start" for
+// "Files": [[...]], "unexpected scalar" for "Files": [1]); ok is false for
+// a token that starts no value, a syntax error.
+func unexpectedValue(kind byte) (msg string, ok bool) {
+	switch kind {
+	case '{':
+		return "unexpected object start", true
+	case '[':
+		return "unexpected array start", true
+	case 's', 'n', 'l':
+		return "unexpected scalar", true
+	}
+	return "", false
 }
 
 // scalar reads a string or number value and returns its text.
@@ -198,12 +218,11 @@ func (p *manifestParser) scalar() (string, int, error) {
 	switch t.kind {
 	case 's', 'n':
 		return t.text, t.off, nil
-	case '{':
-		return "", t.off, p.fail(t.off, "unexpected object start")
-	case '[':
-		return "", t.off, p.fail(t.off, "unexpected array start")
 	case 0:
 		return "", t.off, p.fail(t.off, "manifest ended unexpectedly")
+	}
+	if msg, ok := unexpectedValue(t.kind); ok {
+		return "", t.off, p.fail(t.off, msg)
 	}
 	return "", t.off, p.fail(t.off, "unexpected scalar")
 }
@@ -233,6 +252,9 @@ func (p *manifestParser) array(each func(start int, fields map[string]string) er
 			}
 		}
 		if t.kind != '{' {
+			if msg, ok := unexpectedValue(t.kind); ok {
+				return p.fail(t.off, msg)
+			}
 			return p.fail(t.off, "unexpected scalar")
 		}
 		fields, err := p.object()

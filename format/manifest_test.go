@@ -245,7 +245,16 @@ func TestParseManifestErrors(t *testing.T) {
 		exact bool
 	}{
 		{"empty", nil, parse, false},
-		{"not an object", []byte("[]\n\n"), parse, false},
+		// Values of the wrong kind, worded as parse_manifest.c's semantic
+		// callbacks word them (checked against pg_combinebackup 17).
+		{"not an object", []byte("[]\n\n"), parse + "unexpected array start", true},
+		{"a scalar, not an object", []byte("1\n"), parse + "unexpected scalar", true},
+		{"file entry an array", manifestV2([]string{`[]`}, nil), parse + "unexpected array start", true},
+		{"file entry a scalar", manifestV2([]string{`1`}, nil), parse + "unexpected scalar", true},
+		{"Files an object", manifestWith("{ \"PostgreSQL-Backup-Manifest-Version\": 2,\n\"Files\": {}"), parse + "unexpected object start", true},
+		{"Files a scalar", manifestWith("{ \"PostgreSQL-Backup-Manifest-Version\": 2,\n\"Files\": 5,\n"), parse + "unexpected scalar", true},
+		{"WAL range an array", manifestV2(nil, []string{`[]`}), parse + "unexpected array start", true},
+		{"system identifier an array", manifestWith("{ \"PostgreSQL-Backup-Manifest-Version\": 2,\n\"System-Identifier\": [1],\n"), parse + "unexpected array start", true},
 		{"version not first", manifestWith("{ \"Files\": [],\n\"PostgreSQL-Backup-Manifest-Version\": 2,\n"), parse + "expected version indicator", true},
 		{"version 3", manifestWith("{ \"PostgreSQL-Backup-Manifest-Version\": 3,\n\"Files\": [],\n"), parse + "unexpected manifest version", true},
 		{"version 0", manifestWith("{ \"PostgreSQL-Backup-Manifest-Version\": 0,\n"), parse + "unexpected manifest version", true},
