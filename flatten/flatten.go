@@ -47,6 +47,10 @@ type Options struct {
 	Progress func(done, total int64)
 	// Log receives pg_combinebackup's debug, info and warning messages.
 	Log func(level Level, msg string)
+	// OnFailure, if set, is called with the error of a failed run before
+	// what it wrote is removed: pg_combinebackup reports its error, then
+	// its exit handler says "removing output directory ...".
+	OnFailure func(err error)
 }
 
 // Level of a log message.
@@ -100,6 +104,7 @@ type job struct {
 type target struct {
 	ts      *resolver.Tablespace
 	dir     string // where its contents go
+	write   string // where they are written (dir, or its hidden name until the end)
 	outLink string // pg_tblspc/<oid> in the output, for symlinked ones
 }
 
@@ -148,28 +153,38 @@ func Run(ctx context.Context, p *resolver.Tree, opts Options) (res Result, err e
 		return res, errors.New("cannot generate a manifest because no manifest is available for the final input backup")
 	}
 
-	var cl cleanup
+	var outs outputs
 	defer func() {
 		if err != nil {
-			cl.run(logf)
+			if opts.OnFailure != nil {
+				opts.OnFailure(err)
+			}
+			outs.abort(logf)
 		}
 	}()
-	if err := cl.prepare(opts.Output, opts.DryRun, p.DirMode, logf); err != nil {
+	out, err := outs.prepare(opts.Output, opts.DryRun, p.DirMode, logf)
+	if err != nil {
 		return res, err
 	}
-	for _, t := range targets {
-		if !t.ts.InPlace {
-			if err := cl.prepare(t.dir, opts.DryRun, p.DirMode, logf); err != nil {
-				return res, err
-			}
+	for i := range targets {
+		t := &targets[i]
+		if t.ts.InPlace {
+			t.write = filepath.Join(out, "pg_tblspc", t.ts.Root.Name)
+			continue
+		}
+		t.outLink = filepath.Join(out, "pg_tblspc", t.ts.Root.Name)
+		if t.write, err = outs.prepare(t.dir, opts.DryRun, p.DirMode, logf); err != nil {
+			return res, err
 		}
 	}
+	testHook("created")
 
 	// backup_label first: it is the first manifest entry.
 	var jobs []*job
+	var control *job  // global/pg_control, named last
 	var dirs []string // every directory written, for the final sync
-	dirs = append(dirs, opts.Output)
-	labelPath := filepath.Join(opts.Output, "backup_label")
+	dirs = append(dirs, out)
+	labelPath := filepath.Join(out, "backup_label")
 	if opts.DryRun {
 		logf(Debug, "would generate %q", labelPath)
 	} else {
@@ -206,28 +221,32 @@ func Run(ctx context.Context, p *resolver.Tree, opts Options) (res Result, err e
 					}
 					continue
 				}
-				jobs = append(jobs, &job{path: ch.File.Path, out: o, file: ch.File, noSum: resolver.WALPath(ch.File.Path)})
+				j := &job{path: ch.File.Path, out: o, file: ch.File, noSum: resolver.WALPath(ch.File.Path)}
+				if j.path == "global/pg_control" && !opts.DryRun {
+					j.out, control = filepath.Join(out, controlPartial), j
+				}
+				jobs = append(jobs, j)
 			}
 			return nil
 		}
 		return walk(root, outDir)
 	}
 	logf(Debug, "processing backup directory %q", final.Dir)
-	if err := collect(p.Root, opts.Output); err != nil {
+	if err := collect(p.Root, out); err != nil {
 		return res, err
 	}
 	for _, t := range targets {
 		if !opts.DryRun {
 			if t.ts.InPlace {
-				if err := os.MkdirAll(t.dir, p.DirMode); err != nil {
-					return res, fmt.Errorf("could not create directory %q: %w", t.dir, osErr(err))
+				if err := os.MkdirAll(t.write, p.DirMode); err != nil {
+					return res, fmt.Errorf("could not create directory %q: %w", t.write, osErr(err))
 				}
 			} else if err := os.Symlink(t.dir, t.outLink); err != nil {
 				return res, fmt.Errorf("could not create symbolic link from %q to %q: %w", t.outLink, t.dir, osErr(err))
 			}
 		}
-		dirs = append(dirs, t.dir)
-		if err := collect(t.ts.Root, t.dir); err != nil {
+		dirs = append(dirs, t.write)
+		if err := collect(t.ts.Root, t.write); err != nil {
 			return res, err
 		}
 	}
@@ -270,8 +289,9 @@ func Run(ctx context.Context, p *resolver.Tree, opts Options) (res Result, err e
 		}
 	}
 
+	testHook("files")
 	if writeManifest {
-		mpath := filepath.Join(opts.Output, "backup_manifest")
+		mpath := filepath.Join(out, "backup_manifest")
 		f, err := os.OpenFile(mpath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, p.FileMode)
 		if err != nil {
 			return res, err
@@ -306,7 +326,16 @@ func Run(ctx context.Context, p *resolver.Tree, opts Options) (res Result, err e
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
-	cl.disarm()
+	testHook("synced")
+	if control != nil {
+		if err := placeControl(control, opts.NoSync); err != nil {
+			return res, err
+		}
+	}
+	testHook("control")
+	if err := outs.commit(opts.NoSync); err != nil {
+		return res, err
+	}
 	if opts.CopyMethod == Link && !opts.DryRun {
 		logf(Warning, "--link mode was used; any modifications to the output directory may destructively modify input directories")
 	}
@@ -455,74 +484,6 @@ func syncOutput(ctx context.Context, opts Options, jobs []*job, dirs []string) e
 		}
 		return nil
 	})
-}
-
-// cleanup removes what a failed run created: directories it made, or the
-// contents of empty directories it was given.
-type cleanup struct {
-	dirs []struct {
-		path  string
-		rmTop bool
-	}
-}
-
-// prepare checks an output directory as pg_combinebackup's
-// create_output_directory does and remembers how to clean it up.
-func (c *cleanup) prepare(dir string, dryRun bool, mode fs.FileMode, logf func(Level, string, ...any)) error {
-	ents, err := os.ReadDir(dir)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		if dryRun {
-			logf(Debug, "would create directory %q", dir)
-			return nil
-		}
-		logf(Debug, "creating directory %q", dir)
-		if err := os.MkdirAll(dir, mode); err != nil {
-			return fmt.Errorf("could not create directory %q: %w", dir, osErr(err))
-		}
-		c.add(dir, true)
-	case err != nil:
-		return fmt.Errorf("could not access directory %q: %w", dir, osErr(err))
-	case len(ents) > 0:
-		return fmt.Errorf("directory %q exists but is not empty", dir)
-	default:
-		logf(Debug, "using existing directory %q", dir)
-		if !dryRun {
-			c.add(dir, false)
-		}
-	}
-	return nil
-}
-
-func (c *cleanup) add(path string, rmTop bool) {
-	c.dirs = append(c.dirs, struct {
-		path  string
-		rmTop bool
-	}{path, rmTop})
-}
-
-func (c *cleanup) disarm() { c.dirs = nil }
-
-// run removes newest first, like pg_combinebackup's atexit handler.
-func (c *cleanup) run(logf func(Level, string, ...any)) {
-	for i := len(c.dirs) - 1; i >= 0; i-- {
-		d := c.dirs[i]
-		if d.rmTop {
-			logf(Info, "removing output directory %q", d.path)
-			if err := os.RemoveAll(d.path); err != nil {
-				logf(Warning, "failed to remove output directory: %v", err)
-			}
-			continue
-		}
-		logf(Info, "removing contents of output directory %q", d.path)
-		ents, _ := os.ReadDir(d.path)
-		for _, e := range ents {
-			if err := os.RemoveAll(filepath.Join(d.path, e.Name())); err != nil {
-				logf(Warning, "failed to remove contents of output directory: %v", err)
-			}
-		}
-	}
-	c.dirs = nil
 }
 
 // osErr drops the op and path Go adds to a system error (our messages name

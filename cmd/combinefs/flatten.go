@@ -165,8 +165,17 @@ func runFlatten(ctx context.Context, o *flattenOptions, args []string, w io.Writ
 	}
 	bar := newProgress(w, !pgMode && (o.progress || isTerminal(w)), "flatten")
 	opts.Progress = bar.Set
+	reported := false
+	if pgMode {
+		// pg_combinebackup's error comes before its exit handler's
+		// "removing output directory".
+		opts.OnFailure = func(err error) { pgError(w, err); reported = true }
+	}
 	res, err := flatten.Run(ctx, point, opts)
 	bar.Finish()
+	if err != nil && reported {
+		return reportedError{err}
+	}
 	if err != nil {
 		return err
 	}
@@ -175,6 +184,16 @@ func runFlatten(ctx context.Context, o *flattenOptions, args []string, w io.Writ
 			humanBytes(res.Bytes), res.Files, res.Reconstructed, res.WholeFromOlder, o.output, time.Since(start).Seconds())
 	}
 	return nil
+}
+
+// reportedError is an error already printed.
+type reportedError struct{ error }
+
+func (e reportedError) Unwrap() error { return e.error }
+
+// pgError prints err as pg_combinebackup's pg_fatal would.
+func pgError(w io.Writer, err error) {
+	fmt.Fprintf(w, "pg_combinebackup: error: %s\n", oneLine(resolver.PgMessage(err)))
 }
 
 const hint flatten.Level = 100
@@ -252,7 +271,9 @@ func runPgCombinebackup(ctx context.Context, args []string, w io.Writer) int {
 		fmt.Fprintf(w, "pg_combinebackup: error: %s\npg_combinebackup: hint: Try \"pg_combinebackup --help\" for more information.\n", ue.msg)
 		return 1
 	}
-	fmt.Fprintf(w, "pg_combinebackup: error: %s\n", oneLine(resolver.PgMessage(err)))
+	if !errors.As(err, new(reportedError)) {
+		pgError(w, err)
+	}
 	return 1
 }
 
