@@ -126,6 +126,10 @@ func openUpper(dir string, p *resolver.Tree) (*upper, error) {
 		*d.fd = fd
 	}
 	u.tree, u.tmp = fdPath(u.treeFD), fdPath(u.tmpFD)
+	if err := checkOwners(u.treeFD, "tree", os.Geteuid()); err != nil {
+		u.close()
+		return nil, fmt.Errorf("upper directory %s was tampered with: %v", dir, err)
+	}
 	lockFD, err := safedir.OpenBeneath(dirFD, upperMetaName, unix.O_RDONLY, 0)
 	if err != nil {
 		u.close()
@@ -209,6 +213,54 @@ func prepareUpper(dir string, p *resolver.Tree) error {
 	want.Created = time.Now().UTC().Format(time.RFC3339)
 	out, _ := json.MarshalIndent(want, "", "  ")
 	return writeDurably(filepath.Join(dir, upperMetaName), append(out, '\n'))
+}
+
+// checkOwners walks the directory open as fd (named rel, for messages)
+// without following symlinks and refuses any entry not owned by uid: the
+// mount makes every entry of tree/ as the user it runs as (owners are
+// presented, never stored), so another owner means someone else put it
+// there, as a user who could write into the directory before it was made
+// safe could have (a file for the server to load, a symlink to elsewhere).
+func checkOwners(fd int, rel string, uid int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if int(st.Uid) != uid {
+		return fmt.Errorf("%s is owned by uid %d, not %d", rel, st.Uid, uid)
+	}
+	dfd, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	d := os.NewFile(uintptr(dfd), rel)
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		crel := rel + "/" + name
+		if err := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return err
+		}
+		if int(st.Uid) != uid {
+			return fmt.Errorf("%s is owned by uid %d, not %d", crel, st.Uid, uid)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			continue
+		}
+		cfd, err := unix.Openat(dfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		err = checkOwners(cfd, crel, uid)
+		unix.Close(cfd)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // readNoFollow reads a small file that must not be a symlink.

@@ -403,6 +403,19 @@ func TestUpperTrust(t *testing.T) {
 		refuse("upper whose "+inner+"/ is a symlink", upper, "tampered")
 		restore()
 	}
+	// What another user planted in it (while it was theirs to write, say)
+	// is found: the mount makes every entry as the user it runs as.
+	planted := filepath.Join(upper, "tree", "postgresql.auto.conf")
+	os.WriteFile(planted, []byte("shared_preload_libraries = 'evil'\n"), 0o600)
+	os.Chown(planted, 65534, 65534)
+	refuse("upper with a file of another user", upper, "postgresql.auto.conf is owned by uid 65534")
+	os.Remove(planted)
+	plantedLink := filepath.Join(upper, "tree", "base", "5", "16384")
+	os.Symlink(outside, plantedLink)
+	unix.Lchown(plantedLink, 65534, 65534)
+	refuse("upper with a symlink of another user", upper, "tampered")
+	os.Remove(plantedLink)
+
 	// Deeper in tree/: a directory swapped while mounted is never followed
 	// by the daemon (the kernel still believes it a directory), and after a
 	// remount it is shown as the symlink it is.
