@@ -187,7 +187,7 @@ func (b *bench) figMount(t *benchTB) {
 				b.e.MkdirAll(t, path.Join(dir, fmt.Sprintf("mnt-%d", n)))
 				upper = ""
 				if cow {
-					upper = path.Join(dir, fmt.Sprintf("upper-%d", n))
+					upper = path.Join(b.e.PrivateDir(t), fmt.Sprintf("upper-%d", n))
 				}
 				m = &mnt{dir: path.Join(dir, fmt.Sprintf("mnt-%d", n))}
 			},
@@ -383,7 +383,7 @@ func (b *bench) figTTFQ(t *benchTB) {
 			setup: func(t *benchTB, run int) {
 				n := b.seq()
 				out = path.Join(dir, fmt.Sprintf("mnt-%d", n))
-				upper = path.Join(dir, fmt.Sprintf("upper-%d", n))
+				upper = path.Join(b.e.PrivateDir(t), fmt.Sprintf("upper-%d", n))
 				b.e.MkdirAll(t, out)
 				srv, m = nil, nil
 			},
@@ -449,7 +449,7 @@ var tpsRe = regexp.MustCompile(`(?m)^tps = ([0-9.]+) \(without initial connectio
 func (b *bench) figTPS(t *benchTB) {
 	ref := b.refPointDir(t)
 	dir := b.scratchDir(t, "tps")
-	m, _ := b.mount(t, path.Join(dir, "mnt"), path.Join(dir, "upper"))
+	m, _ := b.mount(t, path.Join(dir, "mnt"), path.Join(b.e.PrivateDir(t), "upper"))
 	ourSrv := startServer(t, b.e, m.dir, map[string]string{"recovery_init_sync_method": "syncfs"})
 	ourSrv.waitReady(t, 30*time.Minute)
 	refSrv := startServer(t, b.e, ref, map[string]string{"recovery_init_sync_method": "syncfs"})

@@ -73,7 +73,7 @@ func TestCowServer(t *testing.T) {
 func cowServerRun(t *testing.T, ch *Chain, last int) {
 	e := ch.Env
 	dir := e.TempDir(t)
-	upper, mp := path.Join(dir, "upper"), cowMountPoint(t, e, dir, "mnt")
+	upper, mp := path.Join(e.PrivateDir(t), "upper"), cowMountPoint(t, e, dir, "mnt")
 	var m *cowMount
 	timed(t, "combinefs mount --cow", func() { m = mountCoW(t, e, upper, mp, ch.Upto(last)...) })
 	if opts := mountOptionsAt(e.Host(mp)); strings.Contains(","+opts+",", ",ro,") {
@@ -193,7 +193,7 @@ INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 10000) g;`)
 func cowRefusal(t *testing.T, ch *Chain, last int) {
 	e := ch.Env
 	dir := e.TempDir(t)
-	upper, mp := path.Join(dir, "upper"), cowMountPoint(t, e, dir, "mnt")
+	upper, mp := path.Join(e.PrivateDir(t), "upper"), cowMountPoint(t, e, dir, "mnt")
 	m := mountCoW(t, e, upper, mp, ch.Upto(last)...)
 	if err := os.WriteFile(e.Host(path.Join(mp, "cow_marker")), []byte("made on point "+strconv.Itoa(last)), 0o600); err != nil {
 		t.Fatal(err)
@@ -347,7 +347,7 @@ func cowTwoMounts(t *testing.T, ch *Chain, a, b int) {
 		if i == 0 {
 			flags = []string{"--writeback-cache=false"}
 		}
-		s.m = mountCoWFlags(t, e, flags, path.Join(dir, "upper-"+name), cowMountPoint(t, e, dir, "mnt-"+name), ch.Upto(s.k)...)
+		s.m = mountCoWFlags(t, e, flags, path.Join(e.PrivateDir(t), "upper-"+name), cowMountPoint(t, e, dir, "mnt-"+name), ch.Upto(s.k)...)
 		s.srv = startOnMount(t, e, s.m.mp)
 		t.Logf("mount %d: point %d at %s, server on port %d", i, s.k, s.m.mp, s.srv.Port)
 	}
@@ -418,7 +418,7 @@ func TestCowCrash(t *testing.T) {
 	last := len(ch.Backups) - 1
 	before := fingerprintBackups(t, ch)
 	dir := e.TempDir(t)
-	upper, mp := path.Join(dir, "upper"), cowMountPoint(t, e, dir, "mnt")
+	upper, mp := path.Join(e.PrivateDir(t), "upper"), cowMountPoint(t, e, dir, "mnt")
 	m := mountCoW(t, e, upper, mp, ch.Upto(last)...)
 	srv := e.StartServer(t, mp, ServerOptions{Settings: cowServerSettings})
 	if d := ch.Snapshots[last].Diff(srv.Snapshot(t)); d != "" {
@@ -651,7 +651,7 @@ func TestCowPOSIX(t *testing.T) {
 	t.Logf("relation files: accounts %s, its index %s, tellers %s, branches %s; WAL segment %s", acc, pkey, tellers, branches, wal)
 
 	dir := e.TempDir(t)
-	upper, mp := path.Join(dir, "upper"), cowMountPoint(t, e, dir, "mnt")
+	upper, mp := path.Join(e.PrivateDir(t), "upper"), cowMountPoint(t, e, dir, "mnt")
 	m := mountCoW(t, e, upper, mp, ch.Upto(k)...)
 	h := func(rel string) string { return e.Host(path.Join(mp, rel)) }
 	model := newTreeModel(t, e.Host(ref))

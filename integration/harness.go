@@ -305,6 +305,30 @@ func (e *Env) TempDir(tb testing.TB) string {
 	return "/" + strings.TrimPrefix(host, e.Root+"/")
 }
 
+// PrivateDir makes a fresh directory inside the root for what combinefs
+// writes as the user it runs as (a copy-on-write mount's upper directory):
+// owned by that user, mode 0700, under the sticky /var/tmp, so that it
+// passes combinefs's check that no other user can change it (TempDir's
+// directories belong to the server user and may not hold one). It is
+// removed at cleanup, unless COMBINEFS_KEEP=1, and its in-root path
+// returned.
+func (e *Env) PrivateDir(tb testing.TB) string {
+	tb.Helper()
+	base := e.Host("/var/tmp")
+	if e.Root == "/" {
+		base = os.TempDir()
+	}
+	host, err := os.MkdirTemp(base, "combinefs-"+sanitize(tb.Name())+"-")
+	if err != nil {
+		tb.Fatalf("private dir: %v", err)
+	}
+	tb.Cleanup(func() { e.removeTempDir(tb, host) })
+	if e.Root == "/" {
+		return host
+	}
+	return "/" + strings.TrimPrefix(host, e.Root+"/")
+}
+
 func (e *Env) removeTempDir(tb testing.TB, host string) {
 	for _, mp := range mountsBelow(host) {
 		if err := unmount(mp); err != nil {
