@@ -33,6 +33,11 @@ work=/srv/combinefs/demo
 rm -rf "$root$work"
 mkdir -p "$root$work"
 chroot "$root" chown postgres:postgres "$work"
+# the copy-on-write mounts' upper directories: root's own, private (combinefs
+# refuses one another user could change, as $work is the server user's)
+uppers=/var/lib/combinefs-demo
+rm -rf "$root$uppers"
+mkdir -m 700 "$root$uppers"
 # in the root, as the server user
 as_pg() { chroot --userspec=postgres:postgres "$root" env -i PATH="$bindir:/usr/local/bin:/usr/bin:/bin" HOME=/var/lib/postgresql LANG=C.UTF-8 "$@"; }
 # combinefs as root (mounts), in the root
@@ -51,7 +56,7 @@ cleanup() {
 	for m in "${mounts[@]}"; do
 		cfs umount "$m" >/dev/null 2>&1 || umount -l "$root$m" 2>/dev/null || true
 	done
-	if [ -z "${DEMO_KEEP:-}" ]; then rm -rf "${root:?}$work"; else echo "kept $root$work"; fi
+	if [ -z "${DEMO_KEEP:-}" ]; then rm -rf "${root:?}$work" "${root:?}$uppers"; else echo "kept $root$work $root$uppers"; fi
 }
 trap cleanup EXIT
 
@@ -100,7 +105,7 @@ say "5. mount point 2 and point 1 copy-on-write, a server on each"
 for i in 2 1; do
 	mkdir -p "$root$work/mnt$i"
 	t0=$(date +%s%N)
-	cfs mount --daemon --cow $work/upper$i --repo $work/repo --point "${points[$i]}" $work/mnt$i
+	cfs mount --daemon --cow $uppers/upper$i --repo $work/repo --point "${points[$i]}" $work/mnt$i
 	mounts+=($work/mnt$i)
 	p=$(free_port)
 	start_on $work/mnt$i "$p"
