@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/combinefs/combinefs/format"
+	"github.com/combinefs/combinefs/internal/crashpoint"
 	"github.com/combinefs/combinefs/resolver"
 )
 
@@ -177,7 +178,7 @@ func Run(ctx context.Context, p *resolver.Tree, opts Options) (res Result, err e
 			return res, err
 		}
 	}
-	testHook("created")
+	crashpoint.At(CrashCreated)
 
 	// backup_label first: it is the first manifest entry.
 	var jobs []*job
@@ -289,7 +290,7 @@ func Run(ctx context.Context, p *resolver.Tree, opts Options) (res Result, err e
 		}
 	}
 
-	testHook("files")
+	crashpoint.At(CrashFiles)
 	if writeManifest {
 		mpath := filepath.Join(out, "backup_manifest")
 		f, err := os.OpenFile(mpath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, p.FileMode)
@@ -326,13 +327,13 @@ func Run(ctx context.Context, p *resolver.Tree, opts Options) (res Result, err e
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
-	testHook("synced")
+	crashpoint.At(CrashSynced)
 	if control != nil {
 		if err := placeControl(control, opts.NoSync); err != nil {
 			return res, err
 		}
 	}
-	testHook("control")
+	crashpoint.At(CrashControl)
 	if err := outs.commit(opts.NoSync); err != nil {
 		return res, err
 	}

@@ -215,15 +215,13 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// TestKillEnv names a phase at which Run kills its own process with
-// SIGKILL, for the tests of what a crash leaves: "created" (output
-// directories made), "files" (every file written, no manifest yet),
-// "synced" (all durable, pg_control not yet named), "control" (pg_control
-// named, the output not yet renamed into place).
-const TestKillEnv = "COMBINEFS_TEST_FLATTEN_KILL_AT"
-
-func testHook(phase string) {
-	if os.Getenv(TestKillEnv) == phase {
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-	}
-}
+// The steps at which the kill -9 tests stop a run (internal/crashpoint):
+// output directories made; every file written, no manifest yet; all
+// durable, pg_control not yet named; pg_control named, the output not yet
+// renamed into place.
+const (
+	CrashCreated = "flatten-created"
+	CrashFiles   = "flatten-files"
+	CrashSynced  = "flatten-synced"
+	CrashControl = "flatten-control"
+)

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/combinefs/combinefs/flatten"
+	"github.com/combinefs/combinefs/internal/crashpoint"
 )
 
 // TestHardenUpperTrust: combinefs mount --cow runs as root and presents
@@ -276,17 +277,17 @@ func TestHardenFlattenKill(t *testing.T) {
 	dir := e.TempDir(t)
 	ref := path.Join(dir, "ref")
 	ch.Combine(t, last, ref)
-	for _, phase := range []string{"created", "files", "synced", "control"} {
+	for _, phase := range []string{flatten.CrashCreated, flatten.CrashFiles, flatten.CrashSynced, flatten.CrashControl} {
 		t.Run(phase, func(t *testing.T) {
 			sub := path.Join(dir, phase) // made by flatten, as root
 			out := path.Join(sub, "out")
 			args := append(append([]string{"flatten", "-o", out}, ch.OutputArgs(last, out)...), ch.Upto(last)...)
 			cmd := e.Combinefs(t.Context(), args...)
-			cmd.Env = append(cmd.Env, flatten.TestKillEnv+"="+phase)
+			cmd.Env = append(cmd.Env, crashpoint.Env+"="+phase)
 			msg, err := cmd.CombinedOutput()
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-				t.Fatalf("combinefs flatten with %s=%s: %v, want killed by SIGKILL\n%s", flatten.TestKillEnv, phase, err, msg)
+				t.Fatalf("combinefs flatten with %s=%s: %v, want killed by SIGKILL\n%s", crashpoint.Env, phase, err, msg)
 			}
 			mustNotExist(t, e.Host(out), "a killed flatten")
 			for _, m := range ch.OutputMappings(last, out) {
@@ -295,7 +296,7 @@ func TestHardenFlattenKill(t *testing.T) {
 			partial := path.Join(sub, ".out.combinefs-partial")
 			controls := dataDirsUnder(t, e.Host(sub))
 			var wantControls []string
-			if phase == "control" {
+			if phase == flatten.CrashControl {
 				wantControls = append(wantControls, e.Host(partial))
 			}
 			if strings.Join(controls, " ") != strings.Join(wantControls, " ") {

@@ -12,11 +12,11 @@ import (
 	"github.com/combinefs/combinefs/resolver/resolvertest"
 )
 
-// TestNewPointMissingFile: a file the final backup's manifest lists but that
+// TestNewTreeMissingFile: a file the final backup's manifest lists but that
 // is not in the backup refuses the chain, naming the file, whatever kind of
 // file it is and wherever it is; a file missing from an older backup, or
 // from a final backup without a manifest, is not this check's business.
-func TestNewPointMissingFile(t *testing.T) {
+func TestNewTreeMissingFile(t *testing.T) {
 	build := func(t *testing.T) (*resolvertest.Chain, *resolvertest.Backup) {
 		c := resolvertest.NewChain(t)
 		full := c.Full()
@@ -85,10 +85,10 @@ func TestNewPointMissingFile(t *testing.T) {
 	})
 }
 
-func pointOf(dirs []string) (*resolver.Point, error) {
+func pointOf(dirs []string) (*resolver.Tree, error) {
 	chain, err := resolver.OpenChain(dirs, resolver.ChainOptions{})
 	if err != nil {
 		return nil, err
 	}
-	return resolver.NewPoint(chain)
+	return resolver.NewTree(chain)
 }

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/combinefs/combinefs/flatten"
+	"github.com/combinefs/combinefs/internal/crashpoint"
 )
 
 // helperArgsEnv makes the test binary run combinefs with the arguments it
@@ -32,15 +33,15 @@ func init() {
 func runKilled(t *testing.T, phase string, args ...string) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), helperArgsEnv+"="+strings.Join(args, "\x1f"), flatten.TestKillEnv+"="+phase)
+	cmd.Env = append(os.Environ(), helperArgsEnv+"="+strings.Join(args, "\x1f"), crashpoint.Env+"="+phase)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-		t.Fatalf("combinefs %q with %s=%s: %v, want killed by SIGKILL\n%s", args, flatten.TestKillEnv, phase, err, out)
+		t.Fatalf("combinefs %q with %s=%s: %v, want killed by SIGKILL\n%s", args, crashpoint.Env, phase, err, out)
 	}
 }
 
-var killPhases = []string{"created", "files", "synced", "control"}
+var killPhases = []string{flatten.CrashCreated, flatten.CrashFiles, flatten.CrashSynced, flatten.CrashControl}
 
 // TestFlattenKilled: kill -9 of flatten at each phase leaves no output
 // directory, only the hidden one beside it (without global/pg_control until
@@ -58,7 +59,7 @@ func TestFlattenKilled(t *testing.T) {
 				t.Fatalf("no hidden output after the kill: %v", err)
 			}
 			_, err := os.Stat(filepath.Join(partial, "global/pg_control"))
-			if phase != "control" && err == nil {
+			if phase != flatten.CrashControl && err == nil {
 				t.Errorf("the hidden output has global/pg_control before all is durable")
 			}
 			code, stderr := runCLI(t, args...)
@@ -107,7 +108,7 @@ func TestFlattenKilledInPlace(t *testing.T) {
 				t.Errorf("global/pg_control is there after a kill at %s", phase)
 			}
 			code, stderr := runCLI(t, args...)
-			if phase == "created" { // nothing written yet
+			if phase == flatten.CrashCreated { // nothing written yet
 				if code != 0 {
 					t.Errorf("rerun: exit %d, stderr:\n%s\nwant success", code, stderr)
 				}
