@@ -195,7 +195,7 @@ func TestRepoCompactExpire(t *testing.T) {
 	// A server on a copy-on-write mount of the third point has the rows.
 	mp := path.Join(dir, "mnt")
 	e.MkdirAll(t, mp)
-	m := mountCoWFlags(t, e, []string{"--repo", repo, "--point", a[2]}, path.Join(dir, "upper"), mp)
+	m := mountCoWFlags(t, e, []string{"--repo", repo, "--point", a[2]}, path.Join(e.PrivateDir(t), "upper"), mp)
 	srv := startOnMount(t, e, mp)
 	want := e.StartServer(t, refA2, ServerOptions{FixOwnership: true})
 	for _, q := range []string{
