@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -81,6 +82,14 @@ func (o *outputs) prepare(dir string, dryRun bool, mode fs.FileMode, logf func(L
 // left by a run that died: it is removed, with a message. One a live run
 // holds is refused.
 func claim(dir, tmp string, mode fs.FileMode, logf func(Level, string, ...any)) (*os.File, error) {
+	// A run killed between making its directory and renaming it leaves it
+	// under its first name, unlocked.
+	ents, _ := os.ReadDir(filepath.Dir(tmp))
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), filepath.Base(tmp)+"-") {
+			removeUnlocked(filepath.Join(filepath.Dir(tmp), e.Name()), logf)
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		if f, err := os.Open(tmp); err == nil {
 			busy := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil
@@ -121,9 +130,23 @@ func claim(dir, tmp string, mode fs.FileMode, logf func(Level, string, ...any)) 
 			f.Close()
 		}
 		os.Remove(fresh)
-		if !errors.Is(err, unix.EEXIST) && !errors.Is(err, unix.ENOTEMPTY) {
+		if !errors.Is(err, unix.EEXIST) && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.ENOENT) {
 			return nil, fmt.Errorf("could not create directory %q: %w", tmp, osErr(err))
 		}
+	}
+}
+
+// removeUnlocked removes the directory p, with a message, unless a live
+// run holds its lock.
+func removeUnlocked(p string, logf func(Level, string, ...any)) {
+	f, err := os.Open(p)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+		logf(Warning, "removing %q, left by an interrupted run", p)
+		os.RemoveAll(p)
 	}
 }
 

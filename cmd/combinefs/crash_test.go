@@ -120,6 +120,24 @@ func TestFlattenKilledInPlace(t *testing.T) {
 	}
 }
 
+// TestFlattenFreshLeftover: a run killed right after making its hidden
+// directory, before giving it its name, leaves it under its first name; the
+// next run removes it, saying so.
+func TestFlattenFreshLeftover(t *testing.T) {
+	tc := newTestChain(t)
+	out := filepath.Join(t.TempDir(), "out")
+	fresh := filepath.Join(filepath.Dir(out), ".out.combinefs-partial-123")
+	if err := os.Mkdir(fresh, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	code, stderr := runCLI(t, "flatten", "-o", out, tc.full, tc.inc1, tc.inc2)
+	if code != 0 || !strings.Contains(stderr, fmt.Sprintf("warning: removing %q, left by an interrupted run", fresh)) {
+		t.Errorf("exit %d, stderr:\n%s\nwant success and %s named", code, stderr, fresh)
+	}
+	mustNotExist(t, fresh)
+	checkOutput(t, tc, out)
+}
+
 // TestFlattenPartialInUse: the hidden output of a run still going is not
 // taken for a stale one: the second run is refused and removes nothing.
 func TestFlattenPartialInUse(t *testing.T) {
