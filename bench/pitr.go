@@ -125,7 +125,7 @@ func (b *bench) figPITR(t *benchTB) {
 	ours := &variant{
 		setup: func(t *benchTB, run int) {
 			n := b.seq()
-			out, upper = path.Join(dir, fmt.Sprintf("mnt-%d", n)), path.Join(dir, fmt.Sprintf("upper-%d", n))
+			out, upper = path.Join(dir, fmt.Sprintf("mnt-%d", n)), path.Join(b.e.PrivateDir(t), fmt.Sprintf("upper-%d", n))
 			b.e.MkdirAll(t, out)
 			srv, m = nil, nil
 		},

@@ -262,7 +262,7 @@ func TestArchivePITR(t *testing.T) {
 	}
 	for i, tc := range cases {
 		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
-			upper := path.Join(dir, fmt.Sprintf("upper%d", i))
+			upper := path.Join(e.PrivateDir(t), "upper")
 			mp := cowMountPoint(t, e, dir, fmt.Sprintf("mnt%d", i))
 			m := mountCoWFlags(t, e, append([]string{"--repo", repo}, tc.flags...), upper, mp)
 			logText, _ := os.ReadFile(e.Host(m.log))
@@ -287,7 +287,7 @@ func TestArchivePITR(t *testing.T) {
 		{"--target-name", "no_such_restore_point"},
 	} {
 		mp := cowMountPoint(t, e, dir, fmt.Sprintf("refused%d", i))
-		upper := path.Join(dir, fmt.Sprintf("refused-upper%d", i))
+		upper := path.Join(e.PrivateDir(t), "upper")
 		args := append(append([]string{"mount", "--daemon", "--cow", upper, "--repo", repo}, flags...), mp)
 		out, code := runCombinefs(t, e, args...)
 		t.Logf("combinefs %s: exit %d: %s", strings.Join(flags, " "), code, strings.TrimSpace(out))
@@ -552,7 +552,7 @@ func TestArchiveTimelines(t *testing.T) {
 		{"timeline 2", []string{"--target-time", ts(t2)}, b2, id2},
 	} {
 		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
-			upper := path.Join(dir, fmt.Sprintf("upper%d", i))
+			upper := path.Join(e.PrivateDir(t), "upper")
 			mp := cowMountPoint(t, e, dir, fmt.Sprintf("mnt%d", i))
 			m := mountCoWFlags(t, e, append([]string{"--repo", repo}, tc.flags...), upper, mp)
 			logText, _ := os.ReadFile(e.Host(m.log))

@@ -137,7 +137,7 @@ for _ in $(seq 600); do [ -f "$root$work/repo/wal/00000001/$seg" ] && break; sle
 [ -f "$root$work/repo/wal/00000001/$seg" ] || { echo "demo: segment $seg was not archived; archive log:" >&2; cat "$root$work/archive.log" >&2; exit 1; }
 cfs list --repo $work/repo | grep -E '^(WAL archive|recoverable|gap)'
 mkdir -p "$root$work/mnt-pitr"
-cfs mount --daemon --cow $work/upper-pitr --repo $work/repo --target-name before_row_5 $work/mnt-pitr
+cfs mount --daemon --cow $uppers/upper-pitr --repo $work/repo --target-name before_row_5 $work/mnt-pitr
 mounts+=($work/mnt-pitr)
 p=$(free_port)
 start_on $work/mnt-pitr "$p"
