@@ -407,7 +407,7 @@ func fstabMount(t *testing.T, ch *Chain, repo string, points []string) {
 	}
 	t.Cleanup(func() { os.Remove(link) })
 	dir := e.TempDir(t)
-	mp, upper := cowMountPoint(t, e, dir, "mnt"), path.Join(dir, "upper")
+	mp, upper := cowMountPoint(t, e, dir, "mnt"), path.Join(e.PrivateDir(t), "upper")
 	mount := func(args ...string) {
 		t.Helper()
 		cmd := e.Command(context.Background(), true, args[0], args[1:]...)

@@ -307,11 +307,12 @@ func (e *Env) TempDir(tb testing.TB) string {
 
 // PrivateDir makes a fresh directory inside the root for what combinefs
 // writes as the user it runs as (a copy-on-write mount's upper directory):
-// owned by that user, mode 0700, under the sticky /var/tmp, so that it
-// passes combinefs's check that no other user can change it (TempDir's
-// directories belong to the server user and may not hold one). It is
-// removed at cleanup, unless COMBINEFS_KEEP=1, and its in-root path
-// returned.
+// owned by that user, mode 0711 (others may pass through to a server's
+// data directory detached there, not list or write), under the sticky
+// /var/tmp, so that it passes combinefs's check that no other user can
+// change it (TempDir's directories belong to the server user and may not
+// hold one). It is removed at cleanup, unless COMBINEFS_KEEP=1, and its
+// in-root path returned.
 func (e *Env) PrivateDir(tb testing.TB) string {
 	tb.Helper()
 	base := e.Host("/var/tmp")
@@ -321,6 +322,9 @@ func (e *Env) PrivateDir(tb testing.TB) string {
 	host, err := os.MkdirTemp(base, "combinefs-"+sanitize(tb.Name())+"-")
 	if err != nil {
 		tb.Fatalf("private dir: %v", err)
+	}
+	if err := os.Chmod(host, 0o711); err != nil {
+		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { e.removeTempDir(tb, host) })
 	if e.Root == "/" {

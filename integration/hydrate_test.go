@@ -43,7 +43,7 @@ func TestHydrate(t *testing.T) {
 func hydrateNoServer(t *testing.T, ch *Chain, last int, ref string) {
 	e := ch.Env
 	dir := e.TempDir(t)
-	upper, mp := path.Join(dir, "upper"), cowMountPoint(t, e, dir, "mnt")
+	upper, mp := path.Join(e.PrivateDir(t), "upper"), cowMountPoint(t, e, dir, "mnt")
 	m := mountCoWFlags(t, e, []string{"--hydrate"}, upper, mp, ch.Upto(last)...)
 	out := mustCombinefs(t, e, "status", "--wait", mp)
 	if !strings.Contains(out, "hydration complete") {
@@ -60,7 +60,7 @@ func hydrateNoServer(t *testing.T, ch *Chain, last int, ref string) {
 	m.Umount(t)
 
 	// An upper that never hydrated is refused.
-	partial := path.Join(dir, "partial")
+	partial := path.Join(e.PrivateDir(t), "partial")
 	mp2 := cowMountPoint(t, e, dir, "mnt2")
 	m2 := mountCoW(t, e, partial, mp2, ch.Upto(last)...)
 	m2.Umount(t)
@@ -166,7 +166,7 @@ func noBookkeeping(t *testing.T, host string) {
 func hydrateKill9(t *testing.T, ch *Chain, last int, ref string) {
 	e := ch.Env
 	dir := e.TempDir(t)
-	upper, mp := path.Join(dir, "upper"), cowMountPoint(t, e, dir, "mnt")
+	upper, mp := path.Join(e.PrivateDir(t), "upper"), cowMountPoint(t, e, dir, "mnt")
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	for i := range 4 {
 		m := mountCoWFlags(t, e, []string{"--hydrate", "--hydrate-rate", "24MiB"}, upper, mp, ch.Upto(last)...)
@@ -201,7 +201,7 @@ func hydrateKill9(t *testing.T, ch *Chain, last int, ref string) {
 func hydrateServer(t *testing.T, ch *Chain, last int) {
 	e := ch.Env
 	dir := e.TempDir(t)
-	upper, mp := path.Join(dir, "upper"), cowMountPoint(t, e, dir, "mnt")
+	upper, mp := path.Join(e.PrivateDir(t), "upper"), cowMountPoint(t, e, dir, "mnt")
 	m := mountCoWFlags(t, e, []string{"--hydrate", "--hydrate-rate", "16MiB"}, upper, mp, ch.Upto(last)...)
 	srv := startOnMount(t, e, mp)
 	sawProgress := false
