@@ -32,7 +32,7 @@ var allowed = map[string][]string{
 	"cache":                 {"format", "internal/dio"},
 	"resolver":              {"format"},
 	"resolver/resolvertest": {"format", "resolver"},
-	"verify":                {"format"},
+	"verify":                {"format", "internal/dio"},
 	"flatten":               {"format", "internal/crashpoint", "internal/dio", "resolver"},
 	"cachedir":              {"resolver"},
 	"fusefs":                {"cache", "cachedir", "flatten", "format", "internal/dio", "internal/safedir", "resolver"},
