@@ -75,12 +75,21 @@ func PointName(kind Kind, t time.Time) string {
 	return t.UTC().Format(nameTimeLayout) + "-" + string(kind)
 }
 
-// NewName is the name of a point of kind taken at t that does not exist
-// yet, or "" when that second's name is taken.
+// NewName is the name of a point of kind taken at t, or "" when a point of
+// either kind already has that second or a later one. Points are listed in
+// name order, so a new point's second must come after every other's: two
+// captures in one second named ...-INCREMENTAL and then ...-FULL would
+// otherwise be listed the wrong way round.
 func (r *Repo) NewName(kind Kind, t time.Time) string {
 	name := PointName(kind, t)
-	if _, err := os.Lstat(filepath.Join(r.Dir, name)); err == nil {
+	entries, err := os.ReadDir(r.Dir)
+	if err != nil {
 		return ""
+	}
+	for _, e := range entries {
+		if m := pointNameRe.FindStringSubmatch(e.Name()); m != nil && m[1] >= name[:len(m[1])] {
+			return ""
+		}
 	}
 	return name
 }

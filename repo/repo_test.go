@@ -73,8 +73,19 @@ func TestNames(t *testing.T) {
 		}
 	}
 	r := newTestRepo(t, testPoints[0])
-	if n := r.NewName(KindFull, time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)); n != "" {
-		t.Errorf("NewName gave the taken name %q", n)
+	// A second is another point's, whatever its kind, or comes before the
+	// newest point's: list order would then not be capture order.
+	for _, at := range []time.Time{
+		time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2025, 1, 1, 2, 0, 0, 0, time.UTC),
+		time.Date(2025, 1, 1, 1, 30, 0, 0, time.UTC),
+	} {
+		if n := r.NewName(KindFull, at); n != "" {
+			t.Errorf("NewName(%v) gave %q, which would not sort after every point", at, n)
+		}
+	}
+	if n := r.NewName(KindIncremental, time.Date(2025, 1, 1, 2, 0, 1, 0, time.UTC)); n != "2025-01-01_020001-INCREMENTAL" {
+		t.Errorf("NewName after the newest point = %q", n)
 	}
 	tmp, err := r.Stage("2025-01-05_000000-FULL")
 	if err != nil {
