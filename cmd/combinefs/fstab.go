@@ -120,6 +120,10 @@ func (o *mountOptions) setFstabOption(opt string) error {
 		o.noPassthrough = true
 	case opt == "no_writeback_cache":
 		o.writeback = false
+	case opt == "hydrate":
+		o.hydrate = true
+	case hasValue && v != "" && k == "hydrate_rate":
+		o.hydrateRate = v
 	case hasValue && v != "" && k == "cow":
 		o.cow = v
 	case hasValue && v != "" && k == "owner":
@@ -129,7 +133,7 @@ func (o *mountOptions) setFstabOption(opt string) error {
 	case hasValue && v != "" && k == "log":
 		o.logFile = v
 	default:
-		return usageError{fmt.Sprintf("unknown mount option %q (combinefs takes cow=UPPERDIR, owner=, cache_size=, log=, allow_other, default_permissions, no_passthrough, no_writeback_cache, ro)", opt)}
+		return usageError{fmt.Sprintf("unknown mount option %q (combinefs takes cow=UPPERDIR, owner=, cache_size=, log=, hydrate, hydrate_rate=, allow_other, default_permissions, no_passthrough, no_writeback_cache, ro)", opt)}
 	}
 	return nil
 }
