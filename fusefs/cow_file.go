@@ -104,11 +104,12 @@ func (n *cowNode) load() (*fileState, error) {
 	if !ok {
 		return nil, os.ErrNotExist
 	}
-	return n.c.loadAt(rel)
+	return n.c.loadAt(rel, true)
 }
 
-// loadAt reads the state of the file at merged path rel. Caller holds ns.
-func (c *cowFS) loadAt(rel string) (*fileState, error) {
+// loadAt reads the state of the file at merged path rel. Caller holds ns;
+// with repair (see repairTorn), nothing else may write the file meanwhile.
+func (c *cowFS) loadAt(rel string, repair bool) (*fileState, error) {
 	p, done, err := c.up.at(rel)
 	defer done()
 	var f *os.File
@@ -139,6 +140,9 @@ func (c *cowFS) loadAt(rel string) (*fileState, error) {
 		if err := scanBlocks(f, st); err != nil {
 			f.Close()
 			return nil, err
+		}
+		if !repair {
+			return st, nil
 		}
 		if err := c.repairTorn(st); err != nil {
 			f.Close()

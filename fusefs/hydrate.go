@@ -286,7 +286,8 @@ func (h *hydrator) plan() (items []*hydItem, remaining int64, err error) {
 			return err
 		}
 		rel, _ := filepath.Rel(c.up.tree, p)
-		st, err := c.loadAt(rel)
+		// Only looked at: a node may be writing the file.
+		st, err := c.loadAt(rel, false)
 		if err != nil {
 			return fmt.Errorf("upper file %s: %w", p, err)
 		}
@@ -482,7 +483,7 @@ func (c *cowFS) withState(rel string, fn func(st *fileState) error) error {
 		defer n.mu.Unlock()
 		return fn(st)
 	}
-	st, err := c.loadAt(rel)
+	st, err := c.loadAt(rel, true) // no node: nothing else writes it
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/combinefs/combinefs/fusefs"
 )
 
@@ -145,5 +147,40 @@ func checkHydratedUpper(t *testing.T, upper string, m model) {
 		if rel != "" && rel != "backup_manifest" && !seen[rel] && !strings.HasPrefix(rel, ".") {
 			t.Errorf("the view's %s is not in the hydrated upper", rel)
 		}
+	}
+}
+
+// TestTornBlock: a block of an overlay that a kill left half allocated (one
+// page written, the other a hole) shows the chain's bytes in the hole, not
+// zeros, once remounted.
+func TestTornBlock(t *testing.T) {
+	requireFUSE(t)
+	c := cowChain(t)
+	p := openPoint(t, c.Dirs())
+	m := pointModel(t, p)
+	upper := filepath.Join(t.TempDir(), "upper")
+	opts := fusefs.Options{UID: testUID, GID: testGID}
+	rel := "base/5/16385"
+	mt := mountCoW(t, "", p, upper, opts)
+	mustWriteAt(t, filepath.Join(mt.dir, rel), 5*bs+10, []byte("torn"))
+	m.writeAt(t, rel, 5*bs+10, []byte("torn"))
+	mt.unmount(t)
+	f, err := os.OpenFile(filepath.Join(upper, "tree", rel), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The second page of block 5, as a kill between its pages leaves it.
+	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 5*bs+bs/2, bs/2); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if d := dataBytes(t, filepath.Join(upper, "tree", rel)); d != bs/2 {
+		t.Fatalf("the overlay holds %d bytes of data after the punch; want half a block", d)
+	}
+	mt2 := mountCoW(t, "", p, upper, opts)
+	checkView(t, mt2.dir, m)
+	mt2.unmount(t)
+	if d := dataBytes(t, filepath.Join(upper, "tree", rel)); d != bs {
+		t.Errorf("after the repair the overlay holds %d bytes of data; want one block", d)
 	}
 }
