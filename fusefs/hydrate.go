@@ -50,8 +50,13 @@ import (
 // files, so a remount resumes where a kill stopped it.
 const hydratedName = "combinefs-hydrated"
 
-// hydrateChunk is the most blocks read from the chain in one go.
-const hydrateChunk = 128
+// hydrateChunk is the most blocks read from the chain in one go;
+// hydrateRange the blocks of a relation file one worker fills, so that the
+// workers share a large file.
+const (
+	hydrateChunk = 128
+	hydrateRange = 2048
+)
 
 // HydrationStats is the progress of hydration.
 type HydrationStats struct {
@@ -244,6 +249,19 @@ type hydItem struct {
 	rel  string
 	kind hydKind
 	le   *lowerEntry // hydDir, hydLink, hydWhole, and hydOverlay of a lower-only file
+	// from and to are the blocks [from, to) of a hydOverlay item to fill.
+	from, to int64
+}
+
+// overlayItems are the items filling a relation file of size bytes, a
+// range of blocks each.
+func overlayItems(rel string, le *lowerEntry, size int64) []*hydItem {
+	var out []*hydItem
+	blocks := (size + format.BlockSize - 1) / format.BlockSize
+	for from := int64(0); from < blocks || from == 0; from += hydrateRange {
+		out = append(out, &hydItem{rel: rel, kind: hydOverlay, le: le, from: from, to: min(from+hydrateRange, blocks)})
+	}
+	return out
 }
 
 // plan lists what is left: lower entries the merged view still shows from
@@ -275,7 +293,7 @@ func (h *hydrator) plan() (items []*hydItem, remaining int64, err error) {
 			items = append(items, &hydItem{rel: rel, kind: hydWhole, le: le})
 			remaining += le.size()
 		default:
-			items = append(items, &hydItem{rel: rel, kind: hydOverlay, le: le})
+			items = append(items, overlayItems(rel, le, le.size())...)
 			remaining += le.size()
 		}
 	}
@@ -295,7 +313,7 @@ func (h *hydrator) plan() (items []*hydItem, remaining int64, err error) {
 		if st.kind != kindOverlay {
 			return nil
 		}
-		items = append(items, &hydItem{rel: rel, kind: hydOverlay})
+		items = append(items, overlayItems(rel, nil, min(st.size, st.limit))...)
 		remaining += int64(len(st.missing())) * format.BlockSize
 		return nil
 	})
@@ -368,11 +386,11 @@ func (h *hydrator) do(ctx context.Context, it *hydItem) error {
 		return h.copyWhole(ctx, it)
 	}
 	if it.le != nil {
-		if done, err := h.makeOverlay(it); err != nil || done {
+		if err := h.makeOverlay(it); err != nil {
 			return err
 		}
 	}
-	return h.fill(ctx, it.rel)
+	return h.fill(ctx, it)
 }
 
 // copyWhole copies a lower file into tmp/ and renames it into place if the
@@ -437,30 +455,31 @@ func (h *hydrator) copyThrottled(ctx context.Context, le *lowerEntry, f *os.File
 }
 
 // makeOverlay gives a lower relation file its empty overlay, as its first
-// write would; done is true when the path no longer shows it.
-func (h *hydrator) makeOverlay(it *hydItem) (done bool, err error) {
+// write would, unless the path no longer shows it (another range's worker
+// made it, or the server changed it).
+func (h *hydrator) makeOverlay(it *hydItem) error {
 	c := h.c
 	c.ns.Lock()
 	defer c.ns.Unlock()
 	if !c.stillLower(it.rel, it.le) {
-		return true, nil
+		return nil
 	}
 	if n := c.nodeAt(it.rel); n != nil {
 		if errno := n.ensureUpperLocked(); errno != 0 {
-			return false, fmt.Errorf("copy-up of %s: %w", it.rel, errno)
+			return fmt.Errorf("copy-up of %s: %w", it.rel, errno)
 		}
-		return false, nil
+		return nil
 	}
 	tmp, f, err := c.newUpperTmp(it.le, nil)
 	if err != nil {
-		return false, err
+		return err
 	}
 	defer f.Close()
 	if _, err := c.installUpper(it.rel, tmp); err != nil {
 		os.Remove(tmp)
-		return false, err
+		return err
 	}
-	return false, nil
+	return nil
 }
 
 // withState runs fn on the state of the upper file at rel under the file's
@@ -497,17 +516,23 @@ func (c *cowFS) withState(rel string, fn func(st *fileState) error) error {
 // next round's plan sees what it became.
 var errChanged = errors.New("changed under hydration")
 
-// fill copies the blocks the overlay at rel lacks from its origin, then
-// makes it whole.
-func (h *hydrator) fill(ctx context.Context, rel string) error {
+// fill copies the blocks of it's range the overlay at it.rel lacks from
+// its origin, then makes it whole if no block is missing anywhere.
+func (h *hydrator) fill(ctx context.Context, it *hydItem) error {
 	c := h.c
+	rel := it.rel
 	var missing []int64
 	var origin *lowerEntry
 	err := c.withState(rel, func(st *fileState) error {
 		if st.kind != kindOverlay {
 			return errChanged
 		}
-		missing, origin = st.missing(), st.lower
+		origin = st.lower
+		for _, b := range st.missing() {
+			if b >= it.from && b < it.to {
+				missing = append(missing, b)
+			}
+		}
 		return nil
 	})
 	if errors.Is(err, errChanged) || errors.Is(err, os.ErrNotExist) {
@@ -543,20 +568,27 @@ func (h *hydrator) fill(ctx context.Context, rel string) error {
 			if st.kind != kindOverlay || st.lower != origin {
 				return errChanged
 			}
-			for b := first; b < first+int64(run); b++ {
-				start := b * format.BlockSize
-				end := min(start+format.BlockSize, st.size, st.limit, off+int64(len(data)))
-				if st.has(b) || end <= start {
+			// Runs of blocks the upper still lacks, each in one
+			// pwrite; within the file and the limit (the bytes past
+			// the limit that materialize would write are zeros, as a
+			// hole reads).
+			end := min(st.size, st.limit, off+int64(len(data)))
+			for b := first; b < first+int64(run); {
+				if st.has(b) || b*format.BlockSize >= end {
+					b++
 					continue
 				}
-				// The whole block, as materialize writes it: bytes at
-				// or past the limit are zeros.
-				blk := make([]byte, min(format.BlockSize, st.size-start))
-				copy(blk, data[start-off:end-off])
-				if _, err := st.fd.WriteAt(blk, start); err != nil {
+				e := b + 1
+				for e < first+int64(run) && !st.has(e) && e*format.BlockSize < end {
+					e++
+				}
+				start, stop := b*format.BlockSize, min(e*format.BlockSize, end)
+				if _, err := st.fd.WriteAt(data[start-off:stop-off], start); err != nil {
 					return err
 				}
-				st.mark(b)
+				for ; b < e; b++ {
+					st.mark(b)
+				}
 			}
 			return nil
 		})

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/combinefs/combinefs/fusefs"
+)
+
+// figHydrate: the two figures of mount --hydrate.
+//
+// Cold start: a server on a fresh copy-on-write mount with --hydrate and
+// one on pg_combinebackup's output, both started after the page cache was
+// dropped, then 8 windows of pgbench -S of tps-seconds each, alternating
+// ours and the reference ABBA (ours, ref, ref, ours, ...). Every window is
+// reported, with how far hydration was when it ended; the figure's value
+// is the first pair's.
+//
+// Hydration throughput: the point's bytes over the time from mount to
+// hydration complete (no server), against the bytes over flatten's time of
+// the same point, each on a dropped page cache.
+func (b *bench) figHydrate(t *benchTB) {
+	ref := b.refPointDir(t)
+	dir := b.scratchDir(t, "hydrate")
+	b.figColdStart(t, dir, ref)
+	b.figHydrateRate(t, dir)
+}
+
+func (b *bench) figColdStart(t *benchTB, dir, ref string) {
+	mp := path.Join(dir, "mnt")
+	b.e.MkdirAll(t, mp)
+	b.settle(t, true)
+	t0 := time.Now()
+	args := append([]string{"mount", "--daemon", "--log", mp + ".mount.log", "--cow", path.Join(dir, "upper"), "--hydrate"}, b.chain...)
+	runCmd(t, b.cfs(true, append(args, mp)...))
+	m := b.attach(t, mp)
+	settings := map[string]string{"recovery_init_sync_method": "syncfs"}
+	ourSrv := startServer(t, b.e, m.dir, settings)
+	ourSrv.waitReady(t, 30*time.Minute)
+	refSrv := startServer(t, b.e, ref, settings)
+	refSrv.waitReady(t, 30*time.Minute)
+	c := strconv.Itoa(b.tpsClients)
+	pgb := func(s *server) float64 {
+		out := s.pgbench(t, "-S", "-n", "-T", strconv.Itoa(b.tpsSec), "-c", c, "-j", c, "postgres")
+		mm := tpsRe.FindStringSubmatch(out)
+		if mm == nil {
+			t.Fatalf("no tps in pgbench output:\n%s", out)
+		}
+		v, _ := strconv.ParseFloat(mm[1], 64)
+		return v
+	}
+	b.progressf(t, "cold start: 8 windows of pgbench -S -T %d, ours and reference ABBA, hydrating", b.tpsSec)
+	var ours, refs []float64
+	var windows []string
+	for i, side := range []string{"ours", "ref", "ref", "ours", "ours", "ref", "ref", "ours"} {
+		var v float64
+		if side == "ours" {
+			v = pgb(ourSrv)
+			ours = append(ours, v)
+		} else {
+			v = pgb(refSrv)
+			refs = append(refs, v)
+		}
+		h := m.Stats(t).Hydration
+		windows = append(windows, fmt.Sprintf("%d %s %.0f TPS (hydration %s)", i+1, side, v, hydrationState(h)))
+		b.progressf(t, "cold start window %s", windows[len(windows)-1])
+	}
+	fig := &Figure{ID: "cold-start-hydrate", Name: fmt.Sprintf("cold start, pgbench -S, %s clients, %d s windows ABBA, mount --hydrate (TPS)", c, b.tpsSec),
+		Unit: "TPS", Better: "higher", Runs: 4, Cold: true, Ours: ours[0], OursRuns: ours, RefRuns: refs,
+		Ref: ptr(refs[0]), Ratio: ptr(ours[0] / refs[0]), Target: "first pair >= 0.7x", TargetMet: ptr(ours[0]/refs[0] >= 0.7),
+		OursLabel: "server on combinefs mount --cow --hydrate, started on a dropped page cache",
+		RefLabel:  "server on pg_combinebackup's output, started on a dropped page cache",
+		Note:      "every window (the machine is shared): " + strings.Join(windows, "; ") + fmt.Sprintf("; %.0f s from mount to the last window", time.Since(t0).Seconds())}
+	b.add(t, fig)
+	ourSrv.stop(t)
+	refSrv.stop(t)
+	m.umount(t)
+}
+
+// hydrationState is a window's note on hydration.
+func hydrationState(h *fusefs.HydrationStats) string {
+	switch {
+	case h == nil:
+		return "unknown"
+	case h.Complete:
+		return "complete"
+	case h.Total > 0:
+		return fmt.Sprintf("%.0f%%", 100*float64(h.Done)/float64(h.Total))
+	}
+	return "starting"
+}
+
+func (b *bench) figHydrateRate(t *benchTB, dir string) {
+	total := b.res.Sizes.PointBytes
+	rate := func(d time.Duration) float64 { return float64(total) / (1 << 20) / d.Seconds() }
+	var oursRuns, refRuns []float64
+	for run := range 2 {
+		mp := path.Join(dir, fmt.Sprintf("mnt-rate-%d", run))
+		b.e.MkdirAll(t, mp)
+		b.settle(t, true)
+		t0 := time.Now()
+		args := append([]string{"mount", "--daemon", "--log", mp + ".mount.log", "--cow", path.Join(dir, fmt.Sprintf("upper-rate-%d", run)), "--hydrate"}, b.chain...)
+		runCmd(t, b.cfs(true, append(args, mp)...))
+		m := b.attach(t, mp)
+		for {
+			if h := m.Stats(t).Hydration; h != nil && h.Complete {
+				break
+			} else if h != nil && h.Error != "" {
+				t.Fatalf("hydration failed: %s", h.Error)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		d := time.Since(t0)
+		m.umount(t)
+		oursRuns = append(oursRuns, rate(d))
+
+		out := path.Join(dir, fmt.Sprintf("flat-%d", run))
+		b.settle(t, true)
+		fd, _ := runCmd(t, b.cfs(true, append([]string{"flatten", "-o", out}, b.chain...)...))
+		refRuns = append(refRuns, rate(fd))
+		b.progressf(t, "hydration %.0f MiB/s, flatten %.0f MiB/s", oursRuns[run], refRuns[run])
+	}
+	o, r := median(oursRuns), median(refRuns)
+	b.add(t, &Figure{ID: "hydrate-rate", Name: "hydration (no server) vs combinefs flatten of the same point (MiB/s of the point)",
+		Unit: "MiB/s", Better: "higher", Runs: len(oursRuns), Cold: true, Ours: o, Ref: ptr(r), Ratio: ptr(o / r),
+		OursRuns: oursRuns, RefRuns: refRuns, Target: "at least 0.8x (issue #14, with a server running pgbench -S; this run has none)",
+		TargetMet: ptr(o/r >= 0.8), OursLabel: "mount --cow --hydrate until complete", RefLabel: "combinefs flatten -o"})
+}
