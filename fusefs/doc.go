@@ -22,4 +22,12 @@
 // and long entry/attribute timeouts, so warm reads never reach the daemon;
 // read-only files are opened without FLUSH on close (FOPEN_NOFLUSH), one
 // round trip less per file.
+//
+// A copy-on-write mount keeps every change in an upper directory (upper.go
+// has its layout and why a crash loses nothing). With Options.Hydrate it
+// also copies everything the upper lacks from the chain into it in the
+// background (hydrate.go), until the upper alone is the point; Detach then
+// turns such an upper into a plain data directory in steps that a crash
+// leaves either undone, done, or resumable by running it again (detach.go
+// lists the order).
 package fusefs
