@@ -44,8 +44,8 @@ import (
 //
 // Files the server reads from the chain go first (note), then the rest in
 // path order; the chain is read by a bounded number of workers at no more
-// than Options.HydrateRate bytes per second. When nothing is left, the
-// upper file system is synced and hydratedName written (durably): detach
+// than Options.HydrateRate bytes per second. When nothing is left, tree/'s
+// directories are fsynced and hydratedName written (durably): detach
 // requires it. Nothing of hydration's progress is kept but the upper's
 // files, so a remount resumes where a kill stopped it.
 const hydratedName = "combinefs-hydrated"
@@ -207,15 +207,19 @@ func (h *hydrator) round(ctx context.Context, items []*hydItem) error {
 	return g.Wait()
 }
 
-// finish records completion: every change durable first.
+// finish records completion, every change durable first: the files
+// hydration wrote were fsynced before their rename or their xattrs'
+// removal, so what is left is the directories holding those renames, this
+// mount's or a killed one's. (Not syncfs: it would flush every other user
+// of the file system too, for seconds on a busy disk.)
 func (h *hydrator) finish() error {
 	c := h.c
-	d, err := os.Open(c.up.dir)
-	if err != nil {
-		return err
-	}
-	err = unix.Syncfs(int(d.Fd()))
-	d.Close()
+	err := filepath.WalkDir(c.up.tree, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		return syncDir(p)
+	})
 	if err != nil {
 		return err
 	}

@@ -21,7 +21,7 @@ import (
 func MountStats(tb testing.TB, pid int, statsPath string) fusefs.Stats {
 	tb.Helper()
 	var s fusefs.Stats
-	if err := mountctl.RequestStats(pid, statsPath, 10*time.Second, &s); err != nil {
+	if err := mountctl.RequestStats(pid, statsPath, time.Minute, &s); err != nil {
 		tb.Fatal(err)
 	}
 	return s

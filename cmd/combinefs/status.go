@@ -65,7 +65,8 @@ func hydrationOf(mp string) (*fusefs.HydrationStats, error) {
 		return nil, fmt.Errorf("the process %d serving %s is gone", st.PID, mp)
 	}
 	var s fusefs.Stats
-	if err := mountctl.RequestStats(st.PID, st.Stats, 10*time.Second, &s); err != nil {
+	// A busy disk can hold the write of the stats file for seconds.
+	if err := mountctl.RequestStats(st.PID, st.Stats, time.Minute, &s); err != nil {
 		if !mountctl.IsMounted(mp) {
 			return nil, fmt.Errorf("%s was unmounted", mp)
 		}
