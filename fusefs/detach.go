@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/combinefs/combinefs/internal/safedir"
 )
 
 // Detach turns a hydrated upper directory into a plain data directory: its
@@ -59,12 +61,21 @@ func Detach(dir string, o DetachOptions) error {
 	}
 	marker := filepath.Join(dir, detachingName)
 	var ds detachState
+	// Detach runs as root on what may be another user's path: UPPER must be
+	// ours and writable by no one else, as the mount requires (once
+	// cleaned, it belongs to the data directory's owner).
+	safe := safedir.Check(dir, os.Geteuid())
 	data, err := os.ReadFile(marker)
 	switch {
 	case err == nil:
 		if err := json.Unmarshal(data, &ds); err != nil {
 			return fmt.Errorf("upper directory %s: %s is damaged: %v", dir, detachingName, err)
 		}
+		if safe != nil && safedir.Check(dir, ds.UID) != nil {
+			return fmt.Errorf("unsafe upper directory: %v", safe)
+		}
+	case safe != nil:
+		return fmt.Errorf("unsafe upper directory: %v", safe)
 	case errors.Is(err, fs.ErrNotExist):
 		lock, err := checkDetachable(dir)
 		if err != nil {

@@ -214,7 +214,7 @@ func (h *hydrator) round(ctx context.Context, items []*hydItem) error {
 // of the file system too, for seconds on a busy disk.)
 func (h *hydrator) finish() error {
 	c := h.c
-	err := filepath.WalkDir(c.up.tree, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(c.up.tree+"/.", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !d.IsDir() {
 			return err
 		}
