@@ -206,6 +206,11 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	if o.cow != "" {
 		upperDir, _ = filepath.Abs(o.cow) // o.mount checked it
 	}
+	// SIGUSR1 asks for stats as soon as the state file names this process
+	// (before it, Go would drop the signal).
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
 	st := &mountctl.State{PID: os.Getpid(), Mountpoint: mp, Backups: dirs, Stats: mountctl.StatsPath(mp), Upper: upperDir}
 	if err := st.Write(); err != nil {
 		m.Unmount()
@@ -217,17 +222,14 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	if !child {
 		fmt.Fprintf(stderr, "combinefs mount: %s mounted at %s (%s); Ctrl-C or combinefs umount %s to stop\n", chain.Final().Dir, mp, mode, mp)
 	}
-	return serveUntilDone(ctx, m, st, lg)
+	return serveUntilDone(ctx, m, st, usr1, lg)
 }
 
 // serveUntilDone serves until the mount goes away (combinefs umount,
 // umount(8)) or a signal asks for a clean unmount. SIGUSR1 writes stats.
-func serveUntilDone(ctx context.Context, m *fusefs.Mount, st *mountctl.State, lg *logWriter) error {
+func serveUntilDone(ctx context.Context, m *fusefs.Mount, st *mountctl.State, usr1 <-chan os.Signal, lg *logWriter) error {
 	done := make(chan struct{})
 	go func() { m.Wait(); close(done) }()
-	usr1 := make(chan os.Signal, 1)
-	signal.Notify(usr1, syscall.SIGUSR1)
-	defer signal.Stop(usr1)
 	writeStats := func() {
 		s := m.Stats()
 		if err := mountctl.WriteJSON(st.Stats, s); err != nil {

@@ -108,12 +108,19 @@ func WriteJSON(path string, v any) error {
 
 // RequestStats has the process pid write its counters to statsPath
 // (SIGUSR1) and decodes them into v, waiting up to timeout for the file.
+// The signal is sent again every second: a process that has not set up its
+// handler yet drops it.
 func RequestStats(pid int, statsPath string, timeout time.Duration, v any) error {
 	os.Remove(statsPath)
 	if err := syscall.Kill(pid, syscall.SIGUSR1); err != nil {
 		return fmt.Errorf("the mount's process %d: %w", pid, err)
 	}
+	resend := time.Now().Add(time.Second)
 	for deadline := time.Now().Add(timeout); ; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(resend) {
+			syscall.Kill(pid, syscall.SIGUSR1)
+			resend = time.Now().Add(time.Second)
+		}
 		data, err := os.ReadFile(statsPath)
 		if err == nil {
 			if err := json.Unmarshal(data, v); err != nil {
