@@ -279,6 +279,33 @@ func TestArchivePITR(t *testing.T) {
 		})
 	}
 
+	// exec --target-*: the command sees the rows committed before the
+	// target, with promote (the default: recovery has ended) and with
+	// pause (replay paused there); outside the window, one line and
+	// nothing left.
+	t.Run("exec", func(t *testing.T) {
+		for _, tc := range []struct {
+			flags  []string
+			lastID int
+		}{
+			{[]string{"--target-time", ts(tBetween)}, idBetween},
+			{[]string{"--target-name", "before_b2", "--target-action", "pause"}, idRP},
+		} {
+			before := execTempDirs(t, e)
+			args := append(append([]string{"--repo", repo}, tc.flags...), "--", "psql", "-XAtc", "SELECT coalesce(max(id), 0), count(*) FROM marks", "postgres")
+			if got, want := strings.TrimSpace(execMust(t, e, nil, args...)), fmt.Sprintf("%d|%d", tc.lastID, tc.lastID); got != want {
+				t.Errorf("exec %v: marks max|count %s, want %s", tc.flags, got, want)
+			}
+			execNothingLeft(t, e, before)
+		}
+		left := execTempDirs(t, e)
+		msg, _, code := execFails(t, e, nil, "--repo", repo, "--target-time", ts(before), "--", "true")
+		if code != 1 || !strings.Contains(msg, "outside what the archive can recover") {
+			t.Errorf("exec to a time before the first backup: exit %d, %q; want exit 1 naming the window", code, msg)
+		}
+		execNothingLeft(t, e, left)
+	})
+
 	// Targets outside the window: refused in one line, nothing mounted.
 	for i, flags := range [][]string{
 		{"--target-time", ts(before)},

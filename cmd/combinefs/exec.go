@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -27,6 +28,7 @@ type execOptions struct {
 	owner       string
 	keep        bool
 	cacheSize   string
+	pitr        pitrOptions
 }
 
 func setupExec(f *pflag.FlagSet) func(ctx context.Context, args []string) error {
@@ -38,6 +40,12 @@ func setupExec(f *pflag.FlagSet) func(ctx context.Context, args []string) error 
 	f.StringVar(&o.owner, "owner", "", "`USER[:GROUP]` the server runs as (default: owner of the final backup; root only)")
 	f.BoolVar(&o.keep, "keep", false, "leave the server and the mount running after CMD (CMD optional) and print how to reach and stop them")
 	f.StringVar(&o.cacheSize, "cache-size", "256MiB", "block cache `SIZE` of the mount")
+	// CMD must see the state AT the target: exec waits until recovery
+	// has ended (promote) or replay has paused there (pause) before
+	// running it; a server that shuts down at the target serves nothing.
+	o.pitr.addFlags(f, "with --repo (no --point)", "promote",
+		"`promote|pause` at the target: promote ends recovery there and CMD runs on a writable server; "+
+			"pause keeps it in recovery, read-only, paused at the target (shutdown is refused: CMD would find no server)")
 	return func(ctx context.Context, args []string) error {
 		return runExec(ctx, &o, args, f.ArgsLenAtDash())
 	}
@@ -47,8 +55,17 @@ func setupExec(f *pflag.FlagSet) func(ctx context.Context, args []string) error 
 // command. dash is where pflag saw "--" (-1: it stopped at the first
 // operand and "--", if any, is still in args).
 func (o *execOptions) split(args []string, dash int) (chain, cmd []string, err error) {
+	if err := o.pitr.parse(); err != nil {
+		return nil, nil, err
+	}
+	if o.pitr.action == "shutdown" {
+		return nil, nil, usageError{"--target-action shutdown does not go with exec: the server would stop at the target before the command runs (use promote or pause)"}
+	}
+	if o.pitr.set() && (o.repo == "" || o.point != "") {
+		return nil, nil, usageError{"a recovery target needs --repo, and picks the point itself (no --point)"}
+	}
 	if o.repo != "" || o.point != "" {
-		if o.repo == "" || o.point == "" {
+		if o.repo == "" || o.point == "" && !o.pitr.set() {
 			return nil, nil, usageError{"--repo and --point go together"}
 		}
 		if dash > 0 {
@@ -84,6 +101,8 @@ type execSession struct {
 	cmd      []string
 	cmdPath  string
 	cache    int64
+	pitr     *pitrOptions // the recovery target, if any
+	repoDir  string       // its repository, whose archive the server reads
 
 	base, data, sock string
 	port             int
@@ -106,6 +125,13 @@ func runExec(ctx context.Context, o *execOptions, args []string, dash int) (err 
 		}()
 	}
 	dirs, hold := chainArgs, (*repo.Hold)(nil)
+	if o.pitr.set() {
+		// A target outside the archive's windows is refused here,
+		// before anything is made.
+		if o.point, err = o.pitr.choosePoint(ctx, o.repo); err != nil {
+			return err
+		}
+	}
 	if o.repo != "" {
 		// The chain's points stay locked (shared) while exec runs.
 		if dirs, hold, err = repoChain(ctx, "exec", o.repo, o.point); err != nil {
@@ -140,6 +166,9 @@ func runExec(ctx context.Context, o *execOptions, args []string, dash int) (err 
 func planExec(o *execOptions, dirs, cmd []string) (*execSession, error) {
 	var err error
 	s := &execSession{cmd: cmd}
+	if o.pitr.set() {
+		s.pitr, s.repoDir = &o.pitr, o.repo
+	}
 	if s.cache, err = parseSize(o.cacheSize); err != nil {
 		return nil, usageError{fmt.Sprintf("--cache-size: %v", err)}
 	}
@@ -239,6 +268,11 @@ func (s *execSession) start(ctx context.Context) error {
 	}
 	s.mount = m
 	s.undo = append(s.undo, s.unmount)
+	if s.pitr != nil {
+		if err := s.pitr.writeRecovery(s.data, s.repoDir); err != nil {
+			return err
+		}
+	}
 	closeOnExec()
 	if s.port, err = freePort(); err != nil {
 		return err
@@ -249,7 +283,13 @@ func (s *execSession) start(ctx context.Context) error {
 	}
 	s.server = srv
 	s.undo = append(s.undo, srv.stop)
-	return srv.waitReady(ctx)
+	if err := srv.waitReady(ctx); err != nil {
+		return err
+	}
+	if s.pitr != nil {
+		return s.waitTarget(ctx)
+	}
+	return nil
 }
 
 // makeDirs creates the private directory holding everything of this exec:
@@ -325,6 +365,9 @@ func (s *execSession) serverSettings() []string {
 		// directory and is thrown away: durability would only cost time
 		// (the start's sync of the data directory, the checkpoints').
 		"fsync=off",
+		// Connections during recovery, so that exec sees when replay
+		// has paused at a target (the backup's may say off).
+		"hot_standby=on",
 	}
 }
 
@@ -401,6 +444,35 @@ func (s *execSession) runCommand(ctx context.Context, env []string) error {
 				return commandStatus(ee.ExitCode())
 			}
 			return err
+		}
+	}
+}
+
+// waitTarget waits until the server has reached the recovery target: with
+// promote until recovery has ended (pg_is_in_recovery() is false), with
+// pause until replay is paused there, so that the command sees the state
+// at the target and not one on the way to it. A server that exits first
+// (a target recovery never reached) fails with its last complaint.
+func (s *execSession) waitTarget(ctx context.Context) error {
+	query, want := "SELECT pg_is_in_recovery()", "f"
+	if s.pitr.action == "pause" {
+		query, want = "SELECT pg_is_in_recovery() AND pg_get_wal_replay_pause_state() = 'paused'", "t"
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		cmd := exec.CommandContext(ctx, filepath.Join(s.bin, "psql"), "-X", "-Atq", "-d", "template1", "-c", query)
+		cmd.Env = s.env()
+		out, err := cmd.CombinedOutput()
+		if err == nil && strings.TrimSpace(string(out)) == want {
+			return nil
+		}
+		select {
+		case <-s.server.done:
+			return fmt.Errorf("the server exited before reaching %s: %s", s.pitr.describe(), lastComplaint(s.server.logFile))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
 		}
 	}
 }

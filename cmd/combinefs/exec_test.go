@@ -29,7 +29,17 @@ func TestExecSplit(t *testing.T) {
 		{execOptions{}, []string{"/b/full", "--"}, -1, nil, nil, "give the command to run (after --)"},
 		{execOptions{repo: "/r"}, []string{"psql"}, -1, nil, nil, "--repo and --point go together"},
 		{execOptions{repo: "/r", point: "p"}, []string{"/b/full", "psql"}, 1, nil, nil, "with --repo, give no backups before --"},
+		// A recovery target: --repo, and the point is chosen (no --point).
+		{execOptions{repo: "/r", pitr: pitrOptions{name: "rp"}}, []string{"psql"}, -1, nil, []string{"psql"}, ""},
+		{execOptions{repo: "/r", pitr: pitrOptions{time: "2026-01-02 10:00:00", action: "pause"}}, []string{"psql"}, -1, nil, []string{"psql"}, ""},
+		{execOptions{repo: "/r", point: "p", pitr: pitrOptions{name: "rp"}}, []string{"psql"}, -1, nil, nil, "a recovery target needs --repo, and picks the point itself (no --point)"},
+		{execOptions{pitr: pitrOptions{lsn: "0/3000028"}}, []string{"/b/full", "--", "psql"}, -1, nil, nil, "a recovery target needs --repo"},
+		{execOptions{repo: "/r", pitr: pitrOptions{name: "rp", action: "shutdown"}}, []string{"psql"}, -1, nil, nil, "--target-action shutdown does not go with exec"},
+		{execOptions{repo: "/r", point: "p", pitr: pitrOptions{action: "pause"}}, []string{"psql"}, -1, nil, nil, "--target-action and --target-timeline go with a recovery target"},
 	} {
+		if tt.o.pitr.defAction = "promote"; tt.o.pitr.action == "" {
+			tt.o.pitr.action = "promote"
+		}
 		chain, cmd, err := tt.o.split(tt.args, tt.dash)
 		if tt.err != "" {
 			if _, ok := err.(usageError); !ok || !strings.Contains(err.Error(), tt.err) {
@@ -53,6 +63,10 @@ func TestExecCommandLine(t *testing.T) {
 		{[]string{"exec"}, "give the backups of the chain, oldest first, then -- and the command"},
 		{[]string{"exec", "--repo", "/r", "--point", "p"}, "give the command to run (after --)"},
 		{[]string{"exec", "--point", "p", "--", "psql"}, "--repo and --point go together"},
+		{[]string{"exec", "--repo", "/r", "--point", "p", "--target-time", "2026-01-02 10:00:00", "--", "psql"}, "a recovery target needs --repo, and picks the point itself (no --point)"},
+		{[]string{"exec", "--target-name", "rp", "/b/full", "--", "psql"}, "a recovery target needs --repo, and picks the point itself (no --point)"},
+		{[]string{"exec", "--repo", "/r", "--target-name", "rp", "--target-action", "shutdown", "--", "psql"}, "--target-action shutdown does not go with exec: the server would stop at the target before the command runs (use promote or pause)"},
+		{[]string{"exec", "--repo", "/r", "--target-time", "10 o'clock", "--", "psql"}, `invalid --target-time "10 o'clock": want e.g. 2026-01-02T15:04:05Z or 2026-01-02 15:04:05.123+00`},
 	} {
 		code, out := runCLI(t, tt.args...)
 		check(t, tt.args, code, out, 2, "combinefs exec: "+tt.msg+"\n"+usageHint("exec"))

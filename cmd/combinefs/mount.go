@@ -63,7 +63,7 @@ func (o *mountOptions) addFlags(f *pflag.FlagSet) {
 	f.BoolVar(&o.hydrate, "hydrate", false, "with --cow: copy every block UPPERDIR lacks from the backups into it in the background, so it becomes a complete data directory (see combinefs status, combinefs detach)")
 	f.StringVar(&o.hydrateRate, "hydrate-rate", "0", "with --hydrate: read at most `BYTES` per second from the backups (e.g. 100MiB; 0: no limit)")
 	f.BoolVar(&o.writeback, "writeback-cache", true, "with --cow: let the kernel cache writes and send them in batches (no passthrough then)")
-	o.pitr.addFlags(f)
+	o.pitr.addFlags(f, "with --cow --repo", "pause", "what the server does at the target: `pause|promote|shutdown`")
 }
 
 func setupMount(f *pflag.FlagSet) func(ctx context.Context, args []string) error {

@@ -24,14 +24,18 @@ type pitrOptions struct {
 	timeline             uint32
 	target               walarchive.Target
 	tli                  uint32 // the timeline recovery follows, once chosen
+	defAction            string // --target-action's default
 }
 
-func (o *pitrOptions) addFlags(f *pflag.FlagSet) {
-	f.StringVar(&o.time, "target-time", "", "with --cow --repo: recover to `TIME` (RFC 3339, or 2006-01-02 15:04:05[.frac][+zone]; UTC without zone)")
-	f.StringVar(&o.lsn, "target-lsn", "", "with --cow --repo: recover to `LSN`")
-	f.StringVar(&o.xid, "target-xid", "", "with --cow --repo: recover up to the end of transaction `XID`")
-	f.StringVar(&o.name, "target-name", "", "with --cow --repo: recover to the restore point `NAME` (pg_create_restore_point)")
-	f.StringVar(&o.action, "target-action", "pause", "what the server does at the target: `pause|promote|shutdown`")
+// addFlags adds the target flags; with names the flags they need (mount:
+// --cow --repo), actionHelp says what --target-action does for the command.
+func (o *pitrOptions) addFlags(f *pflag.FlagSet, with, defAction, actionHelp string) {
+	o.defAction = defAction
+	f.StringVar(&o.time, "target-time", "", with+": recover to `TIME` (RFC 3339, or 2006-01-02 15:04:05[.frac][+zone]; UTC without zone)")
+	f.StringVar(&o.lsn, "target-lsn", "", with+": recover to `LSN`")
+	f.StringVar(&o.xid, "target-xid", "", with+": recover up to the end of transaction `XID`")
+	f.StringVar(&o.name, "target-name", "", with+": recover to the restore point `NAME` (pg_create_restore_point)")
+	f.StringVar(&o.action, "target-action", defAction, actionHelp)
 	f.Uint32Var(&o.timeline, "target-timeline", 0, "recover along timeline `TLI` (default: the newest the archive has a window on)")
 }
 
@@ -75,7 +79,7 @@ func (o *pitrOptions) parse() error {
 		}
 		t.XID, t.HasXID = uint32(x), true
 	case o.name == "":
-		if o.timeline != 0 || o.action != "pause" {
+		if o.timeline != 0 || o.action != o.defAction {
 			return usageError{"--target-action and --target-timeline go with a recovery target (--target-time, --target-lsn, --target-xid or --target-name)"}
 		}
 		return nil
