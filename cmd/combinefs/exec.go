@@ -44,8 +44,9 @@ func setupExec(f *pflag.FlagSet) func(ctx context.Context, args []string) error 
 	// has ended (promote) or replay has paused there (pause) before
 	// running it; a server that shuts down at the target serves nothing.
 	o.pitr.addFlags(f, "with --repo (no --point)", "promote",
-		"`promote|pause` at the target: promote ends recovery there and CMD runs on a writable server; "+
-			"pause keeps it in recovery, read-only, paused at the target (shutdown is refused: CMD would find no server)")
+		"`promote|pause` at the target: CMD must see the state AT the target, so exec runs it once recovery has ended there "+
+			"(promote: pg_is_in_recovery() is false, the server writable) or replay has paused there (pause: read-only); "+
+			"shutdown is refused (CMD would find no server)")
 	return func(ctx context.Context, args []string) error {
 		return runExec(ctx, &o, args, f.ArgsLenAtDash())
 	}

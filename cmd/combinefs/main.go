@@ -36,7 +36,7 @@ var commands = []command{
 	{"wal-get", "wal-get --repo DIR FILE PATH", "restore_command: copy an archived WAL file to PATH", setupWALGet},
 	{"list", "list --repo DIR", "show the backups of a repository and check its chains", setupList},
 	{"mount", "mount [--cow UPPERDIR] [flags] (BACKUP... | --repo DIR --point NAME) MOUNTPOINT", "present a chain point as a data directory through FUSE, read-only or copy-on-write", setupMount},
-	{"exec", "exec [flags] (BACKUP... | --repo DIR --point NAME) -- CMD [ARG...]", "run a command against a private server on a copy-on-write mount of a point, then remove it all", setupExec},
+	{"exec", "exec [flags] (BACKUP... | --repo DIR (--point NAME | --target-time T | --target-lsn L | --target-xid X | --target-name N)) -- CMD [ARG...]", "run a command against a private server on a copy-on-write mount of a point, then remove it all", setupExec},
 	{"umount", "umount MOUNTPOINT", "unmount a combinefs mount", setupUmount},
 	{"status", "status [--wait] MOUNTPOINT", "show a mount's hydration progress, or wait for it to complete", setupStatus},
 	{"detach", "detach [--owner USER[:GROUP]] UPPERDIR", "turn the hydrated upper directory of an unmounted copy-on-write mount into a plain data directory", setupDetach},
