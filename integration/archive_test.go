@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/combinefs/combinefs/format"
+	"github.com/combinefs/combinefs/internal/mountctl"
 )
 
 // The WAL archive (combinefs archive, wal-get) and point-in-time recovery
@@ -298,7 +299,26 @@ func TestArchivePITR(t *testing.T) {
 			}
 			execNothingLeft(t, e, before)
 		}
+		// --keep: the process keeping the server recovers to the target
+		// too, and its promoted server takes writes.
 		left := execTempDirs(t, e)
+		stdout, stderr, code := execRun(t, e, nil, "--keep", "--repo", repo, "--target-name", "before_b2", "--",
+			"psql", "-XAtqc", fmt.Sprintf("INSERT INTO marks (id) VALUES (%d); SELECT count(*) FROM marks", next), "postgres")
+		if want := strconv.Itoa(idRP + 1); code != 0 || strings.TrimSpace(stdout) != want {
+			t.Errorf("exec --keep --target-name: exit %d, count %q, want %s\n%s", code, stdout, want, stderr)
+		}
+		if m := regexp.MustCompile(`stop:\s+kill (\d+)`).FindStringSubmatch(stderr); m != nil {
+			pid, _ := strconv.Atoi(m[1])
+			syscall.Kill(pid, syscall.SIGTERM)
+			for deadline := time.Now().Add(2 * time.Minute); mountctl.ProcessAlive(pid); time.Sleep(50 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the process keeping the server (%d) still runs 2 minutes after SIGTERM", pid)
+				}
+			}
+		} else {
+			t.Errorf("exec --keep does not say how to stop it:\n%s", stderr)
+		}
+		execNothingLeft(t, e, left)
 		msg, _, code := execFails(t, e, nil, "--repo", repo, "--target-time", ts(before), "--", "true")
 		if code != 1 || !strings.Contains(msg, "outside what the archive can recover") {
 			t.Errorf("exec to a time before the first backup: exit %d, %q; want exit 1 naming the window", code, msg)
