@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/combinefs/combinefs/internal/dio"
@@ -114,30 +115,26 @@ func (s *syncer) wait() error {
 	return s.err
 }
 
-// syncDirs fsyncs files or directories by name, a few at a time.
+// syncDirs fsyncs files or directories by name, a few at a time, and
+// reports every one that failed.
 func syncDirs(dirs []string) error {
 	var (
-		wg   sync.WaitGroup
+		g    errgroup.Group
 		mu   sync.Mutex
 		errs []error
 	)
-	ch := make(chan string)
-	for range syncWorkers {
-		wg.Go(func() {
-			for d := range ch {
-				if err := dio.Sync(d); err != nil {
-					mu.Lock()
-					errs = append(errs, err)
-					mu.Unlock()
-				}
+	g.SetLimit(syncWorkers)
+	for _, d := range dirs {
+		g.Go(func() error {
+			if err := dio.Sync(d); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
 			}
+			return nil
 		})
 	}
-	for _, d := range dirs {
-		ch <- d
-	}
-	close(ch)
-	wg.Wait()
+	g.Wait()
 	return errors.Join(errs...)
 }
 

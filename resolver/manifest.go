@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/combinefs/combinefs/format"
 )
@@ -129,47 +132,37 @@ func (p *Tree) WriteManifest(w io.Writer, labelTime time.Time, sums bool, onFile
 // the disk most of the time.
 func (p *Tree) checksums(entries []ManifestEntry, algo format.ChecksumType, onFile func(string)) ([][]byte, error) {
 	out := make([][]byte, len(entries))
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex // guards first and onFile calls
-		first error
-	)
-	next := make(chan int)
-	for range 2 * runtime.NumCPU() {
-		wg.Go(func() {
-			buf := make([]byte, 1<<20)
-			for i := range next {
-				f := entries[i].Entry.File
-				sum, err := p.fileChecksum(f, algo, buf, func(path string) {
-					if onFile != nil {
-						mu.Lock()
-						onFile(path)
-						mu.Unlock()
-					}
-				})
-				mu.Lock()
-				if err != nil && first == nil {
-					first = err
-				}
-				mu.Unlock()
-				out[i] = sum
-			}
-		})
+	n := 2 * runtime.NumCPU()
+	// One buffer per running read: no more are ever in use.
+	bufs := make(chan []byte, n)
+	for range n {
+		bufs <- make([]byte, 1<<20)
 	}
+	var mu sync.Mutex // serialises onFile calls
+	g, ctx := errgroup.WithContext(context.Background())
+	g.SetLimit(n)
 	for i, me := range entries {
-		mu.Lock()
-		failed := first != nil
-		mu.Unlock()
-		if failed {
+		if ctx.Err() != nil {
 			break
 		}
-		if me.Entry != nil && !me.NoSum {
-			next <- i
+		if me.Entry == nil || me.NoSum {
+			continue
 		}
+		g.Go(func() error {
+			buf := <-bufs
+			defer func() { bufs <- buf }()
+			sum, err := p.fileChecksum(me.Entry.File, algo, buf, func(path string) {
+				if onFile != nil {
+					mu.Lock()
+					onFile(path)
+					mu.Unlock()
+				}
+			})
+			out[i] = sum
+			return err
+		})
 	}
-	close(next)
-	wg.Wait()
-	return out, first
+	return out, g.Wait()
 }
 
 // fileChecksum reuses a whole copy's checksum or reads the file for it.

@@ -19,6 +19,8 @@ import (
 	"sync"
 	"syscall"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/combinefs/combinefs/format"
 	"github.com/combinefs/combinefs/internal/dio"
 )
@@ -169,43 +171,37 @@ func checksumAll(ctx context.Context, dir string, files []*format.ManifestFile, 
 	if n <= 0 {
 		n = 4
 	}
-	ch := make(chan *format.ManifestFile)
-	var wg sync.WaitGroup
-	var mu sync.Mutex // guards done, firstErr and problem
-	var done int64
-	var firstErr error
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := dio.AlignedBuf(1 << 20)
-			for f := range ch {
-				msg, err := checkOne(filepath.Join(dir, f.Path), f, buf)
-				mu.Lock()
-				if err != nil && firstErr == nil {
-					firstErr = err
-				}
-				if msg != "" {
-					problem("%s", msg)
-				}
-				done += f.Size
-				if opts.Progress != nil {
-					opts.Progress(done, total)
-				}
-				mu.Unlock()
-			}
-		}()
+	// One aligned buffer per running check: no more are ever in use.
+	bufs := make(chan []byte, n)
+	for range n {
+		bufs <- dio.AlignedBuf(1 << 20)
 	}
+	var mu sync.Mutex // guards done and problem
+	var done int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(n)
 	for _, f := range files {
-		if ctx.Err() != nil {
+		if gctx.Err() != nil {
 			break
 		}
-		ch <- f
+		g.Go(func() error {
+			buf := <-bufs
+			defer func() { bufs <- buf }()
+			msg, err := checkOne(filepath.Join(dir, f.Path), f, buf)
+			mu.Lock()
+			defer mu.Unlock()
+			if msg != "" {
+				problem("%s", msg)
+			}
+			done += f.Size
+			if opts.Progress != nil {
+				opts.Progress(done, total)
+			}
+			return err
+		})
 	}
-	close(ch)
-	wg.Wait()
-	if firstErr != nil {
-		return firstErr
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	return ctx.Err()
 }
