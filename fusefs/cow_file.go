@@ -89,9 +89,7 @@ func (n *cowNode) state() (*fileState, syscall.Errno) {
 		return nil, syscall.ENOENT
 	}
 	if err != nil {
-		n.c.m.logf("load %s: %v", n.Path(nil), err)
-		n.c.m.stats.ioErrors.Add(1)
-		return nil, toErrno(err)
+		return nil, n.c.m.errno(err, "load %s", n.Path(nil))
 	}
 	n.st = st
 	return st, 0
@@ -224,7 +222,7 @@ func (n *cowNode) ensureUpperLocked() syscall.Errno {
 	tmp, f, err := c.newUpperTmp(le, func(f *os.File) error { return c.copyLower(le, f) })
 	if err != nil {
 		c.m.logf("copy-up of %s: %v", rel, err)
-		return toErrno(err)
+		return n.errno(err)
 	}
 	if attached {
 		dirSync, err := c.installUpper(rel, tmp)
@@ -232,7 +230,7 @@ func (n *cowNode) ensureUpperLocked() syscall.Errno {
 			f.Close()
 			os.Remove(tmp)
 			c.m.logf("copy-up of %s: %v", rel, err)
-			return toErrno(err)
+			return n.errno(err)
 		}
 		st.dirSync, st.dirSyncDue = dirSync, true
 	} else {
@@ -311,7 +309,7 @@ func (n *cowNode) stateNS() (*fileState, syscall.Errno) {
 	if n.st == nil {
 		st, err := n.load()
 		if err != nil {
-			return nil, toErrno(err)
+			return nil, n.errno(err)
 		}
 		n.st = st
 	}
@@ -419,13 +417,12 @@ func (n *cowNode) write(data []byte, off int64) (uint32, syscall.Errno) {
 				// A partial write into a block still in the chain:
 				// bring the whole block up first.
 				if err := n.materialize(st, b); err != nil {
-					n.c.m.logf("copy-up of block %d: %v", b, err)
-					return 0, syscall.EIO
+					return 0, n.c.m.errno(err, "copy-up of block %d of %s", b, n.Path(nil))
 				}
 			}
 		}
 		if _, err := st.fd.WriteAt(data, off); err != nil {
-			return 0, toErrno(err)
+			return 0, n.errno(err)
 		}
 		for b := off / format.BlockSize; b*format.BlockSize < end; b++ {
 			st.mark(b)
@@ -436,7 +433,7 @@ func (n *cowNode) write(data []byte, off int64) (uint32, syscall.Errno) {
 	}
 	w, err := st.fd.WriteAt(data, off)
 	if err != nil {
-		return uint32(w), toErrno(err)
+		return uint32(w), n.errno(err)
 	}
 	return uint32(w), 0
 }
@@ -527,27 +524,11 @@ func (n *cowNode) readAt(dest []byte, off int64) (fuse.ReadResult, syscall.Errno
 	return bytesResult(dest[:end-off]), 0
 }
 
-// toErrno is the errno the kernel gets for err: the one a system call
-// returned, ENOENT for a missing file, EIO for anything else (logged by the
-// caller).
-func toErrno(err error) syscall.Errno {
-	if err == nil {
-		return 0
-	}
-	var e syscall.Errno
-	if errors.As(err, &e) {
-		return e
-	}
-	if errors.Is(err, os.ErrNotExist) {
-		return syscall.ENOENT
-	}
-	return syscall.EIO
-}
+// errno answers the kernel for an operation on this node (Mount.errno).
+func (n *cowNode) errno(err error) syscall.Errno { return n.c.m.errno(err, "%s", n.Path(nil)) }
 
 func (n *cowNode) readErr(err error, off int64) syscall.Errno {
-	n.c.m.logf("read %s at %d: %v", n.Path(nil), off, err)
-	n.c.m.stats.ioErrors.Add(1)
-	return syscall.EIO
+	return n.c.m.errno(err, "read %s at %d", n.Path(nil), off)
 }
 
 // truncate sets the file's length.
@@ -568,13 +549,13 @@ func (n *cowNode) truncate(size int64) syscall.Errno {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if st.kind == kindWhole {
-		return toErrno(st.fd.Truncate(size))
+		return n.errno(st.fd.Truncate(size))
 	}
 	if size < st.size {
 		if size%format.BlockSize != 0 {
 			if b := size / format.BlockSize; !st.has(b) && b*format.BlockSize < st.limit {
 				if err := n.materialize(st, b); err != nil {
-					return toErrno(err)
+					return n.errno(err)
 				}
 			}
 		}
@@ -582,14 +563,14 @@ func (n *cowNode) truncate(size int64) syscall.Errno {
 		// the cut-off part rather than bringing it back later.
 		if size < st.limit {
 			if err := setLimit(int(st.fd.Fd()), size); err != nil {
-				return toErrno(err)
+				return n.errno(err)
 			}
 			st.limit = size
 		}
 		st.dropFrom((size + format.BlockSize - 1) / format.BlockSize)
 	}
 	if err := st.fd.Truncate(size); err != nil {
-		return toErrno(err)
+		return n.errno(err)
 	}
 	st.size = size
 	return 0
@@ -614,11 +595,11 @@ func (n *cowNode) fsync(dataOnly bool) syscall.Errno {
 		err = st.fd.Sync()
 	}
 	if err != nil {
-		return toErrno(err)
+		return n.errno(err)
 	}
 	if st.dirSyncDue {
 		if err := n.c.up.syncDir(st.dirSync); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return toErrno(err)
+			return n.errno(err)
 		}
 		st.dirSyncDue = false
 	}
@@ -636,7 +617,7 @@ func (n *cowNode) Allocate(ctx context.Context, fh gofs.FileHandle, off, size ui
 	defer n.mu.Unlock()
 	st := n.st
 	if st.kind == kindWhole {
-		return toErrno(unix.Fallocate(int(st.fd.Fd()), mode, int64(off), int64(size)))
+		return n.errno(unix.Fallocate(int(st.fd.Fd()), mode, int64(off), int64(size)))
 	}
 	if mode != 0 {
 		return syscall.EOPNOTSUPP
@@ -644,7 +625,7 @@ func (n *cowNode) Allocate(ctx context.Context, fh gofs.FileHandle, off, size ui
 	start, end := max(int64(off), st.limit), int64(off+size)
 	if end > start {
 		if err := unix.Fallocate(int(st.fd.Fd()), 0, start, end-start); err != nil {
-			return toErrno(err)
+			return n.errno(err)
 		}
 	}
 	st.size = max(st.size, end)

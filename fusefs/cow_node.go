@@ -118,7 +118,7 @@ func (c *cowFS) attrOf(crel string, e entry, a *fuse.Attr) syscall.Errno {
 	if e.upper {
 		var s unix.Stat_t
 		if err := c.lstat(crel, &s); err != nil {
-			return toErrno(err)
+			return c.m.errno(err, "%s", crel)
 		}
 		fillFromStat(m, a, &s)
 		return 0
@@ -150,7 +150,7 @@ func (n *cowNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	}
 	list, err := n.c.list(rel, n.lowerVisible)
 	if err != nil {
-		return nil, toErrno(err)
+		return nil, n.errno(err)
 	}
 	return gofs.NewListDirStream(list), 0
 }
@@ -233,7 +233,7 @@ func (n *cowNode) getattr(a *fuse.Attr) syscall.Errno {
 		}
 		var s unix.Stat_t
 		if err := unix.Fstat(int(st.fd.Fd()), &s); err != nil {
-			return toErrno(err)
+			return n.errno(err)
 		}
 		fillFromStat(m, a, &s)
 		if st.kind == kindOverlay {
@@ -280,7 +280,7 @@ func fillFromStat(m *Mount, a *fuse.Attr, s *unix.Stat_t) {
 func (n *cowNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(n.c.up.dir, &st); err != nil {
-		return toErrno(err)
+		return n.errno(err)
 	}
 	out.FromStatfsT(&st)
 	return 0
@@ -303,7 +303,7 @@ func (n *cowNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 		}
 	}
 	if err != nil {
-		return nil, toErrno(err)
+		return nil, n.errno(err)
 	}
 	return []byte(t), 0
 }
@@ -317,7 +317,7 @@ func (n *cowNode) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) s
 			return 0
 		}
 		if err := n.c.up.syncDir(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return toErrno(err)
+			return n.errno(err)
 		}
 		return 0
 	}
@@ -348,13 +348,13 @@ func (n *cowNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetA
 		}
 		if hasMode {
 			if err := chmod(p, mode&0o7777); err != nil {
-				return toErrno(err)
+				return n.errno(err)
 			}
 		}
 		if hasA || hasM {
 			var st unix.Stat_t
 			if err := statFn(p, &st); err != nil {
-				return toErrno(err)
+				return n.errno(err)
 			}
 			ts := []unix.Timespec{st.Atim, st.Mtim}
 			if hasA {
@@ -364,7 +364,7 @@ func (n *cowNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetA
 				ts[1] = unix.NsecToTimespec(mtime.UnixNano())
 			}
 			if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, flags); err != nil {
-				return toErrno(err)
+				return n.errno(err)
 			}
 		}
 	}
@@ -386,10 +386,10 @@ func (n *cowNode) upperPath() (p string, follow bool, done func(), errno syscall
 			return "", false, done, syscall.ENOENT
 		}
 		if err := n.c.ensureUpperDir(rel); err != nil {
-			return "", false, done, toErrno(err)
+			return "", false, done, n.errno(err)
 		}
 		p, done, err := n.c.up.at(rel)
-		return p, false, done, toErrno(err)
+		return p, false, done, n.errno(err)
 	}
 	if n.Mode()&syscall.S_IFMT == syscall.S_IFLNK {
 		rel, ok := n.rel()
@@ -397,7 +397,7 @@ func (n *cowNode) upperPath() (p string, follow bool, done func(), errno syscall
 			return "", false, done, syscall.ENOENT
 		}
 		p, done, err := n.c.up.at(rel)
-		return p, false, done, toErrno(err)
+		return p, false, done, n.errno(err)
 	}
 	if errno := n.ensureUpper(); errno != 0 {
 		return "", false, done, errno
@@ -419,7 +419,7 @@ func (n *cowNode) newName(name string) (rel, crel string, errno syscall.Errno) {
 		return "", "", syscall.EEXIST
 	}
 	if err := n.c.ensureUpperDir(rel); err != nil {
-		return "", "", toErrno(err)
+		return "", "", n.errno(err)
 	}
 	return rel, crel, 0
 }
@@ -436,7 +436,7 @@ func (n *cowNode) Create(ctx context.Context, name string, flags uint32, mode ui
 		return os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, os.FileMode(mode&0o7777))
 	})
 	if err != nil {
-		return nil, nil, 0, toErrno(err)
+		return nil, nil, 0, n.errno(err)
 	}
 	f.Chmod(os.FileMode(mode & 0o7777))
 	ch := n.child(ctx, crel, entry{mode: syscall.S_IFREG})
@@ -489,7 +489,7 @@ func (n *cowNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	p, done, err := c.up.at(crel)
 	defer done()
 	if err != nil {
-		return nil, toErrno(err)
+		return nil, n.errno(err)
 	}
 	var st unix.Stat_t
 	if unix.Lstat(p, &st) == nil {
@@ -497,17 +497,17 @@ func (n *cowNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 		// the new one opaque in tmp/ and swap it in atomically.
 		tmp := c.up.tmpName()
 		if err := os.Mkdir(tmp, os.FileMode(mode&0o7777)); err != nil {
-			return nil, toErrno(err)
+			return nil, n.errno(err)
 		}
 		if err := unix.Lsetxattr(tmp, xattrOpaque, []byte("y"), 0); err != nil {
-			return nil, toErrno(err)
+			return nil, n.errno(err)
 		}
 		if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, p, unix.RENAME_EXCHANGE); err != nil {
-			return nil, toErrno(err)
+			return nil, n.errno(err)
 		}
 		os.Remove(tmp) // the whiteout, now there
 	} else if err := os.Mkdir(p, os.FileMode(mode&0o7777)); err != nil {
-		return nil, toErrno(err)
+		return nil, n.errno(err)
 	}
 	lchmod(p, mode&0o7777)
 	if errno := c.attrOf(crel, entry{upper: true}, &out.Attr); errno != 0 {
@@ -528,7 +528,7 @@ func (n *cowNode) Symlink(ctx context.Context, target, name string, out *fuse.En
 		return nil, errno
 	}
 	if _, err := c.createUpper(crel, func(p string) (*os.File, error) { return nil, os.Symlink(target, p) }); err != nil {
-		return nil, toErrno(err)
+		return nil, n.errno(err)
 	}
 	if errno := c.attrOf(crel, entry{upper: true}, &out.Attr); errno != 0 {
 		return nil, errno
@@ -562,7 +562,7 @@ func (n *cowNode) Unlink(ctx context.Context, name string) syscall.Errno {
 		return syscall.EISDIR
 	}
 	if err := c.remove(rel, crel, e); err != nil {
-		return toErrno(err)
+		return n.errno(err)
 	}
 	c.forgetIno(crel)
 	return 0
@@ -612,7 +612,7 @@ func (n *cowNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 		return errno
 	}
 	if err := c.removeDir(rel, crel, e); err != nil {
-		return toErrno(err)
+		return n.errno(err)
 	}
 	c.forgetIno(crel)
 	return 0
@@ -650,7 +650,7 @@ func (c *cowFS) removeDir(rel, crel string, e entry) error {
 func (c *cowFS) checkEmpty(crel string, e entry) syscall.Errno {
 	list, err := c.list(crel, e.lowerVisible)
 	if err != nil {
-		return toErrno(err)
+		return c.m.errno(err, "%s", crel)
 	}
 	if len(list) > 0 {
 		return syscall.ENOTEMPTY
@@ -702,7 +702,7 @@ func (n *cowNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		// The source needs an upper entry to move.
 		if !src.upper && src.mode == syscall.S_IFLNK {
 			if err := c.ensureUpperDir(rel); err != nil {
-				return toErrno(err)
+				return n.errno(err)
 			}
 			p, done, err := c.up.at(from)
 			if err == nil {
@@ -710,7 +710,7 @@ func (n *cowNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 			}
 			done()
 			if err != nil {
-				return toErrno(err)
+				return n.errno(err)
 			}
 		} else if !src.upper {
 			chIno := n.GetChild(name)
@@ -723,25 +723,25 @@ func (n *cowNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		}
 	}
 	if err := c.ensureUpperDir(nrel); err != nil {
-		return toErrno(err)
+		return n.errno(err)
 	}
 	fromP, doneFrom, err := c.up.at(from)
 	defer doneFrom()
 	if err != nil {
-		return toErrno(err)
+		return n.errno(err)
 	}
 	toP, doneTo, err := c.up.at(to)
 	defer doneTo()
 	if err != nil {
-		return toErrno(err)
+		return n.errno(err)
 	}
 	if err := c.renameUpper(src, fromP, toP); err != nil {
-		return toErrno(err)
+		return n.errno(err)
 	}
 	if lt := c.lower[to]; src.mode == syscall.S_IFDIR && np.lowerVisible && lt != nil && lt.dir {
 		// A lower directory of the target's name must not show through.
 		if err := unix.Lsetxattr(toP, xattrOpaque, []byte("y"), 0); err != nil {
-			return toErrno(err)
+			return n.errno(err)
 		}
 	}
 	if ch := n.GetChild(name); ch != nil {

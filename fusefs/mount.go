@@ -1,6 +1,8 @@
 package fusefs
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -227,6 +229,30 @@ func (m *Mount) logf(format string, args ...any) {
 	if m.opts.Log != nil {
 		m.opts.Log(fmt.Sprintf(format, args...))
 	}
+}
+
+// errno is the one way an error becomes the kernel's answer: a cancelled
+// request is EINTR, a missing file ENOENT, an errno a system call returned
+// (ENOSPC, EEXIST, ...) itself; anything else, and EIO itself, is logged
+// with what was being done, counted in the stats, and EIO, so that the
+// mount stays up and its log says why a read or write failed.
+func (m *Mount) errno(err error, what string, args ...any) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return syscall.EINTR
+	}
+	var e syscall.Errno
+	if errors.As(err, &e) && e != syscall.EIO {
+		return e
+	}
+	if errors.Is(err, os.ErrNotExist) {
+		return syscall.ENOENT
+	}
+	m.logf("%s: %v", fmt.Sprintf(what, args...), err)
+	m.stats.ioErrors.Add(1)
+	return syscall.EIO
 }
 
 func (m *Mount) fillAttr(a *fuse.Attr, mode uint32, size uint64, mtime time.Time) {

@@ -159,15 +159,12 @@ func (f *roFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32,
 	}
 	plan, err := f.f.Plan()
 	if err != nil {
-		f.m.logf("open %s: %v", f.f.Path, err)
-		f.m.stats.ioErrors.Add(1)
-		return nil, 0, syscall.EIO
+		return nil, 0, f.m.errno(err, "open %s", f.f.Path)
 	}
 	if plan.Whole {
 		src, err := os.Open(plan.WholeSrc)
 		if err != nil {
-			f.m.logf("open %s: %v", f.f.Path, err)
-			return nil, 0, syscall.EIO
+			return nil, 0, f.m.errno(err, "open %s", f.f.Path)
 		}
 		f.m.stats.wholeOpens.Add(1)
 		return &wholeHandle{m: f.m, src: src, size: f.f.Size()}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
@@ -202,9 +199,7 @@ func (h *wholeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 		if err == nil {
 			err = fmt.Errorf("short read: %d of %d bytes", n, want)
 		}
-		h.m.logf("read %s at %d: %v", h.src.Name(), off, err)
-		h.m.stats.ioErrors.Add(1)
-		return nil, syscall.EIO
+		return nil, h.m.errno(err, "read %s at %d", h.src.Name(), off)
 	}
 	h.m.stats.bytesServed.Add(uint64(n))
 	return bytesResult(dest[:n]), 0
@@ -230,9 +225,7 @@ func (h *reconHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 	n := min(int64(len(dest)), size-off)
 	r, err := h.m.src.readRange(h.plan, off, n)
 	if err != nil {
-		h.m.logf("read %s at %d: %v", h.f.Path, off, err)
-		h.m.stats.ioErrors.Add(1)
-		return nil, syscall.EIO
+		return nil, h.m.errno(err, "read %s at %d", h.f.Path, off)
 	}
 	h.m.stats.bytesServed.Add(uint64(n))
 	return r, 0
