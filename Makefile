@@ -24,19 +24,21 @@ lint:
 	$(GO) vet ./...
 
 # unit: everything that needs neither PostgreSQL nor FUSE... except the FUSE
-# layer's own tests, which need /dev/fuse (and fail rather than skip when
-# COMBINEFS_REQUIRE_FUSE=1).
+# layer's own tests, which need /dev/fuse, and the S3 storage's, which need
+# the S3 server of integration/s3server.sh (they fail rather than skip when
+# COMBINEFS_REQUIRE_FUSE=1 and COMBINEFS_REQUIRE_S3=1).
 unit: lint
-	COMBINEFS_REQUIRE_FUSE=1 $(GO) test -race -count=1 $(UNIT_PKGS)
+	COMBINEFS_REQUIRE_FUSE=1 COMBINEFS_REQUIRE_S3=1 $(GO) test -race -count=1 $(UNIT_PKGS)
 
 # integration: end-to-end tests against a real PostgreSQL of each major in
-# PG_MAJORS (provisioned by integration/provision.sh); nothing may skip.
+# PG_MAJORS (provisioned by integration/provision.sh) and a real S3 server
+# (integration/s3server.sh); nothing may skip.
 # Mounts that were there before the run (a user's own) are not the suite's.
 integration:
 	@before=$$(grep fuse.combinefs /proc/mounts | sort); \
 	for m in $(PG_MAJORS); do \
 		echo "=== integration tests, PostgreSQL $$m"; \
-		PG_MAJOR=$$m COMBINEFS_REQUIRE_PG=1 COMBINEFS_REQUIRE_FUSE=1 \
+		PG_MAJOR=$$m COMBINEFS_REQUIRE_PG=1 COMBINEFS_REQUIRE_FUSE=1 COMBINEFS_REQUIRE_S3=1 \
 			$(GO) test -count=1 -timeout 40m -v ./integration || exit 1; \
 	done; \
 	left=$$(grep fuse.combinefs /proc/mounts | sort | comm -13 <(echo "$$before") -); \
