@@ -1,0 +1,228 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/url"
+	"sort"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go"
+)
+
+// S3 is a Storage over a prefix of an S3 bucket, through aws-sdk-go-v2:
+// it reads credentials, region and AWS_ENDPOINT_URL from the standard AWS
+// environment and configuration chain (env, ~/.aws/config and credentials,
+// SSO, web identity, instance roles) by itself, and its standard retryer
+// retries throttling, 5xx and connection errors with jittered exponential
+// backoff. minio-go would do the same requests but reimplements that chain
+// only in part.
+type S3 struct {
+	Client *s3.Client
+	Bucket string
+	// Prefix is "" or ends in "/": the repository's root in the bucket.
+	Prefix string
+}
+
+// S3Options are the choices of an S3 repository beyond its URL.
+type S3Options struct {
+	// Endpoint is an S3-compatible store's URL (--s3-endpoint); empty means
+	// AWS_ENDPOINT_URL or the AWS default. Any endpoint given either way
+	// is addressed path-style (http://host/bucket/key), which every
+	// S3-compatible store understands.
+	Endpoint string
+}
+
+// s3Attempts is how many times a request is tried before its error is
+// returned (the SDK's default is 3): enough to ride out a restart of the
+// store or a short network failure.
+const s3Attempts = 6
+
+// ParseS3URL splits s3://BUCKET/PREFIX into the bucket and the prefix ("" or
+// ending in "/"). ok is false when loc is not an s3:// URL.
+func ParseS3URL(loc string) (bucket, prefix string, ok bool, err error) {
+	rest, ok := strings.CutPrefix(loc, "s3://")
+	if !ok {
+		return "", "", false, nil
+	}
+	bucket, prefix, _ = strings.Cut(rest, "/")
+	if bucket == "" {
+		return "", "", true, fmt.Errorf("repository %s: no bucket in the URL (want s3://BUCKET/PREFIX)", loc)
+	}
+	prefix = strings.Trim(prefix, "/")
+	for _, part := range strings.Split(prefix, "/") {
+		if part == "." || part == ".." {
+			return "", "", true, fmt.Errorf("repository %s: the prefix may not hold . or ..", loc)
+		}
+	}
+	if prefix != "" {
+		prefix += "/"
+	}
+	return bucket, prefix, true, nil
+}
+
+// NewS3 makes the Storage of s3://bucket/prefix. It sends no request.
+func NewS3(ctx context.Context, bucket, prefix string, o S3Options) (*S3, error) {
+	cfg, err := config.LoadDefaultConfig(ctx, config.WithRetryMaxAttempts(s3Attempts))
+	if err != nil {
+		return nil, fmt.Errorf("s3://%s: AWS configuration: %w", bucket, err)
+	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1" // S3-compatible stores mostly ignore it
+	}
+	if o.Endpoint != "" {
+		if u, err := url.Parse(o.Endpoint); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+			return nil, fmt.Errorf("--s3-endpoint %q: not an http:// or https:// URL", o.Endpoint)
+		}
+		cfg.BaseEndpoint = aws.String(o.Endpoint)
+	}
+	client := s3.NewFromConfig(cfg, func(so *s3.Options) {
+		so.UsePathStyle = cfg.BaseEndpoint != nil
+	})
+	return &S3{Client: client, Bucket: bucket, Prefix: prefix}, nil
+}
+
+// String is the repository's URL.
+func (s *S3) String() string { return "s3://" + s.Bucket + "/" + s.Prefix }
+
+// List pages through ListObjectsV2 (1000 keys a page).
+func (s *S3) List(ctx context.Context, prefix string) ([]Object, error) {
+	var out []Object
+	p := s3.NewListObjectsV2Paginator(s.Client, &s3.ListObjectsV2Input{
+		Bucket: aws.String(s.Bucket),
+		Prefix: aws.String(s.Prefix + prefix),
+	})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, s.err("list", prefix, err)
+		}
+		for _, o := range page.Contents {
+			name := strings.TrimPrefix(aws.ToString(o.Key), s.Prefix)
+			out = append(out, Object{Name: name, Size: aws.ToInt64(o.Size)})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// ReadRange is one ranged GET.
+func (s *S3) ReadRange(ctx context.Context, name string, off, n int64) ([]byte, error) {
+	if n == 0 {
+		return []byte{}, nil
+	}
+	rng := fmt.Sprintf("bytes=%d-", off)
+	if n > 0 {
+		rng = fmt.Sprintf("bytes=%d-%d", off, off+n-1)
+	}
+	res, err := s.Client.GetObject(ctx, &s3.GetObjectInput{
+		Bucket: aws.String(s.Bucket),
+		Key:    aws.String(s.Prefix + name),
+		Range:  aws.String(rng),
+	})
+	if err != nil {
+		if code(err) == "InvalidRange" {
+			return []byte{}, nil // off is at or past the end
+		}
+		return nil, s.err("read", name, err)
+	}
+	defer res.Body.Close()
+	var buf bytes.Buffer
+	if res.ContentLength != nil {
+		buf.Grow(int(*res.ContentLength))
+	}
+	if _, err := io.Copy(&buf, res.Body); err != nil {
+		return nil, s.err("read", name, err)
+	}
+	return buf.Bytes(), nil
+}
+
+// Put is a single PUT with If-None-Match: *, so the store itself refuses
+// to replace an object (S3 answers 412), and a PUT is all or nothing.
+func (s *S3) Put(ctx context.Context, name string, data []byte) error {
+	_, err := s.Client.PutObject(ctx, &s3.PutObjectInput{
+		Bucket:        aws.String(s.Bucket),
+		Key:           aws.String(s.Prefix + name),
+		Body:          bytes.NewReader(data),
+		ContentLength: aws.Int64(int64(len(data))),
+		IfNoneMatch:   aws.String("*"),
+	})
+	if err != nil {
+		return s.err("put", name, err)
+	}
+	return nil
+}
+
+// Delete is one DELETE; S3 answers a missing key with success too.
+func (s *S3) Delete(ctx context.Context, name string) error {
+	_, err := s.Client.DeleteObject(ctx, &s3.DeleteObjectInput{
+		Bucket: aws.String(s.Bucket),
+		Key:    aws.String(s.Prefix + name),
+	})
+	if err != nil {
+		return s.err("delete", name, err)
+	}
+	return nil
+}
+
+// Probe reports whether anything is stored under the prefix, with one
+// request that also fails clearly on a missing bucket or bad credentials.
+func (s *S3) Probe(ctx context.Context) (bool, error) {
+	res, err := s.Client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{
+		Bucket:  aws.String(s.Bucket),
+		Prefix:  aws.String(s.Prefix),
+		MaxKeys: aws.Int32(1),
+	})
+	if err != nil {
+		return false, s.err("list", "", err)
+	}
+	return len(res.Contents) > 0, nil
+}
+
+// code is the S3 error code of err, or "".
+func code(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return ""
+}
+
+// err turns an SDK error into one line naming the object: a missing key is
+// an fs.ErrNotExist, an existing one fs.ErrExist, and a missing bucket or
+// refused credentials say so (the SDK's own text spans request ids and
+// retry counts).
+func (s *S3) err(op, name string, err error) error {
+	where := s.String() + name
+	switch c := code(err); c {
+	case "NoSuchKey", "NotFound":
+		return &fs.PathError{Op: op, Path: where, Err: fs.ErrNotExist}
+	case "PreconditionFailed", "ConditionalRequestConflict":
+		return &fs.PathError{Op: op, Path: where, Err: fs.ErrExist}
+	case "NoSuchBucket":
+		return fmt.Errorf("s3://%s: the bucket does not exist", s.Bucket)
+	case "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "InvalidToken", "ExpiredToken":
+		return fmt.Errorf("s3://%s: access denied (%s): check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, ...)", s.Bucket, c)
+	case "":
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		var ne *net.OpError
+		if errors.As(err, &ne) {
+			return fmt.Errorf("%s %s: %v (after %d attempts)", op, where, ne, s3Attempts)
+		}
+		return fmt.Errorf("%s %s: %s", op, where, oneLine(err.Error()))
+	default:
+		var ae smithy.APIError
+		errors.As(err, &ae)
+		return fmt.Errorf("%s %s: %s: %s", op, where, c, oneLine(ae.ErrorMessage()))
+	}
+}
