@@ -99,7 +99,7 @@ func (r *Repo) Expire(ctx context.Context, o ExpireOptions, wait Waiter) (*Expir
 	}
 	if !o.DryRun {
 		phase("expire-before-delete")
-		if err := r.emptyTrash(); err != nil {
+		if err := r.emptyTrashOrRemote(ctx); err != nil {
 			return res, err
 		}
 	}
@@ -173,6 +173,9 @@ func expirePlan(points []*Point, o ExpireOptions) []*Point {
 // retire renames a point to a hidden trash name: from that rename on it is
 // no longer a point. The caller holds the point's exclusive lock.
 func (r *Repo) retire(name string) error {
+	if r.remote() {
+		return r.Store.Delete(context.TODO(), MarkerName(name))
+	}
 	trash := filepath.Join(r.Dir, fmt.Sprintf(".%s%s%d", name, trashInfix, time.Now().UnixNano()))
 	if err := renameDurable(filepath.Join(r.Dir, name), trash); err != nil {
 		return err
@@ -220,7 +223,7 @@ func walSegmentSize(objs []Object) int64 {
 // expireWAL removes the archived WAL (under wal/, when there is one) that
 // none of the points left needs.
 func (r *Repo) expireWAL(ctx context.Context, left []*Point, dry bool, res *ExpireResult) error {
-	if _, err := os.Stat(filepath.Join(r.Dir, WALDir)); err != nil {
+	if _, err := os.Stat(filepath.Join(r.Dir, WALDir)); err != nil && !r.remote() {
 		return nil
 	}
 	var keepFrom format.LSN

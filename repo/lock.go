@@ -75,6 +75,9 @@ func flockFile(ctx context.Context, path string, how int, what func() string, wa
 // Lock takes the repository's lock for holder (a command name, recorded in
 // the lock file so that others can say whom they wait for).
 func (r *Repo) Lock(ctx context.Context, holder string, wait Waiter) (unlock func(), err error) {
+	if r.remote() {
+		return r.lockRemote(ctx, holder, wait)
+	}
 	path := filepath.Join(r.Dir, repoLockName)
 	what := func() string {
 		h, _ := os.ReadFile(path)
@@ -171,6 +174,9 @@ func (r *Repo) ShareChain(ctx context.Context, ref string, wait Waiter) ([]strin
 // Share takes a shared lock on each of the named points. gone is true (and
 // nothing is held) when one of them stopped being a point meanwhile.
 func (r *Repo) Share(ctx context.Context, names []string, wait Waiter) (h *Hold, gone bool, err error) {
+	if r.remote() {
+		return r.shareRemote(ctx, names)
+	}
 	h = &Hold{}
 	for _, n := range names {
 		f, err := r.lockPoint(ctx, n, unix.LOCK_SH, wait)
@@ -195,6 +201,9 @@ func (r *Repo) Share(ctx context.Context, names []string, wait Waiter) (h *Hold,
 // TryExclusive takes the exclusive lock of a point without waiting; held
 // is true when a reader holds it.
 func (r *Repo) TryExclusive(name string) (unlock func(), held bool, err error) {
+	if r.remote() {
+		return func() {}, false, nil // no point locks on an object store yet
+	}
 	f, err := r.lockPoint(context.Background(), name, unix.LOCK_EX, nil)
 	if errors.Is(err, ErrLocked) {
 		return nil, true, nil

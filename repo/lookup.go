@@ -3,7 +3,6 @@ package repo
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 )
 
@@ -29,7 +28,7 @@ func (r *Repo) Find(ctx context.Context, ref string) (*Point, error) {
 	for q := byName[p.Parent]; q != nil; q = byName[q.Parent] {
 		ancestors = append([]*Point{q}, ancestors...)
 	}
-	checkChains(ancestors)
+	r.checkChains(ctx, ancestors)
 	return p, nil
 }
 
@@ -83,7 +82,7 @@ func (r *Repo) ChainDirs(ctx context.Context, ref string) ([]string, *Point, err
 	}
 	dirs := make([]string, len(p.Chain))
 	for i, n := range p.Chain {
-		dirs[i] = filepath.Join(r.Dir, n)
+		dirs[i] = r.pointDir(n)
 	}
 	return dirs, p, nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -62,7 +61,7 @@ func (r *Repo) Points(ctx context.Context) ([]*Point, error) {
 		return nil, err
 	}
 	linkParents(points)
-	checkChains(points)
+	r.checkChains(ctx, points)
 	return points, nil
 }
 
@@ -71,22 +70,18 @@ func (r *Repo) Points(ctx context.Context) ([]*Point, error) {
 // list shows); without, it reads the system identifier from pg_control (a
 // small file), enough to link parents: the light scan of a lookup.
 func (r *Repo) scan(ctx context.Context, full bool) ([]*Point, error) {
-	// The points are the top-level directories with a point's name.
-	entries, err := os.ReadDir(r.Dir)
+	names, err := r.pointNames(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var points []*Point
-	for _, e := range entries {
-		m := pointNameRe.FindStringSubmatch(e.Name())
-		if m == nil || !e.IsDir() {
-			continue
-		}
+	for _, name := range names {
+		m := pointNameRe.FindStringSubmatch(name)
 		t, err := time.Parse(nameTimeLayout, m[1])
 		if err != nil {
 			continue
 		}
-		p := &Point{Name: e.Name(), Dir: filepath.Join(r.Dir, e.Name()), Kind: Kind(m[2]), Time: t}
+		p := &Point{Name: name, Dir: r.pointDir(name), Kind: Kind(m[2]), Time: t}
 		points = append(points, p)
 		if r.readLabel(ctx, p); p.Problem != "" {
 			continue
@@ -110,7 +105,7 @@ func (r *Repo) scan(ctx context.Context, full bool) ([]*Point, error) {
 
 // readLabel fills in what p's backup_label says, or sets p.Problem.
 func (r *Repo) readLabel(ctx context.Context, p *Point) {
-	labelPath := filepath.Join(p.Dir, "backup_label")
+	labelPath := p.Dir + "/backup_label"
 	data, err := r.Store.ReadRange(ctx, p.Name+"/backup_label", 0, -1)
 	if err != nil {
 		p.Problem = fmt.Sprintf("not a complete backup: %v", pathErr(err))
@@ -138,14 +133,14 @@ func (r *Repo) readControl(ctx context.Context, p *Point) {
 	if err != nil {
 		return
 	}
-	if cf, err := format.ParseControlFile(data, filepath.Join(r.Dir, name)); err == nil {
+	if cf, err := format.ParseControlFile(data, r.pointDir(name)); err == nil {
 		p.SystemID = cf.SystemIdentifier
 	}
 }
 
 // readManifest fills in what p's backup_manifest says, or sets p.Problem.
 func (r *Repo) readManifest(ctx context.Context, p *Point) {
-	manPath := filepath.Join(p.Dir, "backup_manifest")
+	manPath := p.Dir + "/backup_manifest"
 	data, err := r.Store.ReadRange(ctx, p.Name+"/backup_manifest", 0, -1)
 	if err != nil {
 		p.Problem = fmt.Sprintf("not a complete backup: %v", pathErr(err))
@@ -205,7 +200,7 @@ func linkParents(points []*Point) {
 }
 
 // checkChains sets Chain or Problem on every point.
-func checkChains(points []*Point) {
+func (r *Repo) checkChains(ctx context.Context, points []*Point) {
 	byName := map[string]*Point{}
 	for _, p := range points {
 		byName[p.Name] = p
@@ -240,7 +235,7 @@ func checkChains(points []*Point) {
 			continue
 		}
 		if !verified[p.Name] {
-			verifyChain(chain, verified)
+			verifyChain(chain, verified, r.chainOptions(ctx))
 		}
 		if p.Problem == "" {
 			for _, q := range chain {
@@ -251,15 +246,15 @@ func checkChains(points []*Point) {
 }
 
 // verifyChain runs pg_combinebackup's chain checks (through the resolver,
-// which reads local files: an object-store repository will give it a
-// Storage-backed source) on chain and marks the points it vouches for. A
-// point is intact only if every point before it is.
-func verifyChain(chain []*Point, verified map[string]bool) {
+// with o reading an object-store repository's files) on chain and marks
+// the points it vouches for. A point is intact only if every point before
+// it is.
+func verifyChain(chain []*Point, verified map[string]bool, o resolver.ChainOptions) {
 	dirs := make([]string, len(chain))
 	for i, p := range chain {
 		dirs[i] = p.Dir
 	}
-	_, err := resolver.OpenChain(dirs, resolver.ChainOptions{RequireV2Manifests: true})
+	_, err := resolver.OpenChain(dirs, o)
 	if err == nil {
 		for _, p := range chain {
 			verified[p.Name] = true
@@ -282,7 +277,7 @@ func verifyChain(chain []*Point, verified map[string]bool) {
 		verified[p.Name] = true
 	}
 	if bad > 0 && !verified[chain[bad-1].Name] {
-		verifyChain(chain[:bad], verified)
+		verifyChain(chain[:bad], verified, o)
 	}
 }
 

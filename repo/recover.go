@@ -14,6 +14,9 @@ func (r *Repo) Recover(ctx context.Context) error {
 	if err := r.recoverCompaction(ctx); err != nil {
 		return err
 	}
+	if r.remote() {
+		return r.removeRemoteLeftovers(ctx)
+	}
 	if err := r.RemovePartials(); err != nil {
 		return err
 	}

@@ -42,9 +42,19 @@ type Repo struct {
 	Created bool
 }
 
-// Open opens the repository in dir; with create, it makes the directory
-// when it does not exist.
+// Open opens the repository in the local directory dir; with create, it
+// makes the directory when it does not exist. The commands that work on an
+// object store open their repository with OpenWith; the others come here
+// and refuse an s3:// URL in one line.
 func Open(dir string, create bool) (*Repo, error) {
+	if _, _, ok, _ := ParseS3URL(dir); ok {
+		return nil, fmt.Errorf("repository %s: only list, verify --repo and expire work on an S3 repository so far", dir)
+	}
+	return openLocal(dir, create)
+}
+
+// openLocal opens the repository in the local directory dir.
+func openLocal(dir string, create bool) (*Repo, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err
@@ -133,6 +143,9 @@ func (r *Repo) Publish(tmp, name string) (string, error) {
 // of captures and compactions, points half removed, a compaction's
 // journal. Only a holder of the repository's lock may remove them.
 func (r *Repo) Leftovers() ([]string, error) {
+	if r.remote() {
+		return r.remoteLeftovers(context.TODO())
+	}
 	entries, err := os.ReadDir(r.Dir)
 	if err != nil {
 		return nil, err
@@ -186,6 +199,9 @@ func (r *Repo) RemovePartials() error {
 // change a repository call it first, so that pointing them at some other
 // directory changes nothing.
 func (r *Repo) CheckIsRepository() error {
+	if r.remote() {
+		return r.checkRemoteRepository(context.TODO())
+	}
 	entries, err := os.ReadDir(r.Dir)
 	if err != nil {
 		return err

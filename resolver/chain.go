@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 
@@ -40,6 +41,11 @@ type ChainOptions struct {
 	// RequireV2Manifests refuses version 1 manifests, which carry no system
 	// identifier and predate incremental backup (pg_combinebackup does).
 	RequireV2Manifests bool
+	// ReadFile, when set, reads the backups' small files (PG_VERSION,
+	// pg_control, backup_label, backup_manifest) instead of the local file
+	// system: a chain in an object store, whose Dirs are only names. It
+	// returns an error matching fs.ErrNotExist for a missing file.
+	ReadFile func(path string) ([]byte, error)
 }
 
 // ChainError is a chain that pg_combinebackup would refuse. Error gives a
@@ -130,7 +136,21 @@ func OpenChain(dirs []string, opts ChainOptions) (*Chain, error) {
 		return nil, errors.New("no input directories specified")
 	}
 	c := &Chain{Backups: make([]*Backup, len(dirs))}
+	read := func(path string, max int64) ([]byte, error) {
+		if opts.ReadFile == nil {
+			return readSmall(path, max)
+		}
+		data, err := opts.ReadFile(path)
+		if err == nil && int64(len(data)) > max {
+			return nil, &format.Error{Path: path, Off: max, Msg: fmt.Sprintf("file %q is too large", path)}
+		}
+		return data, err
+	}
 	for i, d := range dirs {
+		if opts.ReadFile != nil {
+			c.Backups[i] = &Backup{Dir: d}
+			continue
+		}
 		st, err := os.Stat(d)
 		if err != nil {
 			return nil, &ChainError{Backup: d, msg: fmt.Sprintf("backup directory %q: %v", d, pgErrno(errors.Unwrap(err))), pgMsg: PgMessage(err), cause: err}
@@ -147,7 +167,7 @@ func OpenChain(dirs []string, opts ChainOptions) (*Chain, error) {
 	for i := len(c.Backups) - 1; i >= 0; i-- {
 		b := c.Backups[i]
 		p := filepath.Join(b.Dir, "PG_VERSION")
-		data, err := readSmall(p, 128)
+		data, err := read(p, 128)
 		if err != nil {
 			return nil, wrapFormat(b.Dir, err)
 		}
@@ -172,7 +192,7 @@ func OpenChain(dirs []string, opts ChainOptions) (*Chain, error) {
 			return nil, chainErr(b.Dir, fmt.Sprintf("backup %q is from PostgreSQL %d, but the final backup %q is from PostgreSQL %d: a chain cannot mix major versions", b.Dir, b.Major, final.Dir, c.Major),
 				fmt.Sprintf("%s: unexpected control file version", p))
 		}
-		data, err := readSmall(p, format.ControlFileSize)
+		data, err := read(p, format.ControlFileSize)
 		var pe *fs.PathError
 		if errors.As(err, &pe) && pe.Op == "open" {
 			return nil, &ChainError{Backup: b.Dir, msg: fmt.Sprintf("backup %q has no readable %s: %v", b.Dir, "global/pg_control", pgErrno(pe.Err)),
@@ -213,7 +233,7 @@ func OpenChain(dirs []string, opts ChainOptions) (*Chain, error) {
 	for i := len(c.Backups) - 1; i >= 0; i-- {
 		b := c.Backups[i]
 		p := filepath.Join(b.Dir, "backup_label")
-		data, err := readSmall(p, 10000+1024)
+		data, err := read(p, 10000+1024)
 		if err != nil {
 			return nil, wrapFormat(b.Dir, err)
 		}
@@ -242,7 +262,7 @@ func OpenChain(dirs []string, opts ChainOptions) (*Chain, error) {
 	// Manifests, first to last.
 	for _, b := range c.Backups {
 		p := filepath.Join(b.Dir, "backup_manifest")
-		data, err := os.ReadFile(p)
+		data, err := read(p, math.MaxInt64)
 		if errors.Is(err, fs.ErrNotExist) {
 			c.Warnings = append(c.Warnings, fmt.Sprintf("file %q does not exist", p))
 			continue

@@ -11,11 +11,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -32,6 +35,10 @@ type Options struct {
 	Jobs          int
 	// Progress, if set, is called with bytes checksummed so far and the total.
 	Progress func(done, total int64)
+	// FS, if set, holds the backup's files instead of the directory dir
+	// (a point in an object store, read through repo.StorageFS); dir then
+	// only names the backup in messages. Its files must be io.ReaderAt.
+	FS fs.FS
 }
 
 // Result of one backup's verification.
@@ -61,9 +68,14 @@ func isIgnored(rel string) bool {
 // not run (no readable manifest); problems found are in Result.Problems.
 func Backup(ctx context.Context, dir string, opts Options) (*Result, error) {
 	res := &Result{Dir: dir}
-	mpath := filepath.Join(dir, "backup_manifest")
-	data, err := os.ReadFile(mpath)
+	fsys := opts.FS
+	if fsys == nil {
+		fsys = os.DirFS(dir)
+	}
+	mpath := join(dir, "backup_manifest")
+	data, err := fs.ReadFile(fsys, "backup_manifest")
 	if err != nil {
+		err = fullPath(dir, err)
 		return nil, fmt.Errorf("could not read manifest: %w", err)
 	}
 	m, err := format.ParseManifest(data, mpath)
@@ -74,8 +86,8 @@ func Backup(ctx context.Context, dir string, opts Options) (*Result, error) {
 
 	// Walk the directory (through tablespace symlinks in pg_tblspc).
 	onDisk := map[string]int64{}
-	if err := walk(dir, "", onDisk); err != nil {
-		return nil, err
+	if err := walk(fsys, ".", onDisk); err != nil {
+		return nil, fullPath(dir, err)
 	}
 	var toSum []*format.ManifestFile
 	for i := range m.Files {
@@ -111,9 +123,9 @@ func Backup(ctx context.Context, dir string, opts Options) (*Result, error) {
 	}
 
 	if m.HasSystemIdentifier {
-		cpath := filepath.Join(dir, "global", "pg_control")
-		if data, err := os.ReadFile(cpath); err != nil {
-			problem("could not read %q: %v", cpath, err)
+		cpath := join(dir, "global/pg_control")
+		if data, err := fs.ReadFile(fsys, "global/pg_control"); err != nil {
+			problem("could not read %q: %v", cpath, fullPath(dir, err))
 		} else if cf, err := format.ParseControlFile(data, cpath); err != nil {
 			problem("%v", err)
 		} else if cf.SystemIdentifier != m.SystemIdentifier {
@@ -125,34 +137,48 @@ func Backup(ctx context.Context, dir string, opts Options) (*Result, error) {
 		return nil, err
 	}
 	if !opts.SkipWAL {
-		for _, p := range checkWAL(dir, m) {
+		for _, p := range checkWAL(fsys, dir, m) {
 			problem("%s", p)
 		}
 	}
 	return res, nil
 }
 
-func walk(root, rel string, out map[string]int64) error {
-	dir := filepath.Join(root, rel)
-	ents, err := os.ReadDir(dir)
+// join names a file of the backup dir in messages (dir may be a URL).
+func join(dir, rel string) string {
+	if strings.Contains(dir, "://") {
+		return dir + "/" + rel
+	}
+	return filepath.Join(dir, rel)
+}
+
+// fullPath makes the relative path of an fs.FS error the file's full name.
+func fullPath(dir string, err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) && !filepath.IsAbs(pe.Path) && !strings.Contains(pe.Path, "://") {
+		return &fs.PathError{Op: pe.Op, Path: join(dir, pe.Path), Err: pe.Err}
+	}
+	return err
+}
+
+// walk records the size of every regular file under rel.
+func walk(fsys fs.FS, rel string, out map[string]int64) error {
+	ents, err := fs.ReadDir(fsys, rel)
 	if err != nil {
 		return err
 	}
 	for _, e := range ents {
-		r := e.Name()
-		if rel != "" {
-			r = rel + "/" + e.Name()
-		}
+		r := path.Join(rel, e.Name())
 		if isIgnored(r) {
 			continue
 		}
-		info, err := os.Stat(filepath.Join(dir, e.Name())) // follows tablespace links
+		info, err := fs.Stat(fsys, r) // follows tablespace links
 		if err != nil {
 			return err
 		}
 		switch {
 		case info.IsDir():
-			if err := walk(root, r, out); err != nil {
+			if err := walk(fsys, r, out); err != nil {
 				return err
 			}
 		case info.Mode().IsRegular():
@@ -187,7 +213,7 @@ func checksumAll(ctx context.Context, dir string, files []*format.ManifestFile, 
 		g.Go(func() error {
 			buf := <-bufs
 			defer func() { bufs <- buf }()
-			msg, err := checkOne(filepath.Join(dir, f.Path), f, buf)
+			msg, err := checkOne(dir, opts.FS, f, buf)
 			mu.Lock()
 			defer mu.Unlock()
 			if msg != "" {
@@ -238,7 +264,12 @@ func hashFile(h io.Writer, in *os.File, buf []byte) (int64, error) {
 // a buffered read would fill the page cache with it (on a VM whose host
 // reclaims free memory, every new page-cache page also costs a host fault),
 // evicting what the machine is using. buf is aligned for direct reads.
-func checkOne(path string, f *format.ManifestFile, buf []byte) (string, error) {
+// With fsys (a point in an object store) the file is read through it.
+func checkOne(dir string, fsys fs.FS, f *format.ManifestFile, buf []byte) (string, error) {
+	if fsys != nil {
+		return checkFSFile(fsys, f, buf)
+	}
+	path := filepath.Join(dir, f.Path)
 	h := f.Algorithm.New()
 	var in *os.File
 	var err error
@@ -252,6 +283,23 @@ func checkOne(path string, f *format.ManifestFile, buf []byte) (string, error) {
 	}
 	defer in.Close()
 	n, err := hashFile(h, in, buf)
+	return verdict(f, h, n, err)
+}
+
+// checkFSFile checks one file of an fs.FS.
+func checkFSFile(fsys fs.FS, f *format.ManifestFile, buf []byte) (string, error) {
+	h := f.Algorithm.New()
+	in, err := fsys.Open(f.Path)
+	if err != nil {
+		return fmt.Sprintf("could not open file %q: %v", f.Path, err), nil
+	}
+	defer in.Close()
+	n, err := io.CopyBuffer(h, in, buf)
+	return verdict(f, h, n, err)
+}
+
+// verdict is the problem, if any, of a file that read n bytes into h.
+func verdict(f *format.ManifestFile, h hash.Hash, n int64, err error) (string, error) {
 	if err != nil {
 		return fmt.Sprintf("could not read file %q: %v", f.Path, err), nil
 	}
@@ -269,17 +317,17 @@ func checkOne(path string, f *format.ManifestFile, buf []byte) (string, error) {
 // segment files are there with the right size, then every record from the
 // range's start to its end reads and checks (format.WALReader). Each
 // problem is one line naming the segment file; a range stops at its first.
-func checkWAL(dir string, m *format.Manifest) []string {
+func checkWAL(fsys fs.FS, dir string, m *format.Manifest) []string {
 	ranges := m.WALRanges
-	walDir := filepath.Join(dir, "pg_wal")
-	ents, err := os.ReadDir(walDir)
+	walDir := join(dir, "pg_wal")
+	ents, err := fs.ReadDir(fsys, "pg_wal")
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) && len(ranges) > 0 {
 			return []string{fmt.Sprintf("WAL directory %q is missing", walDir)}
 		}
 		return nil
 	}
-	segSize := walSegmentSize(walDir, ents)
+	segSize := walSegmentSize(fsys, ents)
 	if segSize <= 0 {
 		if len(ranges) > 0 {
 			return []string{fmt.Sprintf("no WAL segments found in %q", walDir)}
@@ -289,7 +337,7 @@ func checkWAL(dir string, m *format.Manifest) []string {
 	if len(ranges) == 0 {
 		return nil
 	}
-	major, majorErr := backupMajor(dir)
+	major, majorErr := backupMajor(fsys, dir)
 	var probs []string
 	for _, r := range ranges {
 		first, last := uint64(r.Start)/uint64(segSize), uint64(r.Start)/uint64(segSize)
@@ -299,7 +347,7 @@ func checkWAL(dir string, m *format.Manifest) []string {
 		complete := true
 		for seg := first; seg <= last; seg++ {
 			name := format.WALSegmentName(r.TLI, seg, segSize)
-			info, err := os.Stat(filepath.Join(walDir, name))
+			info, err := fs.Stat(fsys, "pg_wal/"+name)
 			if err != nil {
 				probs = append(probs, fmt.Sprintf("WAL segment %q needed for timeline %d from %s to %s is missing", name, r.TLI, r.Start, r.End))
 				complete = false
@@ -315,7 +363,7 @@ func checkWAL(dir string, m *format.Manifest) []string {
 			probs = append(probs, fmt.Sprintf("WAL for timeline %d from %s to %s not parsed: %v", r.TLI, r.Start, r.End, majorErr))
 			continue
 		}
-		if err := readWALRange(walDir, r, segSize, major, m.SystemIdentifier); err != nil {
+		if err := readWALRange(fsys, r, segSize, major, m.SystemIdentifier); err != nil {
 			probs = append(probs, fmt.Sprintf("WAL parsing failed for timeline %d from %s to %s: %v", r.TLI, r.Start, r.End, err))
 		}
 	}
@@ -326,7 +374,7 @@ func checkWAL(dir string, m *format.Manifest) []string {
 // pg_waldump from the long page header of a segment file (initdb
 // --wal-segsize changes it), or from the file's size when that header is
 // unreadable; 0 when there is no segment file.
-func walSegmentSize(walDir string, ents []os.DirEntry) int64 {
+func walSegmentSize(fsys fs.FS, ents []fs.DirEntry) int64 {
 	for _, e := range ents {
 		if !isWALFileName(e.Name()) {
 			continue
@@ -336,7 +384,7 @@ func walSegmentSize(walDir string, ents []os.DirEntry) int64 {
 			continue
 		}
 		size := info.Size()
-		if f, err := os.Open(filepath.Join(walDir, e.Name())); err == nil {
+		if f, err := fsys.Open("pg_wal/" + e.Name()); err == nil {
 			page := make([]byte, format.WALLongPageHeaderSize)
 			if _, err := io.ReadFull(f, page); err == nil {
 				if h, err := format.ParseWALPageHeader(page, e.Name(), 0); err == nil && h.Long() && format.ValidWALSegmentSize(int64(h.SegmentSize)) {
@@ -367,9 +415,9 @@ func isWALFileName(name string) bool {
 
 // backupMajor is the PostgreSQL major of the backup in dir, from its
 // PG_VERSION: it decides the WAL page magic.
-func backupMajor(dir string) (int, error) {
-	p := filepath.Join(dir, "PG_VERSION")
-	data, err := os.ReadFile(p)
+func backupMajor(fsys fs.FS, dir string) (int, error) {
+	p := join(dir, "PG_VERSION")
+	data, err := fs.ReadFile(fsys, "PG_VERSION")
 	if err != nil {
 		return 0, fmt.Errorf("could not read %q: %w", p, err)
 	}
@@ -385,8 +433,8 @@ func backupMajor(dir string) (int, error) {
 
 // readWALRange reads the records of one range with format.WALReader, one
 // segment file open at a time.
-func readWALRange(walDir string, r format.WALRange, segSize int64, major int, sysid uint64) error {
-	var cur *os.File
+func readWALRange(fsys fs.FS, r format.WALRange, segSize int64, major int, sysid uint64) error {
+	var cur fs.File
 	defer func() {
 		if cur != nil {
 			cur.Close()
@@ -402,12 +450,16 @@ func readWALRange(walDir string, r format.WALRange, segSize int64, major int, sy
 				cur.Close()
 				cur = nil
 			}
-			f, err := os.Open(filepath.Join(walDir, format.WALSegmentName(r.TLI, segNo, segSize)))
+			f, err := fsys.Open("pg_wal/" + format.WALSegmentName(r.TLI, segNo, segSize))
 			if err != nil {
 				return nil, err
 			}
 			cur = f
-			return f, nil
+			ra, ok := f.(io.ReaderAt)
+			if !ok {
+				return nil, fmt.Errorf("%s: cannot be read at an offset", format.WALSegmentName(r.TLI, segNo, segSize))
+			}
+			return ra, nil
 		},
 	})
 	if err != nil {

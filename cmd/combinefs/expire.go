@@ -15,7 +15,8 @@ import (
 func setupExpire(f *pflag.FlagSet) func(ctx context.Context, args []string) error {
 	var dir, within string
 	var o repo.ExpireOptions
-	f.StringVar(&dir, "repo", "", "the repository `DIR`")
+	f.StringVar(&dir, "repo", "", "the repository `DIR` (or s3://BUCKET/PREFIX)")
+	s3o := s3Flags(f)
 	f.IntVar(&o.KeepFull, "keep-full", 0, "keep the newest `N` full points and everything chained to them")
 	f.StringVar(&within, "keep-within", "", "also keep every chain with a point taken within `DURATION` (e.g. 36h, 14d)")
 	f.BoolVarP(&o.DryRun, "dry-run", "n", false, "say what would be removed, remove nothing")
@@ -36,7 +37,7 @@ func setupExpire(f *pflag.FlagSet) func(ctx context.Context, args []string) erro
 			}
 			o.KeepWithin = d
 		}
-		r, err := repo.Open(dir, false)
+		r, err := repo.OpenWith(ctx, dir, false, *s3o)
 		if err != nil {
 			return err
 		}

@@ -18,7 +18,8 @@ import (
 func setupList(f *pflag.FlagSet) func(ctx context.Context, args []string) error {
 	var dir string
 	var verbose, asJSON bool
-	f.StringVar(&dir, "repo", "", "the repository `DIR` to list")
+	f.StringVar(&dir, "repo", "", "the repository `DIR` (or s3://BUCKET/PREFIX) to list")
+	s3o := s3Flags(f)
 	f.BoolVarP(&verbose, "verbose", "v", false, "also show each point's chain and system identifier")
 	f.BoolVar(&asJSON, "json", false, "print the same facts as JSON (for monitoring)")
 	return func(ctx context.Context, args []string) error {
@@ -31,7 +32,7 @@ func setupList(f *pflag.FlagSet) func(ctx context.Context, args []string) error 
 		if dir == "" {
 			return usageError{"no repository specified (--repo DIR)"}
 		}
-		r, err := repo.Open(dir, false)
+		r, err := repo.OpenWith(ctx, dir, false, *s3o)
 		if err != nil {
 			return err
 		}
@@ -44,13 +45,19 @@ func setupList(f *pflag.FlagSet) func(ctx context.Context, args []string) error 
 			return err
 		}
 		if asJSON {
-			wal, err := archiveJSON(r, points)
+			var wal *walJSON
+			if !r.Remote() { // no WAL archive on an object store yet
+				wal, err = archiveJSON(r, points)
+			}
 			if err != nil {
 				return err
 			}
 			return printPointsJSON(os.Stdout, r.Dir, points, leftovers, wal)
 		}
 		perr := printPoints(os.Stdout, points, leftovers, verbose)
+		if r.Remote() {
+			return perr
+		}
 		if err := printArchive(os.Stdout, r, points); err != nil {
 			return err
 		}

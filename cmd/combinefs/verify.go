@@ -19,7 +19,8 @@ func setupVerify(f *pflag.FlagSet) func(ctx context.Context, args []string) erro
 	f.BoolVarP(&opts.SkipChecksums, "skip-checksums", "s", false, "check file presence and sizes only")
 	f.BoolVarP(&opts.SkipWAL, "no-parse-wal", "n", false, "do not check (parse) the WAL the backup needs")
 	f.BoolVar(&chain, "chain", false, "also check that the backups, oldest first, form one chain")
-	f.StringVar(&repoDir, "repo", "", "check every point of the repository `DIR`, every chain's links and the continuity of its WAL archive")
+	f.StringVar(&repoDir, "repo", "", "check every point of the repository `DIR` (or s3://BUCKET/PREFIX), every chain's links and the continuity of its WAL archive")
+	s3o := s3Flags(f)
 	f.IntVarP(&opts.Jobs, "jobs", "j", runtime.NumCPU(), "files checksummed at once")
 	f.BoolVarP(&progress, "progress", "P", false, "show a progress bar (default: when stderr is a terminal)")
 	return func(ctx context.Context, args []string) error {
@@ -27,8 +28,11 @@ func setupVerify(f *pflag.FlagSet) func(ctx context.Context, args []string) erro
 			if len(args) > 0 {
 				return usageError{fmt.Sprintf("with --repo, give no backup directories (first is %q)", args[0])}
 			}
-			perr := verifyRepo(ctx, repoDir, opts, progress)
-			aerr := verifyArchive(ctx, repoDir)
+			perr := verifyRepo(ctx, repoDir, *s3o, opts, progress)
+			var aerr error
+			if _, _, s3, _ := repo.ParseS3URL(repoDir); !s3 { // no WAL archive on S3 yet
+				aerr = verifyArchive(ctx, repoDir)
+			}
 			if perr != nil {
 				return perr
 			}
@@ -81,8 +85,8 @@ func verifyOne(ctx context.Context, dir string, opts verify.Options, progress bo
 // every chain's links (list's checks), one line per point, holding each
 // point's shared lock while it reads it so that expire and compact leave it
 // alone.
-func verifyRepo(ctx context.Context, dir string, opts verify.Options, progress bool) error {
-	r, err := repo.Open(dir, false)
+func verifyRepo(ctx context.Context, dir string, s3o repo.S3Options, opts verify.Options, progress bool) error {
+	r, err := repo.OpenWith(ctx, dir, false, s3o)
 	if err != nil {
 		return err
 	}
@@ -105,7 +109,11 @@ func verifyRepo(ctx context.Context, dir string, opts verify.Options, progress b
 			continue
 		}
 		checked++
-		res, err := verifyOne(ctx, p.Dir, opts, progress)
+		var res *verify.Result
+		opts.FS, err = r.PointFS(ctx, p.Name)
+		if err == nil {
+			res, err = verifyOne(ctx, p.Dir, opts, progress)
+		}
 		hold.Release()
 		var verdict string
 		switch {

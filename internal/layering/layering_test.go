@@ -29,6 +29,7 @@ var allowed = map[string][]string{
 	"internal/crashpoint":   {},
 	"internal/layering":     {},
 	"internal/mountctl":     {},
+	"internal/s3test":       {},
 	"cache":                 {"format", "internal/dio"},
 	"resolver":              {"format"},
 	"resolver/resolvertest": {"format", "resolver"},

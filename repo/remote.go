@@ -1,0 +1,257 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/combinefs/combinefs/resolver"
+)
+
+// On an object store a repository has no directories and no rename, so a
+// point is published by a marker object written after all of its files:
+//
+//	s3://BUCKET/PREFIX/2025-02-20_161530-FULL/...   the backup's files
+//	s3://BUCKET/PREFIX/.points/2025-02-20_161530-FULL   its marker, written last
+//
+// A point's files without a marker are a capture that did not finish (a
+// leftover, never a point); deleting the marker first retires a point.
+const markerDir = ".points"
+
+// MarkerName is the marker object of the point name on an object store.
+func MarkerName(name string) string { return markerDir + "/" + name }
+
+// OpenWith opens the repository at loc: a local directory (as Open), or
+// s3://BUCKET/PREFIX with o's S3 settings. Every command's --repo comes
+// through here, so this is the one place that tells the two apart. Without
+// create, an S3 prefix that holds nothing is an error, as a missing
+// directory is.
+func OpenWith(ctx context.Context, loc string, create bool, o S3Options) (*Repo, error) {
+	bucket, prefix, ok, err := ParseS3URL(loc)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return openLocal(loc, create)
+	}
+	st, err := NewS3(ctx, bucket, prefix, o)
+	if err != nil {
+		return nil, err
+	}
+	r := &Repo{Dir: strings.TrimSuffix(st.String(), "/"), Store: st}
+	found, err := st.Probe(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !found && !create {
+		return nil, fmt.Errorf("%s holds no combinefs repository (nothing is stored under it)", r.Dir)
+	}
+	r.Created = !found
+	return r, nil
+}
+
+// Remote reports whether the repository is in an object store.
+func (r *Repo) Remote() bool {
+	_, local := r.Store.(Local)
+	return !local
+}
+
+func (r *Repo) remote() bool { return r.Remote() }
+
+// PointFS is the fs.FS that verify reads point name through on an object
+// store, or nil for a local repository (whose points are directories).
+func (r *Repo) PointFS(ctx context.Context, name string) (fs.FS, error) {
+	if !r.remote() {
+		return nil, nil
+	}
+	return NewStorageFS(ctx, r.Store, name)
+}
+
+// pointDir is where a point's files are: a local directory, or its URL.
+func (r *Repo) pointDir(name string) string {
+	if r.remote() {
+		return r.Dir + "/" + name
+	}
+	return filepath.Join(r.Dir, name)
+}
+
+// pointNames lists the names of the repository's points, sorted: the
+// directories with a point's name, or on an object store the markers.
+func (r *Repo) pointNames(ctx context.Context) ([]string, error) {
+	var names []string
+	if !r.remote() {
+		entries, err := os.ReadDir(r.Dir)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range entries {
+			if e.IsDir() && IsPointName(e.Name()) {
+				names = append(names, e.Name())
+			}
+		}
+		return names, nil
+	}
+	objs, err := r.Store.List(ctx, markerDir+"/")
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range objs {
+		if n := strings.TrimPrefix(o.Name, markerDir+"/"); IsPointName(n) {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// remoteLeftovers lists, on an object store, the top-level names that are
+// not points: the files of a point whose marker was never written (a
+// capture cut short) or was deleted (a point being removed).
+func (r *Repo) remoteLeftovers(ctx context.Context) ([]string, error) {
+	points, err := r.pointNames(ctx)
+	if err != nil {
+		return nil, err
+	}
+	isPoint := map[string]bool{}
+	for _, n := range points {
+		isPoint[n] = true
+	}
+	objs, err := r.Store.List(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, o := range objs {
+		top, _, _ := strings.Cut(o.Name, "/")
+		if IsPointName(top) && !isPoint[top] && !seen[top] {
+			seen[top] = true
+			out = append(out, top)
+		}
+	}
+	return out, nil
+}
+
+// chainOptions are the resolver's options for a chain of this repository:
+// on an object store its small files are read through the Storage.
+func (r *Repo) chainOptions(ctx context.Context) resolver.ChainOptions {
+	o := resolver.ChainOptions{RequireV2Manifests: true}
+	if r.remote() {
+		o.ReadFile = func(p string) ([]byte, error) {
+			name, ok := strings.CutPrefix(p, r.Dir+"/")
+			if !ok {
+				return nil, fmt.Errorf("%s is not in repository %s", p, r.Dir)
+			}
+			data, err := r.Store.ReadRange(ctx, name, 0, -1)
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrNotExist}
+			}
+			return data, err
+		}
+	}
+	return o
+}
+
+// checkRemoteRepository fails unless the prefix holds a point, a point's
+// marker or files a capture left: what CheckIsRepository asks of a
+// directory.
+func (r *Repo) checkRemoteRepository(ctx context.Context) error {
+	objs, err := r.Store.List(ctx, "")
+	if err != nil {
+		return err
+	}
+	for _, o := range objs {
+		top, _, _ := strings.Cut(o.Name, "/")
+		if IsPointName(top) || top == markerDir {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s is not a combinefs repository (no backups in it)", r.Dir)
+}
+
+// lockRemote takes the repository's lock on an object store: the object
+// .combinefs.lock, created only if absent (a conditional PUT) and deleted
+// to unlock. Unlike a flock it outlives a killed holder; the message of a
+// waiting command names the holder and the object to delete by hand when
+// that holder is gone.
+func (r *Repo) lockRemote(ctx context.Context, holder string, wait Waiter) (unlock func(), err error) {
+	host, _ := os.Hostname()
+	me := fmt.Sprintf("%s, pid %d on %s, since %s\n", holder, os.Getpid(), host, time.Now().UTC().Format(time.RFC3339))
+	told := false
+	for {
+		err := r.Store.Put(ctx, repoLockName, []byte(me))
+		if err == nil {
+			return func() { r.Store.Delete(context.WithoutCancel(ctx), repoLockName) }, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return nil, err
+		}
+		h, _ := r.Store.ReadRange(ctx, repoLockName, 0, 4096)
+		what := fmt.Sprintf("the lock of repository %s (held by %s; if that command is gone, delete %s/%s)",
+			r.Dir, strings.TrimSpace(string(h)), r.Dir, repoLockName)
+		if wait == nil {
+			return nil, fmt.Errorf("%s: %w", what, ErrLocked)
+		}
+		if !told {
+			wait(what)
+			told = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// shareRemote stands for the shared point locks on an object store, which
+// has none yet: it only reports whether each point is still one.
+func (r *Repo) shareRemote(ctx context.Context, names []string) (h *Hold, gone bool, err error) {
+	for _, n := range names {
+		_, err := r.Store.ReadRange(ctx, MarkerName(n), 0, -1)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, true, nil
+		}
+		if err != nil {
+			return nil, false, err
+		}
+	}
+	return &Hold{}, false, nil
+}
+
+// removeRemoteLeftovers deletes the files of every point without a marker
+// (a capture cut short, or a point retired by deleting its marker). The
+// caller holds the repository's lock, so nothing is writing them.
+func (r *Repo) removeRemoteLeftovers(ctx context.Context) error {
+	leftovers, err := r.remoteLeftovers(ctx)
+	if err != nil {
+		return err
+	}
+	for _, l := range leftovers {
+		objs, err := r.Store.List(ctx, l+"/")
+		if err != nil {
+			return err
+		}
+		for _, o := range objs {
+			if err := r.Store.Delete(ctx, o.Name); err != nil {
+				return fmt.Errorf("remove what an interrupted command left: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// emptyTrashOrRemote deletes the retired points: the trash directories, or
+// on an object store the files of points whose markers are gone.
+func (r *Repo) emptyTrashOrRemote(ctx context.Context) error {
+	if r.remote() {
+		return r.removeRemoteLeftovers(ctx)
+	}
+	return r.emptyTrash()
+}
