@@ -193,6 +193,7 @@ func (s *Server) Client() *s3.Client {
 		BaseEndpoint: aws.String(s.Endpoint),
 		UsePathStyle: true,
 		Credentials:  credentials.NewStaticCredentialsProvider(AccessKey, SecretKey, ""),
+		DisableLogOutputChecksumValidationSkipped: true,
 	})
 }
 
