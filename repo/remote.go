@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/combinefs/combinefs/resolver"
@@ -144,7 +145,12 @@ func (r *Repo) chainOptions(ctx context.Context) resolver.ChainOptions {
 	o := resolver.ChainOptions{RequireV2Manifests: true}
 	if r.remote() {
 		o.ReadFile = func(p string) ([]byte, error) {
+			// The resolver joins names with filepath.Join, which makes
+			// s3://b/p/NAME/f s3:/b/p/NAME/f.
 			name, ok := strings.CutPrefix(p, r.Dir+"/")
+			if !ok {
+				name, ok = strings.CutPrefix(p, filepath.Clean(r.Dir)+"/")
+			}
 			if !ok {
 				return nil, fmt.Errorf("%s is not in repository %s", p, r.Dir)
 			}
@@ -177,9 +183,10 @@ func (r *Repo) checkRemoteRepository(ctx context.Context) error {
 
 // lockRemote takes the repository's lock on an object store: the object
 // .combinefs.lock, created only if absent (a conditional PUT) and deleted
-// to unlock. Unlike a flock it outlives a killed holder; the message of a
-// waiting command names the holder and the object to delete by hand when
-// that holder is gone.
+// to unlock. Unlike a flock it outlives a killed holder: one whose process
+// is gone from this machine is taken over; for a holder on another
+// machine, the message of a waiting command names it and the object to
+// delete by hand once it is gone.
 func (r *Repo) lockRemote(ctx context.Context, holder string, wait Waiter) (unlock func(), err error) {
 	host, _ := os.Hostname()
 	me := fmt.Sprintf("%s, pid %d on %s, since %s\n", holder, os.Getpid(), host, time.Now().UTC().Format(time.RFC3339))
@@ -193,6 +200,13 @@ func (r *Repo) lockRemote(ctx context.Context, holder string, wait Waiter) (unlo
 			return nil, err
 		}
 		h, _ := r.Store.ReadRange(ctx, repoLockName, 0, 4096)
+		if deadHolder(string(h), host) {
+			// Killed on this machine: its lock is void, as a flock would be.
+			if err := r.Store.Delete(ctx, repoLockName); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		what := fmt.Sprintf("the lock of repository %s (held by %s; if that command is gone, delete %s/%s)",
 			r.Dir, strings.TrimSpace(string(h)), r.Dir, repoLockName)
 		if wait == nil {
@@ -254,4 +268,19 @@ func (r *Repo) emptyTrashOrRemote(ctx context.Context) error {
 		return r.removeRemoteLeftovers(ctx)
 	}
 	return r.emptyTrash()
+}
+
+// deadHolder reports whether a lock object's holder ran on host and its
+// process is gone. A holder on another machine cannot be checked.
+func deadHolder(lock, host string) bool {
+	_, rest, ok := strings.Cut(lock, ", pid ")
+	if !ok {
+		return false
+	}
+	var pid int
+	var on string
+	if n, _ := fmt.Sscanf(rest, "%d on %s", &pid, &on); n != 2 || pid <= 0 {
+		return false
+	}
+	return strings.TrimSuffix(on, ",") == host && errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }

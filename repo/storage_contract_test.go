@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -204,6 +206,23 @@ func TestParseS3URL(t *testing.T) {
 		b, p, ok, err := ParseS3URL(c.in)
 		if ok != c.ok || (err != nil) != c.bad || (!c.bad && (b != c.bucket || p != c.prefix)) {
 			t.Errorf("ParseS3URL(%q) = %q, %q, %v, %v", c.in, b, p, ok, err)
+		}
+	}
+}
+
+func TestDeadHolder(t *testing.T) {
+	host, _ := os.Hostname()
+	for _, c := range []struct {
+		lock string
+		want bool
+	}{
+		{fmt.Sprintf("expire, pid %d on %s, since 2026-01-01T00:00:00Z\n", os.Getpid(), host), false},
+		{fmt.Sprintf("expire, pid %d on %s, since 2026-01-01T00:00:00Z\n", 1<<30, host), true},
+		{fmt.Sprintf("expire, pid %d on other-%s, since 2026-01-01T00:00:00Z\n", 1<<30, host), false},
+		{"garbage", false},
+	} {
+		if got := deadHolder(c.lock, host); got != c.want {
+			t.Errorf("deadHolder(%q) = %v", c.lock, got)
 		}
 	}
 }
