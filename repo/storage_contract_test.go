@@ -226,3 +226,26 @@ func TestDeadHolder(t *testing.T) {
 		}
 	}
 }
+
+// TestS3ServerDown: with the store down, a request fails after its retries
+// with one line naming the object; once the store is back, the same
+// Storage works again.
+func TestS3ServerDown(t *testing.T) {
+	srv := s3test.Start(t)
+	st := newTestS3(t, srv, srv.NewBucket(t), "r/")
+	ctx := context.Background()
+	if err := st.Put(ctx, "x", []byte("kept")); err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill()
+	_, err := st.ReadRange(ctx, "x", 0, -1)
+	if err == nil || !strings.Contains(err.Error(), "read "+st.String()+"x: ") || !strings.Contains(err.Error(), "connection refused") || strings.Contains(err.Error(), "\n") {
+		t.Errorf("read with the store down: %v", err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := st.ReadRange(ctx, "x", 0, -1); err != nil || string(got) != "kept" {
+		t.Errorf("read after the store came back: %q, %v", got, err)
+	}
+}
