@@ -112,18 +112,117 @@ type target struct {
 // Run writes the full backup of p to opts.Output. On failure (or when ctx is
 // cancelled) everything it created is removed again.
 func Run(ctx context.Context, p *resolver.Tree, opts Options) (res Result, err error) {
-	logf := func(l Level, format string, args ...any) {
-		if opts.Log != nil {
-			opts.Log(l, fmt.Sprintf(format, args...))
-		}
-	}
 	if opts.NoManifest {
 		opts.ManifestChecksums = format.ChecksumNone
 	}
-	c := p.Chain
-	final := c.Final()
-
+	r := &run{p: p, opts: opts}
 	// Work out where each tablespace goes before creating anything.
+	targets, err := planTargets(p, opts)
+	if err != nil {
+		return res, err
+	}
+	writeManifest := !opts.DryRun && !opts.NoManifest
+	if writeManifest && p.Chain.Final().Manifest == nil {
+		return res, errors.New("cannot generate a manifest because no manifest is available for the final input backup")
+	}
+
+	var outs outputs
+	defer func() {
+		if err != nil {
+			if opts.OnFailure != nil {
+				opts.OnFailure(err)
+			}
+			outs.abort(r.logf)
+		}
+	}()
+	out, err := outs.prepare(opts.Output, opts.DryRun, p.DirMode, r.logf)
+	if err != nil {
+		return res, err
+	}
+	for i := range targets {
+		t := &targets[i]
+		if t.ts.InPlace {
+			t.write = filepath.Join(out, "pg_tblspc", t.ts.Root.Name)
+			continue
+		}
+		t.outLink = filepath.Join(out, "pg_tblspc", t.ts.Root.Name)
+		if t.write, err = outs.prepare(t.dir, opts.DryRun, p.DirMode, r.logf); err != nil {
+			return res, err
+		}
+	}
+	crashpoint.At(CrashCreated)
+
+	// backup_label first: it is the first manifest entry. Then the
+	// directories in walk order, and the files, written in parallel.
+	r.dirs = append(r.dirs, out)
+	if err := r.label(out); err != nil {
+		return res, err
+	}
+	r.logf(Debug, "processing backup directory %q", p.Chain.Final().Dir)
+	if err := r.collect(p.Root, out); err != nil {
+		return res, err
+	}
+	if err := r.tablespaces(targets); err != nil {
+		return res, err
+	}
+	if res, err = r.writeFiles(ctx); err != nil {
+		return res, err
+	}
+	crashpoint.At(CrashFiles)
+	if writeManifest {
+		if err := r.manifest(out); err != nil {
+			return res, err
+		}
+	}
+
+	if !opts.NoSync {
+		if opts.DryRun {
+			r.logf(Debug, "would recursively fsync %q", opts.Output)
+		} else {
+			r.logf(Debug, "recursively fsyncing %q", opts.Output)
+			if err := syncOutput(ctx, opts, r.jobs, r.dirs); err != nil {
+				return res, err
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	crashpoint.At(CrashSynced)
+	if r.control != nil {
+		if err := placeControl(r.control, opts.NoSync); err != nil {
+			return res, err
+		}
+	}
+	crashpoint.At(CrashControl)
+	if err := outs.commit(opts.NoSync); err != nil {
+		return res, err
+	}
+	if opts.CopyMethod == Link && !opts.DryRun {
+		r.logf(Warning, "--link mode was used; any modifications to the output directory may destructively modify input directories")
+	}
+	return res, nil
+}
+
+// run is one flatten's state between its phases.
+type run struct {
+	p       *resolver.Tree
+	opts    Options
+	jobs    []*job
+	control *job     // global/pg_control, named last
+	dirs    []string // every directory written, for the final sync
+}
+
+func (r *run) logf(l Level, format string, args ...any) {
+	if r.opts.Log != nil {
+		r.opts.Log(l, fmt.Sprintf(format, args...))
+	}
+}
+
+// planTargets works out where each tablespace's contents go: in place
+// under pg_tblspc, or the -T mapping of its directory (pg_combinebackup
+// refuses a tablespace without one, and two in one directory).
+func planTargets(p *resolver.Tree, opts Options) ([]target, error) {
 	var targets []target
 	for _, ts := range p.Tablespaces {
 		t := target{ts: ts}
@@ -138,144 +237,117 @@ func Run(ctx context.Context, p *resolver.Tree, opts Options) (res Result, err e
 				}
 			}
 			if !found {
-				return res, fmt.Errorf("tablespace at %q has no tablespace mapping", ts.Target)
+				return nil, fmt.Errorf("tablespace at %q has no tablespace mapping", ts.Target)
 			}
 			t.outLink = filepath.Join(opts.Output, "pg_tblspc", ts.Root.Name)
 		}
 		for _, o := range targets {
 			if o.dir == t.dir {
-				return res, fmt.Errorf("tablespaces with OIDs %d and %d both point at directory %q", o.ts.OID, ts.OID, t.dir)
+				return nil, fmt.Errorf("tablespaces with OIDs %d and %d both point at directory %q", o.ts.OID, ts.OID, t.dir)
 			}
 		}
 		targets = append(targets, t)
 	}
-	writeManifest := !opts.DryRun && !opts.NoManifest
-	if writeManifest && final.Manifest == nil {
-		return res, errors.New("cannot generate a manifest because no manifest is available for the final input backup")
-	}
+	return targets, nil
+}
 
-	var outs outputs
-	defer func() {
-		if err != nil {
-			if opts.OnFailure != nil {
-				opts.OnFailure(err)
-			}
-			outs.abort(logf)
-		}
-	}()
-	out, err := outs.prepare(opts.Output, opts.DryRun, p.DirMode, logf)
-	if err != nil {
-		return res, err
+// label writes backup_label (the final backup's, without its INCREMENTAL
+// lines) and makes it the first job, already done.
+func (r *run) label(out string) error {
+	labelPath := filepath.Join(out, "backup_label")
+	if r.opts.DryRun {
+		r.logf(Debug, "would generate %q", labelPath)
+		return nil
 	}
-	for i := range targets {
-		t := &targets[i]
-		if t.ts.InPlace {
-			t.write = filepath.Join(out, "pg_tblspc", t.ts.Root.Name)
+	r.logf(Debug, "generating %q", labelPath)
+	if err := writeFile(labelPath, r.p.Label, r.p.FileMode); err != nil {
+		return err
+	}
+	lj := &job{path: "backup_label", out: labelPath}
+	if h := r.opts.ManifestChecksums.New(); h != nil {
+		h.Write(r.p.Label)
+		lj.sum = h.Sum(nil)
+	}
+	if err := lj.stat(); err != nil {
+		return err
+	}
+	r.jobs = append(r.jobs, lj)
+	return nil
+}
+
+// collect creates the directories under root in walk order, in outDir, and
+// makes a job of every file.
+func (r *run) collect(root *resolver.Entry, outDir string) error {
+	for _, ch := range root.Children {
+		o := filepath.Join(outDir, ch.Name)
+		if ch.Kind == resolver.KindDir {
+			if !r.opts.DryRun {
+				if err := os.Mkdir(o, r.p.DirMode); err != nil {
+					return fmt.Errorf("could not create directory %q: %w", o, osErr(err))
+				}
+			}
+			r.dirs = append(r.dirs, o)
+			if err := r.collect(ch, o); err != nil {
+				return err
+			}
 			continue
 		}
-		t.outLink = filepath.Join(out, "pg_tblspc", t.ts.Root.Name)
-		if t.write, err = outs.prepare(t.dir, opts.DryRun, p.DirMode, logf); err != nil {
-			return res, err
+		j := &job{path: ch.File.Path, out: o, file: ch.File, noSum: resolver.WALPath(ch.File.Path)}
+		if j.path == "global/pg_control" && !r.opts.DryRun {
+			j.out, r.control = filepath.Join(outDir, controlPartial), j
 		}
+		r.jobs = append(r.jobs, j)
 	}
-	crashpoint.At(CrashCreated)
+	return nil
+}
 
-	// backup_label first: it is the first manifest entry.
-	var jobs []*job
-	var control *job  // global/pg_control, named last
-	var dirs []string // every directory written, for the final sync
-	dirs = append(dirs, out)
-	labelPath := filepath.Join(out, "backup_label")
-	if opts.DryRun {
-		logf(Debug, "would generate %q", labelPath)
-	} else {
-		logf(Debug, "generating %q", labelPath)
-		if err := writeFile(labelPath, p.Label, p.FileMode); err != nil {
-			return res, err
-		}
-		lj := &job{path: "backup_label", out: labelPath}
-		if h := opts.ManifestChecksums.New(); h != nil {
-			h.Write(p.Label)
-			lj.sum = h.Sum(nil)
-		}
-		if err := lj.stat(); err != nil {
-			return res, err
-		}
-		jobs = append(jobs, lj)
-	}
-
-	// Create directories in walk order and collect the files.
-	collect := func(root *resolver.Entry, outDir string) error {
-		var walk func(e *resolver.Entry, out string) error
-		walk = func(e *resolver.Entry, out string) error {
-			for _, ch := range e.Children {
-				o := filepath.Join(out, ch.Name)
-				if ch.Kind == resolver.KindDir {
-					if !opts.DryRun {
-						if err := os.Mkdir(o, p.DirMode); err != nil {
-							return fmt.Errorf("could not create directory %q: %w", o, osErr(err))
-						}
-					}
-					dirs = append(dirs, o)
-					if err := walk(ch, o); err != nil {
-						return err
-					}
-					continue
-				}
-				j := &job{path: ch.File.Path, out: o, file: ch.File, noSum: resolver.WALPath(ch.File.Path)}
-				if j.path == "global/pg_control" && !opts.DryRun {
-					j.out, control = filepath.Join(out, controlPartial), j
-				}
-				jobs = append(jobs, j)
-			}
-			return nil
-		}
-		return walk(root, outDir)
-	}
-	logf(Debug, "processing backup directory %q", final.Dir)
-	if err := collect(p.Root, out); err != nil {
-		return res, err
-	}
+// tablespaces makes each tablespace's directory (or its symlink) and
+// collects its contents.
+func (r *run) tablespaces(targets []target) error {
 	for _, t := range targets {
-		if !opts.DryRun {
+		if !r.opts.DryRun {
 			if t.ts.InPlace {
-				if err := os.MkdirAll(t.write, p.DirMode); err != nil {
-					return res, fmt.Errorf("could not create directory %q: %w", t.write, osErr(err))
+				if err := os.MkdirAll(t.write, r.p.DirMode); err != nil {
+					return fmt.Errorf("could not create directory %q: %w", t.write, osErr(err))
 				}
 			} else if err := os.Symlink(t.dir, t.outLink); err != nil {
-				return res, fmt.Errorf("could not create symbolic link from %q to %q: %w", t.outLink, t.dir, osErr(err))
+				return fmt.Errorf("could not create symbolic link from %q to %q: %w", t.outLink, t.dir, osErr(err))
 			}
 		}
-		dirs = append(dirs, t.write)
-		if err := collect(t.ts.Root, t.write); err != nil {
-			return res, err
+		r.dirs = append(r.dirs, t.write)
+		if err := r.collect(t.ts.Root, t.write); err != nil {
+			return err
 		}
 	}
+	return nil
+}
 
-	// Write the files in parallel.
+// writeFiles writes every file job in parallel, reporting progress, and
+// counts what was written.
+func (r *run) writeFiles(ctx context.Context) (res Result, err error) {
 	var total int64
-	for _, j := range jobs {
+	for _, j := range r.jobs {
 		if j.file != nil {
 			total += j.file.Size()
 		}
 	}
 	var done atomic.Int64
-	if err := runJobs(ctx, jobs, opts.Jobs, func(j *job) error {
+	if err := runJobs(ctx, r.jobs, r.opts.Jobs, func(j *job) error {
 		if j.file == nil {
 			return nil
 		}
-		if err := j.write(p, opts, logf); err != nil {
+		if err := j.write(r.p, r.opts, r.logf); err != nil {
 			return err
 		}
 		d := done.Add(j.file.Size())
-		if opts.Progress != nil {
-			opts.Progress(d, total)
+		if r.opts.Progress != nil {
+			r.opts.Progress(d, total)
 		}
 		return nil
 	}); err != nil {
 		return res, err
 	}
-	for _, j := range jobs {
+	for _, j := range r.jobs {
 		if j.file == nil {
 			continue
 		}
@@ -289,58 +361,32 @@ func Run(ctx context.Context, p *resolver.Tree, opts Options) (res Result, err e
 			}
 		}
 	}
-
-	crashpoint.At(CrashFiles)
-	if writeManifest {
-		mpath := filepath.Join(out, "backup_manifest")
-		f, err := os.OpenFile(mpath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, p.FileMode)
-		if err != nil {
-			return res, err
-		}
-		mw := format.NewManifestWriter(f, c.SystemIdentifier)
-		for _, j := range jobs {
-			algo := opts.ManifestChecksums
-			if j.noSum {
-				algo = format.ChecksumNone
-			}
-			mw.AddFile(j.path, j.size, j.mtime, algo, j.sum)
-		}
-		err = mw.Finish(final.Manifest.WALRanges)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return res, fmt.Errorf("could not write %q: %w", mpath, err)
-		}
-	}
-
-	if !opts.NoSync {
-		if opts.DryRun {
-			logf(Debug, "would recursively fsync %q", opts.Output)
-		} else {
-			logf(Debug, "recursively fsyncing %q", opts.Output)
-			if err := syncOutput(ctx, opts, jobs, dirs); err != nil {
-				return res, err
-			}
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return res, err
-	}
-	crashpoint.At(CrashSynced)
-	if control != nil {
-		if err := placeControl(control, opts.NoSync); err != nil {
-			return res, err
-		}
-	}
-	crashpoint.At(CrashControl)
-	if err := outs.commit(opts.NoSync); err != nil {
-		return res, err
-	}
-	if opts.CopyMethod == Link && !opts.DryRun {
-		logf(Warning, "--link mode was used; any modifications to the output directory may destructively modify input directories")
-	}
 	return res, nil
+}
+
+// manifest writes backup_manifest from the jobs, in their order.
+func (r *run) manifest(out string) error {
+	mpath := filepath.Join(out, "backup_manifest")
+	f, err := os.OpenFile(mpath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, r.p.FileMode)
+	if err != nil {
+		return err
+	}
+	mw := format.NewManifestWriter(f, r.p.Chain.SystemIdentifier)
+	for _, j := range r.jobs {
+		algo := r.opts.ManifestChecksums
+		if j.noSum {
+			algo = format.ChecksumNone
+		}
+		mw.AddFile(j.path, j.size, j.mtime, algo, j.sum)
+	}
+	err = mw.Finish(r.p.Chain.Final().Manifest.WALRanges)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("could not write %q: %w", mpath, err)
+	}
+	return nil
 }
 
 // write produces one output file and records what its manifest entry needs.
