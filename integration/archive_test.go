@@ -176,6 +176,27 @@ type pitrCase struct {
 	lastID int    // the last marks row committed before the target
 }
 
+// recoverOnMount mounts the repository at tc's target (a new upper, mount
+// point mnt<i> under dir), checks the mount chose tc.point, starts a server
+// that pauses at the target and checks it sees exactly the marks up to
+// tc.lastID.
+func recoverOnMount(t *testing.T, e *Env, repo, dir string, i int, tc pitrCase) {
+	upper := path.Join(e.PrivateDir(t), "upper")
+	mp := cowMountPoint(t, e, dir, fmt.Sprintf("mnt%d", i))
+	m := mountCoWFlags(t, e, append([]string{"--repo", repo}, tc.flags...), upper, mp)
+	logText, _ := os.ReadFile(e.Host(m.log))
+	if !strings.Contains(string(logText), path.Join(repo, tc.point)+" ") {
+		t.Errorf("mount picked another point than %s:\n%s", tc.point, logText)
+	}
+	srv := e.StartServer(t, mp, ServerOptions{Settings: cowServerSettings})
+	waitPaused(t, srv)
+	if got, want := srv.Psql(t, "postgres", "SELECT coalesce(max(id), 0), count(*) FROM marks"), fmt.Sprintf("%d|%d", tc.lastID, tc.lastID); got != want {
+		t.Errorf("recovered to %v: marks max|count %s, want %s", tc.flags, got, want)
+	}
+	srv.Stop(t, "fast")
+	mustCombinefs(t, e, "umount", mp)
+}
+
 func TestArchivePITR(t *testing.T) {
 	e := Provision(t)
 	RequireFUSE(t)
@@ -262,22 +283,7 @@ func TestArchivePITR(t *testing.T) {
 		{"lsn", []string{"--target-lsn", lsn}, b3, idLSN},
 	}
 	for i, tc := range cases {
-		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
-			upper := path.Join(e.PrivateDir(t), "upper")
-			mp := cowMountPoint(t, e, dir, fmt.Sprintf("mnt%d", i))
-			m := mountCoWFlags(t, e, append([]string{"--repo", repo}, tc.flags...), upper, mp)
-			logText, _ := os.ReadFile(e.Host(m.log))
-			if !strings.Contains(string(logText), path.Join(repo, tc.point)+" ") {
-				t.Errorf("mount picked another point than %s:\n%s", tc.point, logText)
-			}
-			srv := e.StartServer(t, mp, ServerOptions{Settings: cowServerSettings})
-			waitPaused(t, srv)
-			if got, want := srv.Psql(t, "postgres", "SELECT coalesce(max(id), 0), count(*) FROM marks"), fmt.Sprintf("%d|%d", tc.lastID, tc.lastID); got != want {
-				t.Errorf("recovered to %v: marks max|count %s, want %s", tc.flags, got, want)
-			}
-			srv.Stop(t, "fast")
-			mustCombinefs(t, e, "umount", mp)
-		})
+		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) { recoverOnMount(t, e, repo, dir, i, tc) })
 	}
 
 	// exec --target-*: the command sees the rows committed before the
@@ -598,21 +604,6 @@ func TestArchiveTimelines(t *testing.T) {
 		{"timeline 1", []string{"--target-time", ts(t1), "--target-timeline", "1"}, b1, id1},
 		{"timeline 2", []string{"--target-time", ts(t2)}, b2, id2},
 	} {
-		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
-			upper := path.Join(e.PrivateDir(t), "upper")
-			mp := cowMountPoint(t, e, dir, fmt.Sprintf("mnt%d", i))
-			m := mountCoWFlags(t, e, append([]string{"--repo", repo}, tc.flags...), upper, mp)
-			logText, _ := os.ReadFile(e.Host(m.log))
-			if !strings.Contains(string(logText), path.Join(repo, tc.point)+" ") {
-				t.Errorf("mount picked another point than %s:\n%s", tc.point, logText)
-			}
-			srv := e.StartServer(t, mp, ServerOptions{Settings: cowServerSettings})
-			waitPaused(t, srv)
-			if got, want := srv.Psql(t, "postgres", "SELECT coalesce(max(id), 0), count(*) FROM marks"), fmt.Sprintf("%d|%d", tc.lastID, tc.lastID); got != want {
-				t.Errorf("recovered to %v: marks max|count %s, want %s", tc.flags, got, want)
-			}
-			srv.Stop(t, "fast")
-			mustCombinefs(t, e, "umount", mp)
-		})
+		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) { recoverOnMount(t, e, repo, dir, i, tc) })
 	}
 }
