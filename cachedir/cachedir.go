@@ -47,6 +47,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/combinefs/combinefs/internal/safedir"
 	"github.com/combinefs/combinefs/resolver"
 )
 
@@ -151,28 +152,17 @@ func Open(path string, limit int64) (*Dir, error) {
 	return d, nil
 }
 
-// ensureDir makes path and its files/ and tmp/ 0700, or checks an existing
-// path: a directory (not a symlink) of this user that group and others
-// cannot write.
+// ensureDir makes path and its files/ and tmp/ 0700, or checks existing
+// ones as safedir does: directories (not symlinks) of this user that group
+// and others cannot write, under parents no other user controls. A cache
+// another user could write into would feed the mount its blocks.
 func ensureDir(path string) error {
-	if err := os.Mkdir(path, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("cache directory: %w", err)
-	}
 	for _, p := range []string{path, filepath.Join(path, "files"), filepath.Join(path, "tmp")} {
 		if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("cache directory: %w", err)
 		}
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil {
-			return fmt.Errorf("cache directory: %w", err)
-		}
-		switch {
-		case st.Mode&unix.S_IFMT != unix.S_IFDIR:
-			return fmt.Errorf("cache directory %s is not a directory", p)
-		case int(st.Uid) != os.Geteuid():
-			return fmt.Errorf("cache directory %s belongs to uid %d, not to this user (uid %d)", p, st.Uid, os.Geteuid())
-		case st.Mode&0o022 != 0:
-			return fmt.Errorf("cache directory %s is writable by group or others (mode %04o): make it 0700", p, st.Mode&0o7777)
+		if err := safedir.Check(p, os.Geteuid()); err != nil {
+			return fmt.Errorf("cache directory %w", err)
 		}
 	}
 	return nil

@@ -33,7 +33,7 @@ func TestOpenRefuses(t *testing.T) {
 	}{
 		{"group-writable", "writable by group or others", func(p string) { os.Mkdir(p, 0o700); os.Chmod(p, 0o770) }},
 		{"a-file", "not a directory", func(p string) { os.WriteFile(p, nil, 0o600) }},
-		{"a-symlink", "not a directory", func(p string) { os.Mkdir(p+".real", 0o700); os.Symlink(p+".real", p) }},
+		{"a-symlink", "is a symbolic link", func(p string) { os.Mkdir(p+".real", 0o700); os.Symlink(p+".real", p) }},
 		{"files-writable", "writable by group or others", func(p string) {
 			os.Mkdir(p, 0o700)
 			os.Mkdir(filepath.Join(p, "files"), 0o777)
@@ -44,7 +44,7 @@ func TestOpenRefuses(t *testing.T) {
 		cases = append(cases, struct {
 			name, want string
 			make       func(p string)
-		}{"someone-elses", "belongs to uid 1234", func(p string) { os.Mkdir(p, 0o700); os.Chown(p, 1234, 1234) }})
+		}{"someone-elses", "is owned by uid 1234", func(p string) { os.Mkdir(p, 0o700); os.Chown(p, 1234, 1234) }})
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -35,7 +35,7 @@ var allowed = map[string][]string{
 	"resolver/resolvertest": {"format", "resolver"},
 	"verify":                {"format", "internal/dio"},
 	"flatten":               {"format", "internal/crashpoint", "internal/dio", "resolver"},
-	"cachedir":              {"resolver"},
+	"cachedir":              {"internal/safedir", "resolver"},
 	"fusefs":                {"cache", "cachedir", "flatten", "format", "internal/dio", "internal/safedir", "resolver"},
 	"repo":                  {"format", "internal/crashpoint", "internal/dio", "resolver", "flatten", "verify"},
 	"walarchive":            {"format", "repo"},
