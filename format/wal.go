@@ -70,14 +70,18 @@ const (
 	xlrInfoMask    = 0x0F
 )
 
-// walMajors holds what differs between majors: XLOG_PAGE_MAGIC and
-// RM_MAX_BUILTIN_ID (RM_LOGICALMSG_ID, 21, is the last built-in in both).
+// walMajors holds what differs between majors: XLOG_PAGE_MAGIC,
+// RM_MAX_BUILTIN_ID (RM_LOGICALMSG_ID, 21, is the last built-in in both)
+// and sizeof(xl_xact_stats_item), the dropped statistics entry of a commit
+// or abort record: kind, dboid and objoid in 17; 18 widened the object id
+// to 64 bits, stored as objid_lo and objid_hi.
 var walMajors = map[int]struct {
-	magic      uint16
-	maxBuiltin uint8
+	magic         uint16
+	maxBuiltin    uint8
+	statsItemSize int
 }{
-	17: {0xD116, 21},
-	18: {0xD118, 21},
+	17: {0xD116, 21, 12},
+	18: {0xD118, 21, 16},
 }
 
 // WALPageMagic is XLOG_PAGE_MAGIC for a major, false for a major this

@@ -13,14 +13,24 @@ import (
 // recovery_target_name stops after (access/xlog_internal.h, access/xact.h,
 // access/xlogrecord.h, catalog/pg_control.h).
 const (
-	rmXactID          = 1
-	xactOpMask        = 0x70
-	xactCommit        = 0x00
-	xactAbort         = 0x20
-	xactCommitPrep    = 0x30
-	xactAbortPrep     = 0x40
-	xlogRestorePoint  = 0x70
-	restorePointNameN = 64 // MAXFNAMELEN
+	rmXactID         = 1
+	xactOpMask       = 0x70
+	xactCommit       = 0x00
+	xactAbort        = 0x20
+	xactCommitPrep   = 0x30
+	xactAbortPrep    = 0x40
+	xlogRestorePoint = 0x70
+	xactHasInfo      = 0x80 // XLOG_XACT_HAS_INFO: an xl_xact_xinfo follows xact_time
+
+	// xl_xact_xinfo.xinfo: which parts follow, in this order (the
+	// order ParseCommitRecord and ParseAbortRecord read them in).
+	xinfoHasDBInfo       = 1 << 0 // xl_xact_dbinfo, 8 bytes
+	xinfoHasSubxacts     = 1 << 1 // int32 n, n TransactionIds
+	xinfoHasRelLocators  = 1 << 2 // int32 n, n RelFileLocators of 12 bytes
+	xinfoHasDroppedStats = 1 << 8 // int32 n, n xl_xact_stats_items (size by major)
+	xinfoHasInvals       = 1 << 3 // int32 n, n SharedInvalidationMessages of 16 bytes (commit only)
+	xinfoHasTwophase     = 1 << 4 // the prepared transaction's TransactionId
+	restorePointNameN    = 64     // MAXFNAMELEN
 
 	blockIDDataShort  = 255
 	blockIDDataLong   = 254
@@ -59,11 +69,13 @@ const (
 	WALRestorePoint
 )
 
-// WALRecordEvent reads a whole record (WALRecord.Data) as recovery's
-// recoveryStopsBefore/After do: a commit or abort (prepared ones included,
-// for their time; their XID is the preparing transaction's, which this does
-// not decode) or a restore point. Other records are WALNone.
-func WALRecordEvent(rec []byte) (WALEvent, error) {
+// WALRecordEvent reads a whole record (WALRecord.Data) of a WAL of the
+// given major as recovery's recoveryStopsBefore/After do: a commit or abort
+// or a restore point. Other records are WALNone. The XID of a COMMIT
+// PREPARED or ABORT PREPARED is the prepared transaction's, from the
+// record's xl_xact_twophase, not the record header's (that of the session
+// that ran COMMIT PREPARED): recovery_target_xid stops at it.
+func WALRecordEvent(rec []byte, major int) (WALEvent, error) {
 	if len(rec) < WALRecordHeaderSize {
 		return WALEvent{}, fmt.Errorf("WAL record of %d bytes is shorter than its header", len(rec))
 	}
@@ -89,9 +101,11 @@ func WALRecordEvent(rec []byte) (WALEvent, error) {
 		if len(main) < 8 {
 			return WALEvent{}, fmt.Errorf("transaction record of %d bytes of main data has no time", len(main))
 		}
-		ev := WALEvent{Kind: kind, Time: PGTime(int64(binary.NativeEndian.Uint64(main)))}
-		if op == xactCommit || op == xactAbort {
-			ev.XID = h.XID
+		ev := WALEvent{Kind: kind, Time: PGTime(int64(binary.NativeEndian.Uint64(main))), XID: h.XID}
+		if op == xactCommitPrep || op == xactAbortPrep {
+			if ev.XID, err = twophaseXID(main[8:], h.Info, op == xactCommitPrep, major); err != nil {
+				return WALEvent{}, err
+			}
 		}
 		return ev, nil
 	case h.RmID == rmXLogID && info == xlogRestorePoint:
@@ -109,6 +123,48 @@ func WALRecordEvent(rec []byte) (WALEvent, error) {
 		return WALEvent{Kind: WALRestorePoint, Time: PGTime(int64(binary.NativeEndian.Uint64(main))), Name: string(name)}, nil
 	}
 	return WALEvent{}, nil
+}
+
+// twophaseXID finds the xl_xact_twophase in what follows xact_time in a
+// commit (or abort) record, skipping the parts before it as
+// ParseCommitRecord (ParseAbortRecord) does.
+func twophaseXID(p []byte, info uint8, commit bool, major int) (uint32, error) {
+	m, ok := walMajors[major]
+	if !ok {
+		return 0, fmt.Errorf("reading WAL of PostgreSQL %d is not supported", major)
+	}
+	short := fmt.Errorf("prepared transaction record ends before its transaction id")
+	if info&xactHasInfo == 0 || len(p) < 4 {
+		return 0, short
+	}
+	xinfo := binary.NativeEndian.Uint32(p)
+	p = p[4:]
+	skip := func(n int) bool {
+		if n < 0 || len(p) < n {
+			return false
+		}
+		p = p[n:]
+		return true
+	}
+	// skipArray skips an int32 count and count items of size each.
+	skipArray := func(size int) bool {
+		if len(p) < 4 {
+			return false
+		}
+		n := int(int32(binary.NativeEndian.Uint32(p)))
+		return n >= 0 && n <= len(p)/size && skip(4+n*size)
+	}
+	if xinfo&xinfoHasDBInfo != 0 && !skip(8) ||
+		xinfo&xinfoHasSubxacts != 0 && !skipArray(4) ||
+		xinfo&xinfoHasRelLocators != 0 && !skipArray(12) ||
+		xinfo&xinfoHasDroppedStats != 0 && !skipArray(m.statsItemSize) ||
+		commit && xinfo&xinfoHasInvals != 0 && !skipArray(16) {
+		return 0, short
+	}
+	if xinfo&xinfoHasTwophase == 0 || len(p) < 4 {
+		return 0, short
+	}
+	return binary.NativeEndian.Uint32(p), nil
 }
 
 // walMainData walks the record's block headers as DecodeXLogRecord does and

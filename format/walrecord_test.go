@@ -42,7 +42,7 @@ func TestWALRecordEvent(t *testing.T) {
 		if len(rec.Data) != int(rec.TotLen) {
 			t.Fatalf("record at %s: %d bytes of data, xl_tot_len %d", rec.LSN, len(rec.Data), rec.TotLen)
 		}
-		ev, err := format.WALRecordEvent(rec.Data)
+		ev, err := format.WALRecordEvent(rec.Data, 17)
 		if err != nil {
 			t.Fatalf("record at %s: %v", rec.LSN, err)
 		}
@@ -86,19 +86,72 @@ func TestWALRecordEventBlocks(t *testing.T) {
 	binary.NativeEndian.PutUint32(rec[0:], uint32(len(rec)))
 	binary.NativeEndian.PutUint32(rec[4:], 99)
 	rec[17] = 1 // RM_XACT_ID, XLOG_XACT_COMMIT
-	ev, err := format.WALRecordEvent(rec)
+	ev, err := format.WALRecordEvent(rec, 17)
 	if err != nil || ev.Kind != format.WALCommit || ev.XID != 99 || !ev.Time.Equal(tm) {
 		t.Fatalf("got %+v, %v; want a commit of 99 at %s", ev, err, tm)
 	}
 	short := append([]byte(nil), rec[:len(rec)-1]...)
 	binary.NativeEndian.PutUint32(short[0:], uint32(len(short)))
-	if _, err := format.WALRecordEvent(short); err == nil {
+	if _, err := format.WALRecordEvent(short, 17); err == nil {
 		t.Error("a record a byte short of its headers' lengths was read")
 	}
 	bad := append([]byte(nil), rec...)
 	bad[format.WALRecordHeaderSize] = 40 // no such block id
-	if _, err := format.WALRecordEvent(bad); err == nil {
+	if _, err := format.WALRecordEvent(bad, 17); err == nil {
 		t.Error("block id 40 was accepted")
+	}
+}
+
+// preparedRecords are the data of a COMMIT PREPARED and an ABORT PREPARED
+// of transaction 900 run by a session with xid 777, in WAL of major with
+// dropped statistics entries of statsSize bytes, read back through the
+// reader.
+func preparedRecords(t testing.TB, major, statsSize int) [][]byte {
+	t0 := time.Date(2026, 12, 7, 1, 0, 0, 0, time.UTC)
+	b := newWALBuilder(major, 0x1000000)
+	b.XactPrepared(true, 900, 777, t0, statsSize, 2)
+	b.XactPrepared(false, 900, 777, t0, statsSize, 3)
+	r, err := format.NewWALReader(format.WALReaderOptions{Major: major, TLI: 1, SegmentSize: testSegSize, SystemIdentifier: testSysID, Open: b.open, KeepData: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [][]byte
+	rec, err := r.Start(0x1000000, 0)
+	for ; err == nil; rec, err = r.Next() {
+		out = append(out, append([]byte(nil), rec.Data...)) // Data is reused by Next
+	}
+	if len(out) != 2 {
+		t.Fatalf("read %d records, want 2: %v", len(out), err)
+	}
+	return out
+}
+
+// TestWALRecordEventPrepared finds the prepared transaction's xid in COMMIT
+// PREPARED and ABORT PREPARED records, past every optional part before it
+// (whose dropped statistics entries differ in size between 17 and 18), not
+// the xid of the session that ran the command: recovery_target_xid names
+// the former.
+func TestWALRecordEventPrepared(t *testing.T) {
+	for _, c := range []struct{ major, statsSize int }{{17, 12}, {18, 16}} {
+		for i, data := range preparedRecords(t, c.major, c.statsSize) {
+			ev, err := format.WALRecordEvent(data, c.major)
+			want := []format.WALEventKind{format.WALCommit, format.WALAbort}[i]
+			if err != nil || ev.Kind != want || ev.XID != 900 {
+				t.Errorf("PG%d record %d: %+v, %v; want kind %d, xid 900", c.major, i, ev, err, want)
+			}
+			// Read as the other major, the dropped statistics entries are
+			// skipped by the wrong size: the xid found is not 900.
+			other := 35 - c.major
+			if ev, err := format.WALRecordEvent(data, other); err == nil && ev.XID == 900 {
+				t.Errorf("PG%d record %d read as PG%d still gave xid 900: the statistics entry size is not used", c.major, i, other)
+			}
+			if _, err := format.WALRecordEvent(data[:len(data)-12], c.major); err == nil {
+				t.Errorf("PG%d record %d cut short was accepted", c.major, i)
+			}
+		}
+	}
+	if _, err := format.WALRecordEvent(preparedRecords(t, 17, 12)[0], 16); err == nil {
+		t.Error("a major without a WAL layout was accepted")
 	}
 }
 
@@ -114,9 +167,13 @@ func FuzzWALRecordEvent(f *testing.F) {
 	rp[16] = 0x70
 	rp[24], rp[25] = 255, 72
 	f.Add(rp)
+	for _, rec := range preparedRecords(f, 18, 16) {
+		f.Add(rec)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		allocBound(t, len(data), func() {
-			ev, err := format.WALRecordEvent(data)
+			major := 17 + len(data)%2
+			ev, err := format.WALRecordEvent(data, major)
 			if err == nil && ev.Kind == format.WALRestorePoint && len(ev.Name) >= 64 {
 				t.Fatalf("restore point name of %d bytes", len(ev.Name))
 			}

@@ -200,11 +200,12 @@ func recoverOnMount(t *testing.T, e *Env, repo, dir string, i int, tc pitrCase) 
 func TestArchivePITR(t *testing.T) {
 	e := Provision(t)
 	RequireFUSE(t)
-	c := e.InitCluster(t, ClusterOptions{InitdbArgs: []string{"--wal-segsize=1"}})
+	c := e.InitCluster(t, ClusterOptions{InitdbArgs: []string{"--wal-segsize=1"}, Settings: map[string]string{"max_prepared_transactions": "2"}})
 	dir := e.TempDir(t)
 	repo := path.Join(dir, "repo")
 	c.Pgbench(t, "-i", "-q", "-s", "1", "postgres")
 	c.Psql(t, "postgres", "CREATE TABLE marks (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())")
+	c.Psql(t, "postgres", "CREATE TABLE doomed (x int); INSERT INTO doomed VALUES (1)")
 	arch := startArchive(t, e, c, repo, nil, "--slot", "combinefs_archive", "--create-slot")
 	stopLoad := startRateLoad(t, c, "200")
 
@@ -241,6 +242,15 @@ func TestArchivePITR(t *testing.T) {
 	xidOut := c.Psql(t, "postgres", fmt.Sprintf("BEGIN; INSERT INTO marks (id) VALUES (%d); SELECT pg_current_xact_id(); COMMIT;", next))
 	idXID := next
 	next++
+	insert(2)
+	// A prepared transaction that drops a table: its COMMIT PREPARED record
+	// carries relations, dropped statistics and invalidations before the
+	// prepared xid, which recovery_target_xid names (not the xid of the
+	// session that commits it).
+	preparedOut := c.Psql(t, "postgres", fmt.Sprintf("BEGIN; INSERT INTO marks (id) VALUES (%d); DROP TABLE doomed; SELECT pg_current_xact_id(); PREPARE TRANSACTION 'pitr_2pc';", next))
+	idPrepared := next
+	next++
+	c.Psql(t, "postgres", "COMMIT PREPARED 'pitr_2pc'")
 	insert(2)
 	b3 := captureAs(t, e, c, repo)
 	idAfter := insert(2)
@@ -279,6 +289,7 @@ func TestArchivePITR(t *testing.T) {
 		{"time between backups", []string{"--target-time", ts(tBetween)}, b1, idBetween},
 		{"restore point", []string{"--target-name", "before_b2"}, b1, idRP},
 		{"xid", []string{"--target-xid", strings.TrimSpace(xidOut)}, b2, idXID},
+		{"xid of a prepared transaction", []string{"--target-xid", strings.TrimSpace(preparedOut)}, b2, idPrepared},
 		{"time after the last backup", []string{"--target-time", ts(tAfter)}, b3, idAfter},
 		{"lsn", []string{"--target-lsn", lsn}, b3, idLSN},
 	}

@@ -176,7 +176,7 @@ func (a *Archive) scan(tli uint32, start, end format.LSN, fn func(format.LSN, fo
 	defer closeAll()
 	rec, err := r.Start(start, end)
 	for ; err == nil; rec, err = r.Next() {
-		ev, derr := format.WALRecordEvent(rec.Data)
+		ev, derr := format.WALRecordEvent(rec.Data, a.Info.Major)
 		if derr != nil {
 			return 0, false, fmt.Errorf("WAL record at %s: %w", rec.LSN, derr)
 		}

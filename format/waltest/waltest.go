@@ -180,3 +180,40 @@ func (b *Builder) RestorePoint(name string, tm time.Time) format.LSN {
 	n, mutate := mainData(0, append(main, nm[:]...))
 	return b.Add(0, 0x70, n, mutate)
 }
+
+// XactPrepared adds the COMMIT PREPARED (commit) or ABORT PREPARED record
+// of prepared transaction xid, written at tm by a session whose own xid is
+// sessionXID, with every optional part before xl_xact_twophase present n
+// times (database info, subtransactions, relations, dropped statistics
+// entries of statsSize bytes, and for a commit invalidation messages), then
+// the GID.
+func (b *Builder) XactPrepared(commit bool, xid, sessionXID uint32, tm time.Time, statsSize, n int) format.LSN {
+	le := binary.NativeEndian
+	main := le.AppendUint64(nil, pgMicros(tm))
+	xinfo := uint32(1<<0 | 1<<1 | 1<<2 | 1<<8 | 1<<4 | 1<<7) // dbinfo, subxacts, rels, stats, twophase, gid
+	if commit {
+		xinfo |= 1 << 3 // invals
+	}
+	main = le.AppendUint32(main, xinfo)
+	main = le.AppendUint64(main, 0x0000_4000_0000_1663) // dbId, tsId
+	array := func(size int) {
+		main = le.AppendUint32(main, uint32(n))
+		for i := 0; i < n*size; i++ {
+			main = append(main, byte(0xA0+i))
+		}
+	}
+	array(4)
+	array(12)
+	array(statsSize)
+	if commit {
+		array(16)
+	}
+	main = le.AppendUint32(main, xid)
+	main = append(main, "gid-1\x00"...)
+	info := uint8(0x40 | 0x80) // XLOG_XACT_ABORT_PREPARED | XLOG_XACT_HAS_INFO
+	if commit {
+		info = 0x30 | 0x80
+	}
+	sz, mutate := mainData(sessionXID, main)
+	return b.Add(1, info, sz, mutate)
+}
