@@ -1,8 +1,10 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path"
 	"regexp"
 	"strconv"
@@ -136,8 +138,10 @@ func (b *bench) figPITR(t *benchTB) {
 			t1 := time.Now()
 			m = b.attach(t, out)
 			srv = startServer(t, b.e, out, settings)
+			prof := b.profileReplay(srv, m)
 			promoted(t)
 			t2 := time.Now()
+			prof(t, fmt.Sprintf("ours-%d", run))
 			return sample{v: t2.Sub(t0).Seconds(), parts: map[string]float64{"mount_s": t1.Sub(t0).Seconds(), "start_and_replay_s": t2.Sub(t1).Seconds(), "replay_s": replaySec()}}
 		},
 		teardown: func(t *benchTB, run int) {
@@ -177,8 +181,10 @@ func (b *bench) figPITR(t *benchTB) {
 			}
 			t1 := time.Now()
 			srv = startServer(t, b.e, out, settings)
+			prof := b.profileReplay(srv, nil)
 			promoted(t)
 			t2 := time.Now()
+			prof(t, fmt.Sprintf("ref-%d", run))
 			return sample{v: t2.Sub(t0).Seconds(), parts: map[string]float64{"combine_s": t1.Sub(t0).Seconds(), "start_and_replay_s": t2.Sub(t1).Seconds(), "replay_s": replaySec()}}
 		},
 		teardown: func(t *benchTB, run int) {
@@ -205,4 +211,67 @@ func mustAtoi(t *benchTB, s string) int {
 		t.Fatalf("not a number: %q", s)
 	}
 	return n
+}
+
+// profileReplay starts a wall-clock profile of srv's startup process and checkpointer when
+// COMBINEFS_BENCH_STACKS names a directory (see stackSampler), and with a
+// mount m a perf profile of its daemon (perf record -g, when perf is
+// installed); the function it returns writes them there as pitr-NAME.txt
+// (with the mount's counters and the daemon's CPU time) and
+// perf-NAME.data.
+func (b *bench) profileReplay(srv *server, m *mnt) func(t *benchTB, name string) {
+	dir := os.Getenv("COMBINEFS_BENCH_STACKS")
+	if dir == "" {
+		return func(*benchTB, string) {}
+	}
+	s := startStackSampler(srv.pid, "postgres: startup")
+	ckpt := startStackSampler(srv.pid, "postgres: checkpointer")
+	var perf *exec.Cmd
+	var cpu0 float64
+	perfOut := path.Join(dir, fmt.Sprintf("perf-%d.data", srv.pid))
+	if m != nil {
+		cpu0 = procCPU(m.pid)
+		perf = exec.Command("perf", "record", "-q", "-F", "499", "-g", "-p", strconv.Itoa(m.pid), "-o", perfOut)
+		if perf.Start() != nil {
+			perf = nil
+		}
+	}
+	return func(t *benchTB, name string) {
+		p := path.Join(dir, "pitr-"+name+".txt")
+		s.finish(p)
+		ckpt.finish(path.Join(dir, "pitr-"+name+"-checkpointer.txt"))
+		if m == nil {
+			return
+		}
+		cpu := procCPU(m.pid) - cpu0
+		if perf != nil {
+			perf.Process.Signal(os.Interrupt)
+			perf.Wait()
+			os.Rename(perfOut, path.Join(dir, "perf-"+name+".data"))
+		}
+		st, err := json.MarshalIndent(m.Stats(t), "", "  ")
+		if err == nil {
+			f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+			if err == nil {
+				fmt.Fprintf(f, "daemon CPU during replay: %.2f s\nmount counters after promotion:\n%s\n", cpu, st)
+				f.Close()
+			}
+		}
+	}
+}
+
+// procCPU is the user plus system CPU seconds of process pid so far.
+func procCPU(pid int) float64 {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(st), ')')
+	f := strings.Fields(string(st[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	k, _ := strconv.ParseFloat(f[12], 64)
+	return (u + k) / 100 // USER_HZ
 }

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"cmp"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// stackSampler is a wall-clock profile of one server process (for the
+// PITR figure, the startup process that replays): every millisecond it
+// reads the process's state and kernel stack from /proc, so the report
+// says where replay spends its time, running or waiting in the kernel (a
+// FUSE round trip, dirty-page throttling, a restore_command child, disk
+// reads). Enabled by COMBINEFS_BENCH_STACKS=DIR: one report per timed run.
+type stackSampler struct {
+	counts map[string]int
+	total  int
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+var frameOffsetRe = regexp.MustCompile(`^\[<[0-9a-f]+>\] ([^+ ]+).*$`)
+
+// startStackSampler samples the first child of postmaster ppid whose
+// command line starts with prefix (waiting up to a minute for it) until
+// stop is called.
+func startStackSampler(ppid int, prefix string) *stackSampler {
+	s := &stackSampler{counts: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		pid := 0
+		for deadline := time.Now().Add(time.Minute); pid == 0 && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			select {
+			case <-s.stop:
+				return
+			default:
+			}
+			pid = findChild(ppid, prefix)
+		}
+		if pid == 0 {
+			return
+		}
+		stat, stack := fmt.Sprintf("/proc/%d/stat", pid), fmt.Sprintf("/proc/%d/stack", pid)
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			st, err := os.ReadFile(stat)
+			if err != nil {
+				return // the process ended
+			}
+			state := "?"
+			if i := strings.LastIndexByte(string(st), ')'); i > 0 && i+2 < len(st) {
+				state = string(st[i+2])
+			}
+			data, _ := os.ReadFile(stack)
+			var frames []string
+			for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+				if m := frameOffsetRe.FindStringSubmatch(l); m != nil {
+					frames = append(frames, m[1])
+				}
+			}
+			if len(frames) > 6 {
+				frames = frames[:6]
+			}
+			key := state + " " + strings.Join(frames, " < ")
+			if state == "R" && len(frames) == 0 {
+				key = "R (user)"
+			}
+			s.counts[key]++
+			s.total++
+		}
+	}()
+	return s
+}
+
+// findChild is the pid of a child of ppid whose cmdline starts with prefix.
+func findChild(ppid int, prefix string) int {
+	ents, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range ents {
+		st, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		i := strings.LastIndexByte(string(st), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(st[i+1:]))
+		if len(f) < 2 || f[1] != strconv.Itoa(ppid) {
+			continue
+		}
+		cmd, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline"))
+		if strings.HasPrefix(string(cmd), prefix) {
+			n, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			return n
+		}
+	}
+	return 0
+}
+
+// finish stops sampling and writes the report to path: each state and
+// stack with its share of the samples, largest first.
+func (s *stackSampler) finish(path string) {
+	close(s.stop)
+	<-s.done
+	type kv struct {
+		k string
+		n int
+	}
+	var all []kv
+	for k, n := range s.counts {
+		all = append(all, kv{k, n})
+	}
+	slices.SortFunc(all, func(a, b kv) int { return cmp.Compare(b.n, a.n) })
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "%d samples (1 ms apart)\n", s.total)
+	for _, e := range all {
+		fmt.Fprintf(&sb, "%6.2f%% %6d  %s\n", 100*float64(e.n)/float64(max(s.total, 1)), e.n, e.k)
+	}
+	os.WriteFile(path, []byte(sb.String()), 0o644)
+}
