@@ -400,6 +400,7 @@ func (n *cowNode) materialize(st *fileState, b int64) error {
 
 // write stores data at off, copying up first.
 func (n *cowNode) write(data []byte, off int64) (uint32, syscall.Errno) {
+	n.c.m.stats.writeCalls.Add(1)
 	if errno := n.ensureUpper(); errno != 0 {
 		return 0, errno
 	}
@@ -438,22 +439,103 @@ func (n *cowNode) write(data []byte, off int64) (uint32, syscall.Errno) {
 	return uint32(w), 0
 }
 
-// read fills dest from off.
+// read fills dest from off. While the mount hydrates, a relation file the
+// server reads gets its overlay at once, and the blocks read from the chain
+// for it are kept there (keep), so that hydration does not read and
+// reconstruct them a second time.
 func (n *cowNode) read(dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	res, errno := n.readAt(dest, off)
+	hydrating := n.c.hyd.active()
+	if hydrating {
+		if errno := n.overlayForKeeping(); errno != 0 {
+			return nil, errno
+		}
+	}
+	res, kept, errno := n.readAt(dest, off, hydrating)
 	if errno == 0 {
 		n.c.m.stats.bytesServed.Add(uint64(res.Size()))
+		n.keep(kept)
 	}
 	return res, errno
 }
 
-func (n *cowNode) readAt(dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+// overlayForKeeping copies a lower relation file up as an empty overlay
+// (as its first write would), so that the blocks read from it can be kept.
+func (n *cowNode) overlayForKeeping() syscall.Errno {
 	st, errno := n.state()
 	if errno != 0 {
-		return nil, errno
+		return errno
+	}
+	n.mu.RLock()
+	lowerRelation := st.kind == kindLower && !st.lower.wholeCopy()
+	n.mu.RUnlock()
+	if !lowerRelation {
+		return 0
+	}
+	return n.ensureUpper()
+}
+
+// keptRun is bytes of an overlay's origin read at off for the server.
+type keptRun struct {
+	st   *fileState
+	off  int64
+	data []byte
+}
+
+// keep writes the whole blocks of runs read from the chain into the
+// overlay they were read for, where it still lacks them: a block the
+// server wrote meanwhile is newer and stays. The bytes are the chain's, as
+// hydration would write them, so a kill during a pwrite leaves a torn
+// block that the next load completes from the chain (repairTorn). Keeping
+// is an optimisation: a failure is logged, and the read stands.
+func (n *cowNode) keep(runs []keptRun) {
+	if len(runs) == 0 {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, r := range runs {
+		st := r.st
+		if n.st != st || st.kind != kindOverlay {
+			return
+		}
+		end := min(r.off+int64(len(r.data)), st.limit, st.size)
+		for b := (r.off + format.BlockSize - 1) / format.BlockSize; (b+1)*format.BlockSize <= end; {
+			if st.has(b) {
+				b++
+				continue
+			}
+			e := b + 1
+			for (e+1)*format.BlockSize <= end && !st.has(e) {
+				e++
+			}
+			start, stop := b*format.BlockSize, e*format.BlockSize
+			if _, err := st.fd.WriteAt(r.data[start-r.off:stop-r.off], start); err != nil {
+				n.c.m.logf("keeping blocks %d-%d of %s read from the chain: %v", b, e-1, n.Path(nil), err)
+				return
+			}
+			for ; b < e; b++ {
+				st.mark(b)
+			}
+			n.c.m.stats.blocksKept.Add(uint64(stop-start) / format.BlockSize)
+		}
+	}
+}
+
+// readAt serves a read; with keeping, it also returns the runs it read
+// from the chain for an overlay (see keep).
+func (n *cowNode) readAt(dest []byte, off int64, keeping bool) (fuse.ReadResult, []keptRun, syscall.Errno) {
+	st, errno := n.state()
+	if errno != 0 {
+		return nil, nil, errno
 	}
 	n.mu.RLock()
 	defer n.mu.RUnlock()
+	return n.readLocked(st, dest, off, keeping)
+}
+
+// readLocked is readAt under the node's read lock.
+func (n *cowNode) readLocked(st *fileState, dest []byte, off int64, keeping bool) (fuse.ReadResult, []keptRun, syscall.Errno) {
+	var kept []keptRun
 	if st.kind != kindWhole {
 		n.c.hyd.note(n)
 	}
@@ -465,30 +547,30 @@ func (n *cowNode) readAt(dest []byte, off int64) (fuse.ReadResult, syscall.Errno
 				// Reconstructed: straight from the block cache.
 				size := le.file.Size()
 				if off >= size {
-					return bytesResult(nil), 0
+					return bytesResult(nil), nil, 0
 				}
 				r, err := n.c.m.src.readRange(plan, off, min(int64(len(dest)), size-off))
 				if err != nil {
-					return nil, n.readErr(err, off)
+					return nil, nil, n.readErr(err, off)
 				}
-				return r, 0
+				return r, nil, 0
 			}
 		}
 		m, err := n.c.readLower(le, dest, off)
 		if err != nil {
-			return nil, n.readErr(err, off)
+			return nil, nil, n.readErr(err, off)
 		}
-		return bytesResult(dest[:m]), 0
+		return bytesResult(dest[:m]), nil, 0
 	case kindWhole:
 		m, err := st.fd.ReadAt(dest, off)
 		if err != nil && err != io.EOF {
-			return nil, n.readErr(err, off)
+			return nil, nil, n.readErr(err, off)
 		}
-		return bytesResult(dest[:m]), 0
+		return bytesResult(dest[:m]), nil, 0
 	}
 	// Overlay: runs of upper blocks, lower blocks and zeros.
 	if off >= st.size {
-		return bytesResult(nil), 0
+		return bytesResult(nil), nil, 0
 	}
 	end := min(off+int64(len(dest)), st.size)
 	for pos := off; pos < end; {
@@ -504,7 +586,7 @@ func (n *cowNode) readAt(dest []byte, off int64) (fuse.ReadResult, syscall.Errno
 		case up:
 			if m, err := st.fd.ReadAt(chunk, pos); err != nil && !(err == io.EOF && int64(m) == int64(len(chunk))) {
 				if err != io.EOF {
-					return nil, n.readErr(err, pos)
+					return nil, nil, n.readErr(err, pos)
 				}
 				clear(chunk[m:])
 			}
@@ -513,15 +595,18 @@ func (n *cowNode) readAt(dest []byte, off int64) (fuse.ReadResult, syscall.Errno
 			if lowEnd > pos {
 				m, err := n.c.readLower(st.lower, chunk[:lowEnd-pos], pos)
 				if err != nil {
-					return nil, n.readErr(err, pos)
+					return nil, nil, n.readErr(err, pos)
 				}
 				clear(chunk[m : lowEnd-pos])
+				if keeping {
+					kept = append(kept, keptRun{st: st, off: pos, data: chunk[:lowEnd-pos]})
+				}
 			}
 			clear(chunk[lowEnd-pos:])
 		}
 		pos = runEnd
 	}
-	return bytesResult(dest[:end-off]), 0
+	return bytesResult(dest[:end-off]), kept, 0
 }
 
 // errno answers the kernel for an operation on this node (Mount.errno).

@@ -129,6 +129,11 @@ func (h *hydrator) note(n *cowNode) {
 	}
 }
 
+// active reports whether hydration is still running (h may be nil).
+func (h *hydrator) active() bool {
+	return h != nil && !h.complete.Load() && h.errMsg.Load() == nil && h.ctx.Err() == nil
+}
+
 func (h *hydrator) fail(err error) {
 	msg := err.Error()
 	h.errMsg.Store(&msg)

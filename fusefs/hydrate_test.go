@@ -1,6 +1,7 @@
 package fusefs_test
 
 import (
+	"bytes"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/combinefs/combinefs/fusefs"
+	"github.com/combinefs/combinefs/resolver"
 )
 
 // TestHydrate runs every copy-on-write scenario on a mount that hydrates at
@@ -59,13 +61,8 @@ func TestHydrate(t *testing.T) {
 // TestHydrateResume: a hydration stopped by an unmount resumes at the next
 // mount and completes.
 func TestHydrateResume(t *testing.T) {
-	requireFUSE(t)
-	c := cowChain(t)
-	p := openPoint(t, c.Dirs())
-	m := pointModel(t, p)
-	upper := filepath.Join(t.TempDir(), "upper")
 	opts := fusefs.Options{UID: testUID, GID: testGID, Hydrate: true, HydrateRate: 1 << 20, HydrateJobs: 1}
-	mt := mountCoW(t, "", p, upper, opts)
+	p, m, upper, mt := mountNewUpper(t, opts)
 	// Past the first file or two (a whole copy in progress is dropped).
 	for mt.Stats().Hydration.Done < 5<<19 {
 		time.Sleep(10 * time.Millisecond)
@@ -183,4 +180,99 @@ func TestTornBlock(t *testing.T) {
 	if d := dataBytes(t, filepath.Join(upper, "tree", rel)); d != bs {
 		t.Errorf("after the repair the overlay holds %d bytes of data; want one block", d)
 	}
+}
+
+// TestHydrateKeepsReadBlocks: while hydration runs (stalled here by its
+// rate), the blocks the server reads from the chain are kept in the file's
+// overlay with the chain's bytes, so hydration need not read them again;
+// a block written first is not overwritten by a later read's copy; and the
+// hydration that then completes gives the point's files.
+func TestHydrateKeepsReadBlocks(t *testing.T) {
+	opts := fusefs.Options{UID: testUID, GID: testGID, WritebackCache: true, Hydrate: true, HydrateRate: 1, HydrateJobs: 1}
+	p, m, upper, mt := mountNewUpper(t, opts)
+	const bs = 8192
+	reads := map[string][]int64{"base/5/16385": {1, 7, 100}, "base/5/16384": {10}}
+	for rel, blocks := range reads {
+		f, err := os.Open(filepath.Join(mt.dir, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range blocks {
+			got, err := readFull(f, bs, b*bs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := slice(m[rel].data, b*bs, bs); !bytes.Equal(got, want) {
+				t.Errorf("%s block %d through the mount: %s", rel, b, firstDiff(got, want))
+			}
+		}
+		f.Close()
+	}
+	// A block written before it is read: the read must not bring the
+	// chain's bytes back over it.
+	mine := bytes.Repeat([]byte{0xab}, bs)
+	writeAt(t, filepath.Join(mt.dir, "base/5/16387"), mine, 5*bs)
+	copy(m["base/5/16387"].data[5*bs:], mine)
+	f, err := os.Open(filepath.Join(mt.dir, "base/5/16387"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readFull(f, 8*bs, 0); err != nil || !bytes.Equal(got, slice(m["base/5/16387"].data, 0, 8*bs)) {
+		t.Errorf("base/5/16387 after a write: %v %s", err, firstDiff(got, slice(m["base/5/16387"].data, 0, 8*bs)))
+	}
+	f.Close()
+	if st := mt.Stats(); st.BlocksKept < 4 || st.Hydration.Complete {
+		t.Errorf("stats after the reads: %d blocks kept, hydration %+v", st.BlocksKept, st.Hydration)
+	}
+	// The overlays hold the blocks read, with the chain's bytes, before
+	// hydration got to them.
+	for rel, blocks := range reads {
+		p := filepath.Join(upper, "tree", rel)
+		if _, ok := getXattr(p, xattrOrigin); !ok {
+			t.Fatalf("upper %s is not an overlay", rel)
+		}
+		up, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range blocks {
+			if got, want := slice(up, b*bs, bs), slice(m[rel].data, b*bs, bs); !bytes.Equal(got, want) {
+				t.Errorf("upper %s block %d: %s", rel, b, firstDiff(got, want))
+			}
+		}
+	}
+	checkView(t, mt.dir, m)
+	mt.unmount(t)
+
+	opts.HydrateRate = 0
+	mt = mountCoW(t, "", p, upper, opts)
+	waitHydrated(t, mt)
+	checkView(t, mt.dir, m)
+	mt.unmount(t)
+	checkHydratedUpper(t, upper, m)
+}
+
+func writeAt(t *testing.T, path string, data []byte, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(data, off); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// mountNewUpper mounts cowChain's point copy-on-write on a new upper
+// directory with opts, and returns the point, its model and the upper.
+func mountNewUpper(t *testing.T, opts fusefs.Options) (*resolver.Tree, model, string, *mounted) {
+	t.Helper()
+	requireFUSE(t)
+	c := cowChain(t)
+	p := openPoint(t, c.Dirs())
+	upper := filepath.Join(t.TempDir(), "upper")
+	return p, pointModel(t, p), upper, mountCoW(t, "", p, upper, opts)
 }
