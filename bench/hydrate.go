@@ -34,7 +34,9 @@ func (b *bench) figColdStart(t *benchTB, dir, ref string) {
 	b.e.MkdirAll(t, mp)
 	b.settle(t, true)
 	t0 := time.Now()
-	args := append([]string{"mount", "--daemon", "--log", mp + ".mount.log", "--cow", path.Join(dir, "upper"), "--hydrate"}, b.chain...)
+	// The upper in a directory of root's own: mount refuses one whose parent
+	// another user (the server's, who owns the scratch directory) can change.
+	args := append([]string{"mount", "--daemon", "--log", mp + ".mount.log", "--cow", path.Join(b.e.PrivateDir(t), "upper"), "--hydrate"}, b.chain...)
 	runCmd(t, b.cfs(true, append(args, mp)...))
 	m := b.attach(t, mp)
 	settings := map[string]string{"recovery_init_sync_method": "syncfs"}
@@ -102,7 +104,8 @@ func (b *bench) figHydrateRate(t *benchTB, dir string) {
 		b.e.MkdirAll(t, mp)
 		b.settle(t, true)
 		t0 := time.Now()
-		args := append([]string{"mount", "--daemon", "--log", mp + ".mount.log", "--cow", path.Join(dir, fmt.Sprintf("upper-rate-%d", run)), "--hydrate"}, b.chain...)
+		upper := path.Join(b.e.PrivateDir(t), fmt.Sprintf("upper-rate-%d", run))
+		args := append([]string{"mount", "--daemon", "--log", mp + ".mount.log", "--cow", upper, "--hydrate"}, b.chain...)
 		runCmd(t, b.cfs(true, append(args, mp)...))
 		m := b.attach(t, mp)
 		for {
@@ -115,12 +118,14 @@ func (b *bench) figHydrateRate(t *benchTB, dir string) {
 		}
 		d := time.Since(t0)
 		m.umount(t)
+		b.rm(t, upper)
 		oursRuns = append(oursRuns, rate(d))
 
 		out := path.Join(dir, fmt.Sprintf("flat-%d", run))
 		b.settle(t, true)
 		fd, _ := runCmd(t, b.cfs(true, append([]string{"flatten", "-o", out}, b.chain...)...))
 		refRuns = append(refRuns, rate(fd))
+		b.rm(t, out)
 		b.progressf(t, "hydration %.0f MiB/s, flatten %.0f MiB/s", oursRuns[run], refRuns[run])
 	}
 	o, r := median(oursRuns), median(refRuns)
