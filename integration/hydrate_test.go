@@ -201,10 +201,7 @@ func hydrateKill9(t *testing.T, ch *Chain, last int, ref string) {
 // pg_dump equal, the same query results, pg_amcheck clean.
 func hydrateServer(t *testing.T, ch *Chain, last int) {
 	e := ch.Env
-	dir := e.TempDir(t)
-	upper, mp := path.Join(e.PrivateDir(t), "upper"), cowMountPoint(t, e, dir, "mnt")
-	m := mountCoWFlags(t, e, []string{"--hydrate", "--hydrate-rate", "16MiB"}, upper, mp, ch.Upto(last)...)
-	srv := startOnMount(t, e, mp)
+	upper, mp, m, srv := serverOnHydratingMount(t, ch, last, "16MiB")
 	sawProgress := false
 	for i := 0; ; i++ {
 		out := mustCombinefs(t, e, "status", mp)
@@ -254,10 +251,7 @@ func hydrateServer(t *testing.T, ch *Chain, last int) {
 // and pg_amcheck is clean.
 func hydrateServerKill9(t *testing.T, ch *Chain, last int) {
 	e := ch.Env
-	dir := e.TempDir(t)
-	upper, mp := path.Join(e.PrivateDir(t), "upper"), cowMountPoint(t, e, dir, "mnt")
-	m := mountCoWFlags(t, e, []string{"--hydrate", "--hydrate-rate", "2MiB"}, upper, mp, ch.Upto(last)...)
-	srv := startOnMount(t, e, mp)
+	upper, mp, m, srv := serverOnHydratingMount(t, ch, last, "2MiB")
 	srv.Pgbench(t, "-n", "-T", "3", "-c", "2", "-j", "2", "postgres")
 	srv.Psql(t, "postgres", "CREATE TABLE before_kill AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g")
 	srv.Psql(t, "postgres", "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 97 = 0")
@@ -280,6 +274,15 @@ func hydrateServerKill9(t *testing.T, ch *Chain, last int) {
 	cowAmcheck(t, srv)
 	srv.Stop(t, "fast")
 	m.Umount(t)
+}
+
+// serverOnHydratingMount mounts point last of ch on a new upper with
+// --hydrate at rate and starts a server on it.
+func serverOnHydratingMount(t *testing.T, ch *Chain, last int, rate string) (upper, mp string, m *cowMount, srv *Cluster) {
+	e := ch.Env
+	upper, mp = path.Join(e.PrivateDir(t), "upper"), cowMountPoint(t, e, e.TempDir(t), "mnt")
+	m = mountCoWFlags(t, e, []string{"--hydrate", "--hydrate-rate", rate}, upper, mp, ch.Upto(last)...)
+	return upper, mp, m, startOnMount(t, e, mp)
 }
 
 // pgDump is pg_dump of postgres, without the random \restrict key of
