@@ -624,7 +624,9 @@ func (h *hydrator) makeWhole(rel string) error {
 			return err
 		}
 		fd := int(st.fd.Fd())
-		if err := unix.Fremovexattr(fd, xattrOrigin); err != nil {
+		// ENODATA: the worker of another range of the file made it whole
+		// first, and a cached open kept this state an overlay (below).
+		if err := unix.Fremovexattr(fd, xattrOrigin); err != nil && !errors.Is(err, unix.ENODATA) {
 			return err
 		}
 		if err := unix.Fremovexattr(fd, xattrLimit); err != nil && !errors.Is(err, unix.ENODATA) {
