@@ -541,6 +541,7 @@ func (n *cowNode) readLocked(st *fileState, dest []byte, off int64, keeping bool
 	}
 	switch st.kind {
 	case kindLower:
+		n.c.hyd.sawServerRead()
 		le := st.lower
 		if le.file != nil {
 			if plan, err := le.file.Plan(); err == nil && !plan.Whole {
@@ -593,6 +594,7 @@ func (n *cowNode) readLocked(st *fileState, dest []byte, off int64, keeping bool
 		default:
 			lowEnd := min(runEnd, max(st.limit, pos))
 			if lowEnd > pos {
+				n.c.hyd.sawServerRead()
 				m, err := n.c.readLower(st.lower, chunk[:lowEnd-pos], pos)
 				if err != nil {
 					return nil, nil, n.readErr(err, pos)

@@ -75,8 +75,10 @@ type hydrator struct {
 	started time.Time
 
 	total, done, doneAtStart atomic.Int64
-	complete                 atomic.Bool
-	errMsg                   atomic.Pointer[string]
+	// serverRead is when (UnixNano) the server last read from the chain.
+	serverRead atomic.Int64
+	complete   atomic.Bool
+	errMsg     atomic.Pointer[string]
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -125,6 +127,40 @@ func (h *hydrator) note(n *cowNode) {
 		select {
 		case h.prio <- rel:
 		default:
+		}
+	}
+}
+
+// hydrateYield is how long after the server's last read from the chain
+// hydration waits before its next chunk, and hydrateMaxYield the longest
+// it waits in a row: the server's reads come first, but a server that
+// reads all the time still leaves hydration a chunk per worker every
+// hydrateMaxYield.
+const (
+	hydrateYield    = 10 * time.Millisecond
+	hydrateMaxYield = 100 * time.Millisecond
+)
+
+// sawServerRead records that the server read from the chain (h may be
+// nil).
+func (h *hydrator) sawServerRead() {
+	if h != nil {
+		h.serverRead.Store(time.Now().UnixNano())
+	}
+}
+
+// yield waits while the server reads from the chain (see hydrateYield).
+func (h *hydrator) yield(ctx context.Context) error {
+	deadline := time.Now().Add(hydrateMaxYield)
+	for {
+		wait := time.Until(time.Unix(0, h.serverRead.Load()).Add(hydrateYield))
+		if wait <= 0 || time.Now().After(deadline) {
+			return ctx.Err()
+		}
+		select {
+		case <-time.After(min(wait, time.Until(deadline))):
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }
@@ -444,6 +480,9 @@ func (h *hydrator) copyThrottled(ctx context.Context, le *lowerEntry, f *os.File
 	buf := make([]byte, min(size, hydrateChunk*format.BlockSize))
 	for off := int64(0); off < size; {
 		n := min(int64(len(buf)), size-off)
+		if err := h.yield(ctx); err != nil {
+			return err
+		}
 		if err := h.lim.wait(ctx, n); err != nil {
 			return err
 		}
@@ -564,6 +603,9 @@ func (h *hydrator) fill(ctx context.Context, it *hydItem) error {
 		n := min(int64(run)*format.BlockSize, origin.size()-off)
 		if n <= 0 {
 			continue
+		}
+		if err := h.yield(ctx); err != nil {
+			return err
 		}
 		if err := h.lim.wait(ctx, n); err != nil {
 			return err
