@@ -446,9 +446,7 @@ func (n *cowNode) write(data []byte, off int64) (uint32, syscall.Errno) {
 func (n *cowNode) read(dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	hydrating := n.c.hyd.active()
 	if hydrating {
-		if errno := n.overlayForKeeping(); errno != 0 {
-			return nil, errno
-		}
+		n.overlayForKeeping()
 	}
 	res, kept, errno := n.readAt(dest, off, hydrating)
 	if errno == 0 {
@@ -460,18 +458,22 @@ func (n *cowNode) read(dest []byte, off int64) (fuse.ReadResult, syscall.Errno) 
 
 // overlayForKeeping copies a lower relation file up as an empty overlay
 // (as its first write would), so that the blocks read from it can be kept.
-func (n *cowNode) overlayForKeeping() syscall.Errno {
+// Keeping is an optimisation: if the copy-up fails (a full upper file
+// system), the read is served from the chain as without hydration, and the
+// failure is in the log.
+func (n *cowNode) overlayForKeeping() {
 	st, errno := n.state()
 	if errno != 0 {
-		return errno
+		return // the read answers it
 	}
 	n.mu.RLock()
 	lowerRelation := st.kind == kindLower && !st.lower.wholeCopy()
 	n.mu.RUnlock()
-	if !lowerRelation {
-		return 0
+	if lowerRelation {
+		if errno := n.ensureUpper(); errno != 0 {
+			n.c.m.logf("keeping blocks of %s read from the chain: copy-up: %v", n.Path(nil), errno)
+		}
 	}
-	return n.ensureUpper()
 }
 
 // keptRun is bytes of an overlay's origin read at off for the server.
