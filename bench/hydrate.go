@@ -44,32 +44,9 @@ func (b *bench) figColdStart(t *benchTB, dir, ref string) {
 	ourSrv.waitReady(t, 30*time.Minute)
 	refSrv := startServer(t, b.e, ref, settings)
 	refSrv.waitReady(t, 30*time.Minute)
-	c := strconv.Itoa(b.tpsClients)
-	pgb := func(s *server) float64 {
-		out := s.pgbench(t, "-S", "-n", "-T", strconv.Itoa(b.tpsSec), "-c", c, "-j", c, "postgres")
-		mm := tpsRe.FindStringSubmatch(out)
-		if mm == nil {
-			t.Fatalf("no tps in pgbench output:\n%s", out)
-		}
-		v, _ := strconv.ParseFloat(mm[1], 64)
-		return v
-	}
 	b.progressf(t, "cold start: 8 windows of pgbench -S -T %d, ours and reference ABBA, hydrating", b.tpsSec)
-	var ours, refs []float64
-	var windows []string
-	for i, side := range []string{"ours", "ref", "ref", "ours", "ours", "ref", "ref", "ours"} {
-		var v float64
-		if side == "ours" {
-			v = pgb(ourSrv)
-			ours = append(ours, v)
-		} else {
-			v = pgb(refSrv)
-			refs = append(refs, v)
-		}
-		h := m.Stats(t).Hydration
-		windows = append(windows, fmt.Sprintf("%d %s %.0f TPS (hydration %s)", i+1, side, v, hydrationState(h)))
-		b.progressf(t, "cold start window %s", windows[len(windows)-1])
-	}
+	ours, refs, windows := b.abbaWindows(t, ourSrv, refSrv, func() string { return "hydration " + hydrationState(m.Stats(t).Hydration) })
+	c := strconv.Itoa(b.tpsClients)
 	fig := &Figure{ID: "cold-start-hydrate", Name: fmt.Sprintf("cold start, pgbench -S, %s clients, %d s windows ABBA, mount --hydrate (TPS)", c, b.tpsSec),
 		Unit: "TPS", Better: "higher", Runs: 4, Cold: true, Ours: ours[0], OursRuns: ours, RefRuns: refs,
 		Ref: ptr(refs[0]), Ratio: ptr(ours[0] / refs[0]), Target: "first pair >= 0.7x", TargetMet: ptr(ours[0]/refs[0] >= 0.7),
