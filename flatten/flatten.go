@@ -52,6 +52,14 @@ type Options struct {
 	// what it wrote is removed: pg_combinebackup reports its error, then
 	// its exit handler says "removing output directory ...".
 	OnFailure func(err error)
+	// OnFileWritten, if set, is called by the worker that wrote a file of
+	// the chain once it is written (the sync pass comes after all files),
+	// with where it is (global/pg_control under its hidden name until the
+	// end) and its entry as the manifest will list it, LastModified aside.
+	// It runs in the worker's slot, overlapping the other writes (compact
+	// reads each file back there); an error fails the run. backup_label,
+	// written before the workers start, is not passed.
+	OnFileWritten func(file string, entry format.ManifestFile) error
 }
 
 // Level of a log message.
@@ -339,6 +347,12 @@ func (r *run) writeFiles(ctx context.Context) (res Result, err error) {
 		if err := j.write(r.p, r.opts, r.logf); err != nil {
 			return err
 		}
+		if r.opts.OnFileWritten != nil && !r.opts.DryRun {
+			e := format.ManifestFile{Path: j.path, Size: j.size, Algorithm: j.algo(r.opts), Checksum: j.sum}
+			if err := r.opts.OnFileWritten(j.out, e); err != nil {
+				return err
+			}
+		}
 		d := done.Add(j.file.Size())
 		if r.opts.Progress != nil {
 			r.opts.Progress(d, total)
@@ -373,11 +387,7 @@ func (r *run) manifest(out string) error {
 	}
 	mw := format.NewManifestWriter(f, r.p.Chain.SystemIdentifier)
 	for _, j := range r.jobs {
-		algo := r.opts.ManifestChecksums
-		if j.noSum {
-			algo = format.ChecksumNone
-		}
-		mw.AddFile(j.path, j.size, j.mtime, algo, j.sum)
+		mw.AddFile(j.path, j.size, j.mtime, j.algo(r.opts), j.sum)
 	}
 	err = mw.Finish(r.p.Chain.Final().Manifest.WALRanges)
 	if cerr := f.Close(); err == nil {
@@ -389,6 +399,14 @@ func (r *run) manifest(out string) error {
 	return nil
 }
 
+// algo is the checksum algorithm of j's manifest entry.
+func (j *job) algo(opts Options) format.ChecksumType {
+	if j.noSum {
+		return format.ChecksumNone
+	}
+	return opts.ManifestChecksums
+}
+
 // write produces one output file and records what its manifest entry needs.
 func (j *job) write(p *resolver.Tree, opts Options, logf func(Level, string, ...any)) error {
 	plan, err := j.file.Resolve()
@@ -396,10 +414,7 @@ func (j *job) write(p *resolver.Tree, opts Options, logf func(Level, string, ...
 		return err
 	}
 	j.whole = plan.Whole
-	algo := opts.ManifestChecksums
-	if j.noSum {
-		algo = format.ChecksumNone
-	}
+	algo := j.algo(opts)
 	// Reuse the checksum of a whole copy from the manifest of the backup it
 	// comes from, as pg_combinebackup does.
 	if sum, warn := p.WholeChecksum(j.path, plan, algo); sum != nil {

@@ -23,8 +23,11 @@ import (
 // these steps, each durable before the next, so that a kill at any moment
 // leaves every point restorable, to the same bytes:
 //
-//  1. flatten into a hidden staged directory, fsynced;
-//  2. verify it against the manifest the flatten wrote;
+//  1. flatten into a hidden staged directory, fsynced, each file read back
+//     from disk and checked against the checksum the flatten computed for
+//     it while the others are written;
+//  2. verify it against the manifest the flatten wrote (the files read
+//     back are compared with their entries, not read again);
 //  3. write the journal (.compact.journal: the new name, the staged
 //     directory, the replaced points) with write-temp, fsync, rename;
 //  4. rename the staged directory to the new name: both the new full point
@@ -139,6 +142,10 @@ func (r *Repo) compactable(ctx context.Context, ref string) (*Point, error) {
 	return p, nil
 }
 
+// testAfterWrite, set by tests, is called with each file of the compacted
+// point once it is written and before it is read back: a test damages one.
+var testAfterWrite func(file string)
+
 // writeCompacted flattens p's chain into dir (fsynced) and verifies the
 // result against the manifest written with it.
 func (r *Repo) writeCompacted(ctx context.Context, p *Point, dir string, o CompactOptions) (int64, error) {
@@ -154,13 +161,28 @@ func (r *Repo) writeCompacted(ctx context.Context, p *Point, dir string, o Compa
 	if err != nil {
 		return 0, err
 	}
+	// Each file is read back from disk and checked by the worker that
+	// wrote it, while the others write; verify.Backup then checks the
+	// manifest (its checksum, its entries against the files on disk and
+	// what was read back, the WAL) without reading those files again.
+	rb := verify.NewReadBack()
 	res, err := flatten.Run(ctx, tree, flatten.Options{Output: dir, Jobs: o.Jobs, Progress: o.Progress,
-		ManifestChecksums: format.ChecksumCRC32C, CopyMethod: flatten.Copy})
+		ManifestChecksums: format.ChecksumCRC32C, CopyMethod: flatten.Copy,
+		OnFileWritten: func(file string, e format.ManifestFile) error {
+			if testAfterWrite != nil {
+				testAfterWrite(file)
+			}
+			problem, err := rb.Check(file, e)
+			if err == nil && problem != "" {
+				err = fmt.Errorf("reading back the compacted point: %s", problem)
+			}
+			return err
+		}})
 	if err != nil {
 		return 0, err
 	}
 	phase("compact-flattened")
-	v, err := verify.Backup(ctx, dir, verify.Options{SkipWAL: o.SkipWAL, Jobs: o.Jobs})
+	v, err := verify.Backup(ctx, dir, verify.Options{SkipWAL: o.SkipWAL, Jobs: o.Jobs, ReadBack: rb})
 	if err != nil {
 		return 0, fmt.Errorf("verify the compacted point: %w", err)
 	}

@@ -118,6 +118,45 @@ func TestCompact(t *testing.T) {
 	}
 }
 
+// TestCompactDamagedWrite: a byte of a written file flipped before it is
+// read back (a write the disk got wrong) fails the compaction, naming the
+// file, and leaves the repository as it was.
+func TestCompactDamagedWrite(t *testing.T) {
+	want := expectedFlattens(t)
+	r := newTestRepo(t, testPoints...)
+	damaged := 0
+	testAfterWrite = func(file string) {
+		if !strings.HasSuffix(file, "/base/5/16384") {
+			return
+		}
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		data[len(data)/2] ^= 1
+		if err := os.WriteFile(file, data, 0o600); err != nil {
+			t.Error(err)
+		}
+		damaged++
+	}
+	defer func() { testAfterWrite = nil }()
+	_, err := r.Compact(ctx, testPoints[0][1], testCompactOptions, nil)
+	if err == nil || !strings.HasPrefix(err.Error(), `reading back the compacted point: checksum mismatch for file "base/5/16384"`) {
+		t.Fatalf("compact of a damaged write: %v", err)
+	}
+	if damaged != 1 {
+		t.Fatalf("damaged %d files", damaged)
+	}
+	original := append(slices.Clone(testPoints[0]), testPoints[1]...)
+	if names := checkFlattens(t, r, want); fmt.Sprint(names) != fmt.Sprint(original) {
+		t.Errorf("points %q, want %q", names, original)
+	}
+	if l, _ := r.Leftovers(); len(l) != 0 {
+		t.Errorf("leftovers %q", l)
+	}
+}
+
 // TestCompactInUse: a reader of the full point keeps it (and compact says
 // so); the point compacted goes.
 func TestCompactInUse(t *testing.T) {

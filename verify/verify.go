@@ -39,6 +39,10 @@ type Options struct {
 	// (a point in an object store, read through repo.StorageFS); dir then
 	// only names the backup in messages. Its files must be io.ReaderAt.
 	FS fs.FS
+	// ReadBack, if set, holds files of dir already read back and checked
+	// (see ReadBack): their manifest entries are compared with what was
+	// read instead of reading them again.
+	ReadBack *ReadBack
 }
 
 // Result of one backup's verification.
@@ -211,9 +215,13 @@ func checksumAll(ctx context.Context, dir string, files []*format.ManifestFile, 
 			break
 		}
 		g.Go(func() error {
-			buf := <-bufs
-			defer func() { bufs <- buf }()
-			msg, err := checkOne(dir, opts.FS, f, buf)
+			msg, read := opts.ReadBack.verdict(f)
+			var err error
+			if !read {
+				buf := <-bufs
+				msg, err = checkOne(dir, opts.FS, f, buf)
+				bufs <- buf
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			if msg != "" {
@@ -259,17 +267,21 @@ func hashFile(h io.Writer, in *os.File, buf []byte) (int64, error) {
 	}
 }
 
-// checkOne checks one file's size and checksum. A large file is read with
-// O_DIRECT where the file system allows it: a backup is checked once, and
-// a buffered read would fill the page cache with it (on a VM whose host
-// reclaims free memory, every new page-cache page also costs a host fault),
-// evicting what the machine is using. buf is aligned for direct reads.
-// With fsys (a point in an object store) the file is read through it.
+// checkOne checks one file's size and checksum. With fsys (a point in an
+// object store) the file is read through it.
 func checkOne(dir string, fsys fs.FS, f *format.ManifestFile, buf []byte) (string, error) {
 	if fsys != nil {
 		return checkFSFile(fsys, f, buf)
 	}
-	path := filepath.Join(dir, f.Path)
+	return checkDiskFile(filepath.Join(dir, f.Path), f, buf)
+}
+
+// checkDiskFile checks the file at path against f. A large file is read
+// with O_DIRECT where the file system allows it: a backup is checked once,
+// and a buffered read would fill the page cache with it (on a VM whose host
+// reclaims free memory, every new page-cache page also costs a host fault),
+// evicting what the machine is using. buf is aligned for direct reads.
+func checkDiskFile(path string, f *format.ManifestFile, buf []byte) (string, error) {
 	h := f.Algorithm.New()
 	var in *os.File
 	var err error
