@@ -88,7 +88,7 @@ func TestMountRefused(t *testing.T) {
 		{"cache dir size alone", withChain(mp, "--cache-dir-size", "1GiB"), 2, "--cache-dir-size needs --cache-dir"},
 		{"bad cache dir size", withChain(mp, "--cache-dir", filepath.Join(tmp, "c"), "--cache-dir-size", "0"), 2, `--cache-dir-size: bad size "0": must be more than 0`},
 		{"cache dir writable by others", withChain(mp, "--cache-dir", open), 1,
-			fmt.Sprintf("cache directory %s is writable by group or others (mode 0777): make it 0700", open)},
+			fmt.Sprintf("cache directory %s is writable by group or others (mode 0777); make it 0700", open)},
 		{"bad owner", withChain(mp, "--owner", "no-such-user-zz"), 2, "--owner: user: unknown user no-such-user-zz"},
 		{"bad log", withChain(mp, "--log", filepath.Join(missing, "log")), 1,
 			fmt.Sprintf("log file: open %s: no such file or directory", filepath.Join(missing, "log"))},
