@@ -161,7 +161,9 @@ func (f *roFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32,
 	if err != nil {
 		return nil, 0, f.m.errno(err, "open %s", f.f.Path)
 	}
-	if plan.Whole {
+	// A whole file of an object store has no descriptor to pass through:
+	// it is read through the block cache like a reconstructed one.
+	if plan.Whole && resolver.IsLocal(plan.Source) {
 		src, err := os.Open(plan.WholeSrc)
 		if err != nil {
 			return nil, 0, f.m.errno(err, "open %s", f.f.Path)

@@ -3,7 +3,6 @@ package resolver
 import (
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -79,7 +78,7 @@ type Tree struct {
 // block data, so its cost does not grow with the size of the database.
 func NewTree(c *Chain) (*Tree, error) {
 	final := c.Final()
-	st, err := os.Stat(final.Dir)
+	st, err := c.source().Stat(final.Dir)
 	if err != nil {
 		return nil, err
 	}
@@ -87,7 +86,7 @@ func NewTree(c *Chain) (*Tree, error) {
 	if st.Mode().Perm()&0o750 == 0o750 {
 		p.DirMode, p.FileMode = 0o750, 0o640
 	}
-	b := &treeBuilder{p: p, final: len(c.Backups) - 1, present: map[string]bool{"backup_label": true}}
+	b := &treeBuilder{p: p, src: c.source(), final: len(c.Backups) - 1, present: map[string]bool{"backup_label": true}}
 	p.Root = &Entry{Kind: KindDir, ModTime: st.ModTime()}
 	if err := b.walk(p.Root, final.Dir, "", "", false); err != nil {
 		return nil, err
@@ -103,6 +102,7 @@ func NewTree(c *Chain) (*Tree, error) {
 
 type treeBuilder struct {
 	p     *Tree
+	src   Source
 	final int
 	// present holds the manifest path of every regular file of the final
 	// backup, as named there (INCREMENTAL.x for an incremental file).
@@ -135,32 +135,22 @@ func (b *treeBuilder) checkManifest(final *Backup) error {
 func (b *treeBuilder) walk(dir *Entry, src, rel, manifestPrefix string, inTablespace bool) error {
 	isPgTblspc := !inTablespace && rel == "pg_tblspc"
 	incrementalDir := inTablespace || strings.HasPrefix(rel, "base/") || rel == "global" || strings.HasPrefix(rel, "pg_tblspc/")
-	f, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	ents, err := f.ReadDir(-1) // directory order, unlike os.ReadDir
-	f.Close()
+	ents, err := b.src.ReadDir(src)
 	if err != nil {
 		return err
 	}
 	seen := map[string]string{} // output name -> the entry that gave it
-	for _, de := range ents {
-		name := de.Name()
+	for _, info := range ents {
+		name := info.Name()
 		path := filepath.Join(src, name)
-		typ := de.Type()
 		if isPgTblspc {
-			if _, ok := parseOID(name); ok && (typ&fs.ModeSymlink != 0 || typ.IsDir()) {
+			if _, ok := parseOID(name); ok && (info.Mode()&fs.ModeSymlink != 0 || info.IsDir()) {
 				continue // a tablespace, see scanTablespaces
 			}
 		}
 		childRel := name
 		if rel != "" {
 			childRel = rel + "/" + name
-		}
-		info, err := os.Lstat(path)
-		if err != nil {
-			return err
 		}
 		switch {
 		case info.IsDir():
@@ -184,7 +174,7 @@ func (b *treeBuilder) walk(dir *Entry, src, rel, manifestPrefix string, inTables
 		outName := name
 		if base, ok := format.IsIncrementalName(name); ok && incrementalDir {
 			outName = base
-			inc, err := parseIncrementalFile(path)
+			inc, err := parseIncrementalFile(b.src, path)
 			if err != nil {
 				return wrapFormat(b.p.Chain.Final().Dir, err)
 			}
@@ -214,29 +204,20 @@ func dirPrefix(rel string) string {
 // pg_combinebackup's scan_for_existing_tablespaces does, and walks each.
 func (b *treeBuilder) scanTablespaces(finalDir string) error {
 	tblspc := filepath.Join(finalDir, "pg_tblspc")
-	f, err := os.Open(tblspc)
+	ents, err := b.src.ReadDir(tblspc)
 	if err != nil {
 		return err
 	}
-	ents, err := f.ReadDir(-1)
-	f.Close()
-	if err != nil {
-		return err
-	}
-	for _, de := range ents {
-		oid, ok := parseOID(de.Name())
+	for _, info := range ents {
+		oid, ok := parseOID(info.Name())
 		if !ok {
 			continue
 		}
-		path := filepath.Join(tblspc, de.Name())
-		info, err := os.Lstat(path)
-		if err != nil {
-			return err
-		}
-		ts := &Tablespace{OID: oid, Root: &Entry{Name: de.Name(), Kind: KindDir, ModTime: info.ModTime()}}
+		path := filepath.Join(tblspc, info.Name())
+		ts := &Tablespace{OID: oid, Root: &Entry{Name: info.Name(), Kind: KindDir, ModTime: info.ModTime()}}
 		switch {
 		case info.Mode()&fs.ModeSymlink != 0:
-			target, err := os.Readlink(path)
+			target, err := b.src.Readlink(path)
 			if err != nil {
 				return err
 			}
@@ -244,7 +225,7 @@ func (b *treeBuilder) scanTablespaces(finalDir string) error {
 				return chainErr(finalDir, fmt.Sprintf("target of symbolic link %q is relative", path), fmt.Sprintf("target of symbolic link %q is relative", path))
 			}
 			ts.Target = filepath.Clean(target)
-			if st, err := os.Stat(path); err == nil {
+			if st, err := b.src.Stat(path); err == nil {
 				ts.Root.ModTime = st.ModTime()
 			}
 		case info.IsDir():
@@ -252,7 +233,7 @@ func (b *treeBuilder) scanTablespaces(finalDir string) error {
 		default:
 			continue
 		}
-		prefix := "pg_tblspc/" + de.Name() + "/"
+		prefix := "pg_tblspc/" + info.Name() + "/"
 		if err := b.walk(ts.Root, path, "", prefix, true); err != nil {
 			return err
 		}
@@ -275,19 +256,6 @@ func parseOID(s string) (uint32, bool) {
 		return 0, false
 	}
 	return uint32(v), true
-}
-
-func parseIncrementalFile(path string) (*format.Incremental, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	return format.ParseIncremental(f, st.Size(), path)
 }
 
 // Walk calls fn for every entry of the main tree and then of each tablespace,

@@ -1,0 +1,164 @@
+package fusefs
+
+import (
+	"io"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/combinefs/combinefs/resolver"
+)
+
+// A mount of a chain in an object store reads the same extent maps through
+// the same block cache as a local one; what differs is the cost of a read.
+// A ranged GET takes a round trip however few its bytes, so the spans a
+// request needs are fetched in parallel (remoteJobs at a time), and a file
+// read in sequence has the blocks after the read fetched ahead of it
+// (readAheadBytes, in readAheadChunk requests), so that a sequential reader
+// finds them in the cache instead of waiting on a GET per kernel request.
+
+const (
+	remoteJobs     = 8
+	readAheadBytes = 8 << 20
+	readAheadChunk = 1 << 20
+	readAheadJobs  = 8
+)
+
+// remoteError is a read of an object store that failed after the store
+// client's retries. It does not unwrap: whatever errno the connection's
+// failure carries, the read gets EIO through the mount's errno helper,
+// which logs and counts it, and the mount stays up.
+type remoteError struct{ err error }
+
+func (e remoteError) Error() string { return e.err.Error() }
+
+// name is the source's path, for messages.
+func (sf *srcFile) name() string {
+	if sf.remote != nil {
+		return sf.remote.Name()
+	}
+	return sf.f.Name()
+}
+
+// readRemote fills b from off, up to the end of the object, with one
+// ranged read.
+func (sf *srcFile) readRemote(b []byte, off int64) (int, error) {
+	n, err := sf.remote.ReadAt(b, off)
+	if err == io.EOF {
+		err = nil
+	}
+	if err != nil {
+		err = remoteError{err}
+	}
+	return n, err
+}
+
+// preadRemote is pread's one ranged read into the buffers of iov.
+func (sf *srcFile) preadRemote(iov [][]byte, off int64) (int, error) {
+	total := 0
+	for _, v := range iov {
+		total += len(v)
+	}
+	buf := make([]byte, total)
+	n, err := sf.readRemote(buf, off)
+	rest := buf[:n]
+	for _, v := range iov {
+		rest = rest[copy(v, rest):]
+	}
+	return n, err
+}
+
+// fetchRemote reads the spans of a request, remoteJobs at a time.
+func (s *sources) fetchRemote(spans []span, r *blockRead) error {
+	var mu sync.Mutex
+	var g errgroup.Group
+	g.SetLimit(remoteJobs)
+	for _, sp := range spans {
+		g.Go(func() error {
+			refs, err := s.readSpan(sp.src, sp.idx)
+			mu.Lock()
+			r.refs = append(r.refs, refs...)
+			mu.Unlock()
+			return err
+		})
+	}
+	return g.Wait()
+}
+
+// readAhead tracks the sequential reads of one file of the point.
+type readAhead struct {
+	next  int64 // where the next read starts if the reader goes on in sequence
+	ahead int64 // end of what was fetched or asked for ahead
+}
+
+// readAheadState is the sources' read-ahead bookkeeping: per file (its
+// plan, which the resolver keeps for the life of the mount), and the
+// background fetches, readAheadJobs at a time (a fetch that finds them all
+// busy is dropped, not queued: the reader is ahead of it anyway).
+type readAheadState struct {
+	mu    sync.Mutex
+	files map[*resolver.Plan]*readAhead
+	g     errgroup.Group
+	once  sync.Once
+}
+
+// readAhead notes a read of [off, off+n) of the file of plan, and when it
+// continues the previous one, fetches the blocks up to readAheadBytes past
+// it into the cache in the background.
+func (s *sources) readAhead(plan *resolver.Plan, off, n int64) {
+	ra := &s.ra
+	ra.once.Do(func() {
+		ra.files = map[*resolver.Plan]*readAhead{}
+		ra.g.SetLimit(readAheadJobs)
+	})
+	size := planSize(plan)
+	ra.mu.Lock()
+	st := ra.files[plan]
+	if st == nil {
+		st = &readAhead{}
+		ra.files[plan] = st
+	}
+	sequential := off == st.next || (off < st.ahead && off >= st.next-readAheadBytes)
+	st.next = off + n
+	var from, to int64
+	if sequential {
+		from, to = max(st.ahead, off+n), min(off+n+readAheadBytes, size)
+		if to-from >= readAheadChunk || (to == size && to > from) {
+			st.ahead = to
+		} else {
+			to = from // not worth a request yet
+		}
+	}
+	ra.mu.Unlock()
+	for lo := from; lo < to; lo += readAheadChunk {
+		hi := min(lo+readAheadChunk, to)
+		ok := ra.g.TryGo(func() error {
+			if r, err := s.readBlocks(plan, lo, hi-lo); err == nil {
+				r.release()
+			}
+			return nil
+		})
+		if !ok {
+			// Every job is busy: give the rest back, to be asked for again.
+			ra.mu.Lock()
+			if st.ahead == to {
+				st.ahead = lo
+			}
+			ra.mu.Unlock()
+			return
+		}
+	}
+}
+
+// planSize is the length of the file a plan describes.
+func planSize(p *resolver.Plan) int64 {
+	if len(p.Extents) == 0 {
+		return 0
+	}
+	e := p.Extents[len(p.Extents)-1]
+	return e.Off + e.Len
+}
+
+// waitReadAhead waits for the background fetches (at unmount, before the
+// sources close).
+func (s *sources) waitReadAhead() { s.ra.g.Wait() }
