@@ -63,7 +63,9 @@ func (sf *srcFile) preadRemote(iov [][]byte, off int64) (int, error) {
 	n, err := sf.readRemote(buf, off)
 	rest := buf[:n]
 	for _, v := range iov {
-		rest = rest[copy(v, rest):]
+		k := copy(v, rest)
+		clear(v[k:]) // past the end of the object
+		rest = rest[k:]
 	}
 	return n, err
 }

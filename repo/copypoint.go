@@ -8,23 +8,22 @@ import (
 	"path/filepath"
 )
 
-// CopyPoint copies the point name of the local repository dir into the
-// repository of dst as a capture to an object store leaves it: every file
+// CopyPoint copies the backup directory src into the repository of dst as
+// its point name, as a capture to an object store leaves it: every file
 // as an object, a directory marker for every empty directory, and with
 // publish the point's marker object last (without it the copy is a
 // leftover, as a capture cut short leaves). Each file is read whole into
 // memory for its Put.
-func CopyPoint(ctx context.Context, dst Storage, dir, name string, publish bool) error {
-	root := filepath.Join(dir, name)
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+func CopyPoint(ctx context.Context, dst Storage, src, name string, publish bool) error {
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		rel, err := filepath.Rel(dir, p)
+		rel, err := filepath.Rel(src, p)
 		if err != nil {
 			return err
 		}
-		obj := filepath.ToSlash(rel)
+		obj := path.Join(name, filepath.ToSlash(rel))
 		switch {
 		case d.IsDir():
 			ents, err := os.ReadDir(p)
@@ -39,7 +38,7 @@ func CopyPoint(ctx context.Context, dst Storage, dir, name string, publish bool)
 		if err != nil {
 			return err
 		}
-		return dst.Put(ctx, path.Clean(obj), data)
+		return dst.Put(ctx, obj, data)
 	})
 	if err != nil || !publish {
 		return err

@@ -100,7 +100,7 @@ func TestS3Chain(t *testing.T) {
 	bucket := srv.NewBucket(t)
 	st := newTestS3(t, srv, bucket, "db/")
 	for _, n := range s3ChainNames {
-		if err := CopyPoint(ctx, st, dir, n, true); err != nil {
+		if err := CopyPoint(ctx, st, filepath.Join(dir, n), n, true); err != nil {
 			t.Fatal(err)
 		}
 	}
