@@ -161,14 +161,27 @@ type remoteFile struct {
 func (f *remoteFile) Name() string { return f.path }
 func (f *remoteFile) Size() int64  { return f.size }
 
-// ReadAt is the object's ranged read, with a short object an error
-// naming it rather than an early EOF.
+// ReadAt is one ranged read of the object. A short object is an error
+// naming it rather than an early EOF, and so is an answer longer than the
+// range asked for (a store that ignored the Range header and sent the
+// object from its start), which would otherwise pass for the range's bytes.
 func (f *remoteFile) ReadAt(p []byte, off int64) (int, error) {
-	n, err := f.storageFile.ReadAt(p, off)
-	if err == io.EOF && off+int64(n) < f.size {
-		err = fmt.Errorf("%s: the object ended at %d, before its listed size %d", f.path, off+int64(n), f.size)
+	if off >= f.size {
+		return 0, io.EOF
 	}
-	return n, err
+	want := min(int64(len(p)), f.size-off)
+	data, err := f.fs.store.ReadRange(f.fs.ctx, f.fs.key(f.name), off, want)
+	if err != nil {
+		return 0, err
+	}
+	if int64(len(data)) != want {
+		return 0, fmt.Errorf("%s: a read of %d bytes at %d got %d (the object is listed with %d)", f.path, want, off, len(data), f.size)
+	}
+	n := copy(p, data)
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
 }
 
 // remoteInfo is an entry of a StorageFS as the resolver sees it.
