@@ -6,6 +6,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/combinefs/combinefs/cache"
 	"github.com/combinefs/combinefs/resolver"
 )
 
@@ -70,21 +71,84 @@ func (sf *srcFile) preadRemote(iov [][]byte, off int64) (int, error) {
 	return n, err
 }
 
-// fetchRemote reads the spans of a request, remoteJobs at a time.
-func (s *sources) fetchRemote(spans []span, r *blockRead) error {
+// fetchRemote reads the spans of a request, remoteJobs at a time, then
+// takes the blocks other requests were fetching (waits) from the cache
+// once they are in, reading any that did not get there itself.
+func (s *sources) fetchRemote(spans []span, waits []flightWait, r *blockRead) error {
 	var mu sync.Mutex
 	var g errgroup.Group
 	g.SetLimit(remoteJobs)
 	for _, sp := range spans {
 		g.Go(func() error {
 			refs, err := s.readSpan(sp.src, sp.idx)
+			s.flights.done(sp.src, sp.idx)
 			mu.Lock()
 			r.refs = append(r.refs, refs...)
 			mu.Unlock()
 			return err
 		})
 	}
-	return g.Wait()
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	for _, w := range waits {
+		<-w.ch
+		if ref, v, ok := s.cache.Get(cache.Key{Source: w.src.id, Block: w.src.need[w.idx]}); ok {
+			w.src.got[w.idx] = v
+			r.refs = append(r.refs, ref)
+			continue
+		}
+		refs, err := s.readSpan(w.src, []int{w.idx}) // its fetch failed, or it was evicted since
+		if err != nil {
+			return err
+		}
+		r.refs = append(r.refs, refs...)
+	}
+	return nil
+}
+
+// flights are the blocks of a remote chain being fetched, so that a read
+// needing a block another read (or the read-ahead) is fetching waits for
+// that GET instead of sending the same one: a sequential reader would
+// otherwise fetch most blocks twice, once ahead and once itself.
+type flights struct {
+	mu sync.Mutex
+	m  map[cache.Key]chan struct{}
+}
+
+// flightWait is a block of a read that another read is fetching.
+type flightWait struct {
+	src *source
+	idx int
+	ch  chan struct{}
+}
+
+// claim makes k this caller's to fetch (mine), or returns the channel
+// closed once the fetch under way ends.
+func (f *flights) claim(k cache.Key) (ch chan struct{}, mine bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if ch, ok := f.m[k]; ok {
+		return ch, false
+	}
+	if f.m == nil {
+		f.m = map[cache.Key]chan struct{}{}
+	}
+	f.m[k] = make(chan struct{})
+	return nil, true
+}
+
+// done ends the claims of blocks need[idx...] of src.
+func (f *flights) done(src *source, idx []int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, i := range idx {
+		k := cache.Key{Source: src.id, Block: src.need[i]}
+		if ch, ok := f.m[k]; ok {
+			close(ch)
+			delete(f.m, k)
+		}
+	}
 }
 
 // readAhead tracks the sequential reads of one file of the point.

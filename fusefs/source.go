@@ -28,7 +28,8 @@ type sources struct {
 
 	readBytes, readCalls, errors atomic.Uint64
 
-	ra readAheadState // for a remote chain
+	ra      readAheadState // for a remote chain
+	flights flights        // blocks being fetched from a remote chain
 }
 
 // srcFile is an open backup file. It is read with O_DIRECT where the file
@@ -304,16 +305,24 @@ var scratchPool = sync.Pool{New: func() any { b := dio.AlignedBuf(maxGap * forma
 // requests at once.)
 func (s *sources) fetch(srcs []*source, r *blockRead) error {
 	var spans []span
+	var waits []flightWait
 	for _, src := range srcs {
 		src.got = make([][]byte, len(src.need))
 		var miss []int // indexes into need
 		for i, b := range src.need {
-			if ref, v, ok := s.cache.Get(cache.Key{Source: src.id, Block: b}); ok {
+			k := cache.Key{Source: src.id, Block: b}
+			if ref, v, ok := s.cache.Get(k); ok {
 				src.got[i] = v
 				r.refs = append(r.refs, ref)
-			} else {
-				miss = append(miss, i)
+				continue
 			}
+			if s.from != nil {
+				if ch, mine := s.flights.claim(k); !mine {
+					waits = append(waits, flightWait{src, i, ch})
+					continue
+				}
+			}
+			miss = append(miss, i)
 		}
 		for len(miss) > 0 {
 			j := 1
@@ -329,7 +338,7 @@ func (s *sources) fetch(srcs []*source, r *blockRead) error {
 		}
 	}
 	if s.from != nil {
-		return s.fetchRemote(spans, r)
+		return s.fetchRemote(spans, waits, r)
 	}
 	for _, sp := range spans {
 		refs, err := s.readSpan(sp.src, sp.idx)
