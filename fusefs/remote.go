@@ -20,8 +20,8 @@ import (
 
 const (
 	remoteJobs     = 8
-	readAheadBytes = 8 << 20
-	readAheadChunk = 1 << 20
+	readAheadBytes = 16 << 20
+	readAheadChunk = 2 << 20
 	readAheadJobs  = 8
 )
 

@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -8,8 +9,11 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/combinefs/combinefs/resolver"
 )
@@ -36,20 +40,50 @@ func (r *Repo) ChainOptions(ctx context.Context, dirs []string) (resolver.ChainO
 	if !r.remote() || len(dirs) == 0 {
 		return o, nil
 	}
-	s := &remoteSource{root: r.Dir, points: map[string]*StorageFS{}}
+	s := &remoteSource{root: r.Dir, points: map[string]*StorageFS{}, small: map[string][]byte{}}
 	if m := pointNameRe.FindStringSubmatch(path.Base(dirs[len(dirs)-1])); m != nil {
 		s.mtime, _ = time.Parse(nameTimeLayout, m[1])
 	}
+	var names []string
 	for _, d := range dirs {
 		name, ok := s.name(d)
 		if !ok || name == "" || strings.Contains(name, "/") {
 			return o, fmt.Errorf("%s is not a point of repository %s", d, r.Dir)
 		}
-		fsys, err := NewStorageFS(ctx, r.Store, name)
-		if err != nil {
-			return o, err
+		names = append(names, name)
+	}
+	// One listing per point, then the small files every chain check reads,
+	// all in parallel: each is a round trip.
+	fss := make([]*StorageFS, len(names))
+	var g errgroup.Group
+	g.SetLimit(remoteSmallJobs)
+	for i, name := range names {
+		g.Go(func() (err error) {
+			fss[i], err = NewStorageFS(ctx, r.Store, name)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return o, err
+	}
+	var mu sync.Mutex
+	for i, name := range names {
+		s.points[name] = fss[i]
+		for _, f := range chainFiles {
+			if _, ok := fss[i].files[f]; !ok {
+				continue
+			}
+			g.Go(func() error {
+				data, err := r.Store.ReadRange(ctx, name+"/"+f, 0, -1)
+				mu.Lock()
+				s.small[name+"/"+f] = data
+				mu.Unlock()
+				return err
+			})
 		}
-		s.points[name] = fsys
+	}
+	if err := g.Wait(); err != nil {
+		return o, err
 	}
 	o.Source = s
 	return o, nil
@@ -61,7 +95,15 @@ type remoteSource struct {
 	root   string // the repository's URL, which the chain's Dirs start with
 	mtime  time.Time
 	points map[string]*StorageFS
+	small  map[string][]byte // the chainFiles of each point, by object name
 }
+
+// chainFiles are the files of each backup that opening a chain reads
+// whole (resolver.OpenChain): fetched together when the source is made.
+var chainFiles = []string{"PG_VERSION", "global/pg_control", "backup_label", "backup_manifest"}
+
+// remoteSmallJobs is how many listings and small files are fetched at once.
+const remoteSmallJobs = 16
 
 // name is the object name of a path the resolver made: a Dir of the chain
 // (the repository's URL and a point's name) joined with filepath.Join,
@@ -148,6 +190,9 @@ func (s *remoteSource) Open(p string) (resolver.SourceFile, error) {
 	if !ok {
 		return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrNotExist}
 	}
+	if data, ok := s.small[fsys.key(rel)]; ok {
+		return memFile{Reader: bytes.NewReader(data), path: p}, nil
+	}
 	return &remoteFile{storageFile: storageFile{fs: fsys, name: rel, size: size}, path: p}, nil
 }
 
@@ -183,6 +228,15 @@ func (f *remoteFile) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return n, nil
 }
+
+// memFile is a small file fetched when the source was made.
+type memFile struct {
+	*bytes.Reader
+	path string
+}
+
+func (f memFile) Name() string { return f.path }
+func (f memFile) Close() error { return nil }
 
 // remoteInfo is an entry of a StorageFS as the resolver sees it.
 type remoteInfo struct {

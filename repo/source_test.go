@@ -52,9 +52,13 @@ func newS3TestChain(t *testing.T) string {
 	inc1.Mkdir("pg_notify")
 
 	inc2 := c.Incremental()
-	inc2.Incremental("base/5/16384", 1500,
-		resolvertest.Block{Num: 7, Data: resolvertest.FillBlock("inc2", 7)},
-		resolvertest.Block{Num: 1600, Data: resolvertest.FillBlock("inc2", 1600)})
+	var blocks2 []resolvertest.Block
+	for b := uint32(0); b < 1500; b++ {
+		if b%3 != 2 {
+			blocks2 = append(blocks2, resolvertest.Block{Num: b, Data: resolvertest.FillBlock("inc2", b)})
+		}
+	}
+	inc2.Incremental("base/5/16384", 1500, append(blocks2, resolvertest.Block{Num: 1600, Data: resolvertest.FillBlock("inc2", 1600)})...)
 	inc2.Incremental("base/5/16385", 5)
 	inc2.File("base/5/PG_VERSION", []byte("17\n"))
 	inc2.File("global/new", []byte("a file of the final backup"))
