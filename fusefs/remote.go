@@ -173,10 +173,7 @@ type readAheadState struct {
 // it into the cache in the background.
 func (s *sources) readAhead(plan *resolver.Plan, off, n int64) {
 	ra := &s.ra
-	ra.once.Do(func() {
-		ra.files = map[*resolver.Plan]*readAhead{}
-		ra.g.SetLimit(readAheadJobs)
-	})
+	s.readAheadInit()
 	size := planSize(plan)
 	ra.mu.Lock()
 	st := ra.files[plan]
@@ -216,6 +213,14 @@ func (s *sources) readAhead(plan *resolver.Plan, off, n int64) {
 	}
 }
 
+// readAheadInit sets the read-ahead's state up on first use.
+func (s *sources) readAheadInit() {
+	s.ra.once.Do(func() {
+		s.ra.files = map[*resolver.Plan]*readAhead{}
+		s.ra.g.SetLimit(readAheadJobs)
+	})
+}
+
 // planSize is the length of the file a plan describes.
 func planSize(p *resolver.Plan) int64 {
 	if len(p.Extents) == 0 {
@@ -228,3 +233,34 @@ func planSize(p *resolver.Plan) int64 {
 // waitReadAhead waits for the background fetches (at unmount, before the
 // sources close).
 func (s *sources) waitReadAhead() { s.ra.g.Wait() }
+
+// prefetchFiles is how many of the files after one opened in its directory
+// an open on a remote chain fetches the start of: a reader that takes a
+// directory's files in order (a copy, a backup tool, a checksum pass) finds
+// them in the cache instead of paying a round trip for each small file.
+const prefetchFiles = 8
+
+// prefetchNext fetches the first read-ahead chunk of the prefetchFiles
+// files after f in its directory, each once per mount, through the
+// read-ahead's jobs (dropped when they are all busy).
+func (f *roFile) prefetchNext() {
+	s := f.m.src
+	for n, i := f.next, 0; n != nil && i < prefetchFiles; n, i = n.next, i+1 {
+		if n.f.Size() == 0 || n.prefetched.Swap(true) {
+			continue
+		}
+		s.readAheadInit()
+		ok := s.ra.g.TryGo(func() error {
+			if plan, err := n.f.Plan(); err == nil {
+				if r, err := s.readBlocks(plan, 0, min(n.f.Size(), readAheadChunk)); err == nil {
+					r.release()
+				}
+			}
+			return nil
+		})
+		if !ok {
+			n.prefetched.Store(false)
+			return
+		}
+	}
+}
