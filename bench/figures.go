@@ -273,13 +273,7 @@ func (b *bench) figRead(t *benchTB) {
 			}
 		}
 	}
-	if rss != nil {
-		// The reading side is this process: there is no reference.
-		rss.Ref, rss.Ratio, rss.AA, rss.RefRuns, rss.AARuns = nil, nil, nil, nil, [2][]float64{}
-		rss.Target = rssTarget
-		rss.TargetMet = ptr(rss.Ours <= rssLimitMiB)
-		rss.Note = "VmHWM of the mount process after each cold run; no reference"
-	}
+	mountRSS(rss)
 	b.add(t, cold, rss)
 
 	// Warm: one mount, each side read once before the timed runs.

@@ -56,33 +56,37 @@ func putBuf(b []byte) {
 // blocks rather than leaving holes, so the output is fully allocated).
 var zeros = make([]byte, copyChunk)
 
-// copyWhole creates dst as a copy of src (size bytes) with method m, hashing
-// the data into h when h is not nil. The destination must not exist;
-// writeback starts writing it to disk (see finish).
-func copyWhole(src, dst string, size int64, mode os.FileMode, m CopyMethod, h hash.Hash, writeback bool) error {
-	if m == Link {
+// copyWhole creates dst as a copy of plan's whole source file (size bytes)
+// with method m, hashing the data into h when h is not nil. The destination
+// must not exist; writeback starts writing it to disk (see finish).
+func copyWhole(plan *resolver.Plan, dst string, size int64, mode os.FileMode, m CopyMethod, h hash.Hash, writeback bool) error {
+	src := plan.WholeSrc
+	local := resolver.IsLocal(plan.Source)
+	if m == Link && local {
 		if err := os.Link(src, dst); err != nil {
 			return fmt.Errorf("error while linking file from %q to %q: %w", src, dst, osErr(err))
 		}
 		return hashFile(src, h)
 	}
-	in, err := os.Open(src)
+	from, err := openSource(plan.Source, src)
 	if err != nil {
 		return err
 	}
-	defer in.Close()
-	if m == Copy && h != nil {
-		// The data passes through us for the checksum anyway.
+	defer from.(io.Closer).Close()
+	if !local || m == Copy && h != nil {
+		// The data passes through us for the checksum anyway (or comes
+		// from an object store, and passes through us whatever the method).
 		out, err := outFiles.Create(dst, mode, size)
 		if err != nil {
 			return err
 		}
-		if err := copyBuffered(out, in, 0, 0, size, h); err != nil {
+		if err := copyBuffered(out, from, 0, 0, size, h); err != nil {
 			out.Close()
 			return fmt.Errorf("could not copy %q to %q: %w", src, dst, err)
 		}
 		return finish(out.File, writeback)
 	}
+	in := from.(*os.File)
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
 		return err
@@ -156,8 +160,15 @@ func copyRange(out, in *os.File, outOff, inOff, n int64) error {
 	return nil
 }
 
+// source is what the copies read: an *os.File, or a file of an object
+// store (a seqReader).
+type source interface {
+	io.ReaderAt
+	Name() string
+}
+
 // copyBuffered copies n bytes through a buffer, hashing them into h.
-func copyBuffered(out io.WriterAt, in *os.File, outOff, inOff, n int64, h hash.Hash) error {
+func copyBuffered(out io.WriterAt, in source, outOff, inOff, n int64, h hash.Hash) error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -241,11 +252,12 @@ func writeReconstructed(plan *resolver.Plan, dst string, size int64, mode os.Fil
 		out, w = f, &assembler{out: f}
 	}
 	w.h, w.buf = h, getBuf()[:0]
-	srcs := map[string]*os.File{}
+	local := resolver.IsLocal(plan.Source)
+	srcs := map[string]source{}
 	defer func() {
 		putBuf(w.buf)
 		for _, f := range srcs {
-			f.Close()
+			f.(io.Closer).Close()
 		}
 	}()
 	fail := func(err error) error {
@@ -262,19 +274,19 @@ func writeReconstructed(plan *resolver.Plan, dst string, size int64, mode os.Fil
 		}
 		src, ok := srcs[e.Src]
 		if !ok {
-			if src, err = os.Open(e.Src); err != nil {
+			if src, err = openSource(plan.Source, e.Src); err != nil {
 				return fail(err)
 			}
 			srcs[e.Src] = src
 		}
-		if h == nil && m != Copy && e.Len >= chunkSize {
+		if f, ok := src.(*os.File); ok && local && h == nil && m != Copy && e.Len >= chunkSize {
 			if err := w.flush(); err != nil {
 				return fail(err)
 			}
 			if m == Clone {
-				err = cloneRange(out, src, w.off, e.SrcOff, e.Len)
+				err = cloneRange(out, f, w.off, e.SrcOff, e.Len)
 			} else {
-				err = copyRange(out, src, w.off, e.SrcOff, e.Len)
+				err = copyRange(out, f, w.off, e.SrcOff, e.Len)
 			}
 			if err == nil {
 				w.off += e.Len
@@ -337,7 +349,7 @@ func (a *assembler) add(b []byte) error {
 }
 
 // readFrom reads n bytes of f at off into the output.
-func (a *assembler) readFrom(f *os.File, off, n int64) error {
+func (a *assembler) readFrom(f source, off, n int64) error {
 	for n > 0 {
 		k := len(a.buf)
 		m := min(n, int64(cap(a.buf)-k))

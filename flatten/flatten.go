@@ -431,7 +431,7 @@ func (j *job) write(p *resolver.Tree, opts Options, logf func(Level, string, ...
 		h = algo.New()
 	}
 	if plan.Whole {
-		err = copyWhole(plan.WholeSrc, j.out, j.file.Size(), p.FileMode, opts.CopyMethod, h, !opts.NoSync)
+		err = copyWhole(plan, j.out, j.file.Size(), p.FileMode, opts.CopyMethod, h, !opts.NoSync)
 	} else {
 		m := opts.CopyMethod
 		if m == Link {

@@ -191,7 +191,7 @@ func newMount(dir string, p *resolver.Tree, opts Options) *Mount {
 		opts.CacheBytes = 256 << 20
 	}
 	c := cache.New(opts.CacheBytes)
-	m := &Mount{point: p, opts: opts, cache: c, src: newSources(c), dir: dir}
+	m := &Mount{point: p, opts: opts, cache: c, src: newSources(c, p.Chain.Source), dir: dir}
 	m.ino.Store(1)
 	return m
 }
@@ -301,8 +301,13 @@ func (m *Mount) fillAttr(a *fuse.Attr, mode uint32, size uint64, mtime time.Time
 	a.SetTimes(nil, &mtime, &mtime)
 }
 
-// statfs reports the filesystem holding the final backup.
+// statfs reports the filesystem holding the final backup (for one in an
+// object store, which has no such figures, an empty one).
 func (m *Mount) statfs(out *fuse.StatfsOut) syscall.Errno {
+	if !resolver.IsLocal(m.point.Chain.Source) {
+		*out = fuse.StatfsOut{Bsize: 8192, Frsize: 8192, NameLen: 255}
+		return 0
+	}
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(m.point.Chain.Final().Dir, &st); err != nil {
 		return fs.ToErrno(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,6 +34,10 @@ type roFile struct {
 	f     *resolver.File
 	mtime time.Time
 	cache fileCache // with a cache directory
+	// next is the following file of the same directory; on a remote chain
+	// an open fetches the start of the next few (see prefetchNext).
+	next       *roFile
+	prefetched atomic.Bool
 }
 
 // labelFile is the rewritten backup_label, held in memory.
@@ -65,6 +70,7 @@ func (r *roRoot) OnAdd(ctx context.Context) {
 	p := r.m.point
 	var add func(parent *fs.Inode, e *resolver.Entry)
 	add = func(parent *fs.Inode, e *resolver.Entry) {
+		var prev *roFile
 		for _, c := range e.Children {
 			var ch *fs.Inode
 			switch c.Kind {
@@ -72,7 +78,12 @@ func (r *roRoot) OnAdd(ctx context.Context) {
 				ch = parent.NewPersistentInode(ctx, &roDir{m: r.m, mtime: c.ModTime}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: r.m.nextIno()})
 				add(ch, c)
 			case resolver.KindFile:
-				ch = parent.NewPersistentInode(ctx, &roFile{m: r.m, f: c.File, mtime: c.ModTime}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.m.nextIno()})
+				f := &roFile{m: r.m, f: c.File, mtime: c.ModTime}
+				if prev != nil {
+					prev.next = f
+				}
+				prev = f
+				ch = parent.NewPersistentInode(ctx, f, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.m.nextIno()})
 			}
 			parent.AddChild(c.Name, ch, true)
 		}
@@ -161,7 +172,9 @@ func (f *roFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32,
 	if err != nil {
 		return nil, 0, f.m.errno(err, "open %s", f.f.Path)
 	}
-	if plan.Whole {
+	// A whole file of an object store has no descriptor to pass through:
+	// it is read through the block cache like a reconstructed one.
+	if plan.Whole && resolver.IsLocal(plan.Source) {
 		src, err := os.Open(plan.WholeSrc)
 		if err != nil {
 			return nil, 0, f.m.errno(err, "open %s", f.f.Path)
@@ -173,6 +186,9 @@ func (f *roFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32,
 		return h, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 	}
 	f.m.stats.reconOpens.Add(1)
+	if f.m.src.from != nil {
+		f.prefetchNext()
+	}
 	return &reconHandle{m: f.m, f: f.f, plan: plan}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 }
 

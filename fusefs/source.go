@@ -19,11 +19,17 @@ import (
 // files stay open for the life of the mount; they never change.
 type sources struct {
 	cache *cache.Cache
+	// from is the chain's Source when it is not the local file system
+	// (an object store); nil for local backups, read as files.
+	from  resolver.Source
 	mu    sync.Mutex
 	ids   map[string]uint32
 	files []*srcFile
 
 	readBytes, readCalls, errors atomic.Uint64
+
+	ra      readAheadState // for a remote chain
+	flights flights        // blocks being fetched from a remote chain
 }
 
 // srcFile is an open backup file. It is read with O_DIRECT where the file
@@ -34,6 +40,7 @@ type sources struct {
 type srcFile struct {
 	f      *os.File
 	direct atomic.Bool
+	remote resolver.SourceFile // instead of f, for an object store
 
 	plainOnce sync.Once
 	plain     *os.File // for reads at any offset, when f is direct
@@ -43,6 +50,9 @@ type srcFile struct {
 // readFull fills b from offset off (any alignment), uncached, up to the end
 // of the file.
 func (sf *srcFile) readFull(b []byte, off int64) (int, error) {
+	if sf.remote != nil {
+		return sf.readRemote(b, off)
+	}
 	if !sf.direct.Load() {
 		return readFull(sf.f, b, off)
 	}
@@ -53,8 +63,12 @@ func (sf *srcFile) readFull(b []byte, off int64) (int, error) {
 	return readFull(sf.plain, b, off)
 }
 
-func newSources(c *cache.Cache) *sources {
-	return &sources{cache: c, ids: map[string]uint32{}}
+func newSources(c *cache.Cache, from resolver.Source) *sources {
+	s := &sources{cache: c, ids: map[string]uint32{}}
+	if !resolver.IsLocal(from) {
+		s.from = from
+	}
+	return s
 }
 
 func (s *sources) open(path string) (uint32, *srcFile, error) {
@@ -62,6 +76,13 @@ func (s *sources) open(path string) (uint32, *srcFile, error) {
 	defer s.mu.Unlock()
 	if id, ok := s.ids[path]; ok {
 		return id, s.files[id], nil
+	}
+	if s.from != nil {
+		f, err := s.from.Open(path)
+		if err != nil {
+			return 0, nil, remoteError{err}
+		}
+		return s.add(path, &srcFile{remote: f}), s.files[len(s.files)-1], nil
 	}
 	f, direct, err := dio.OpenRead(path)
 	if err != nil {
@@ -73,15 +94,23 @@ func (s *sources) open(path string) (uint32, *srcFile, error) {
 	// the blocks needed, and readahead would bring in (and leave cached, see
 	// preadUncached) blocks that newer backups supersede.
 	unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM)
+	return s.add(path, sf), sf, nil
+}
+
+// add gives sf the next id; s.mu is held.
+func (s *sources) add(path string, sf *srcFile) uint32 {
 	id := uint32(len(s.files))
 	s.ids[path] = id
 	s.files = append(s.files, sf)
-	return id, sf, nil
+	return id
 }
 
 // pread reads into iov, whose buffers are dio.AlignedBufs (or slices of
 // them at block boundaries), at a block offset.
 func (sf *srcFile) pread(iov [][]byte, off int64) (int, error) {
+	if sf.remote != nil {
+		return sf.preadRemote(iov, off)
+	}
 	if sf.direct.Load() {
 		n, err := unix.Preadv(int(sf.f.Fd()), iov, off)
 		if err != unix.EINVAL {
@@ -95,9 +124,14 @@ func (sf *srcFile) pread(iov [][]byte, off int64) (int, error) {
 }
 
 func (s *sources) close() {
+	s.waitReadAhead()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, sf := range s.files {
+		if sf.remote != nil {
+			sf.remote.Close()
+			continue
+		}
 		sf.f.Close()
 		if sf.plain != nil {
 			sf.plain.Close()
@@ -165,7 +199,19 @@ func (r *blockRead) Done() { r.release() }
 // of one source that lie close together are read with a single preadv
 // (each into its own block buffer, the gaps between them into scratch),
 // instead of one pread per block.
+//
+// On a remote chain a read that continues the file's previous one also
+// starts the read-ahead of the blocks after it.
 func (s *sources) readRange(plan *resolver.Plan, off, n int64) (*blockRead, error) {
+	r, err := s.readBlocks(plan, off, n)
+	if s.from != nil && err == nil {
+		s.readAhead(plan, off, n)
+	}
+	return r, err
+}
+
+// readBlocks is readRange without the read-ahead.
+func (s *sources) readBlocks(plan *resolver.Plan, off, n int64) (*blockRead, error) {
 	type part struct {
 		src   *source // nil for zeros
 		idx   int     // in src.need
@@ -258,21 +304,25 @@ var scratchPool = sync.Pool{New: func() any { b := dio.AlignedBuf(maxGap * forma
 // request concurrently changed nothing: the kernel already sends several
 // requests at once.)
 func (s *sources) fetch(srcs []*source, r *blockRead) error {
-	type span struct {
-		src *source
-		idx []int
-	}
 	var spans []span
+	var waits []flightWait
 	for _, src := range srcs {
 		src.got = make([][]byte, len(src.need))
 		var miss []int // indexes into need
 		for i, b := range src.need {
-			if ref, v, ok := s.cache.Get(cache.Key{Source: src.id, Block: b}); ok {
+			k := cache.Key{Source: src.id, Block: b}
+			if ref, v, ok := s.cache.Get(k); ok {
 				src.got[i] = v
 				r.refs = append(r.refs, ref)
-			} else {
-				miss = append(miss, i)
+				continue
 			}
+			if s.from != nil {
+				if ch, mine := s.flights.claim(k); !mine {
+					waits = append(waits, flightWait{src, i, ch})
+					continue
+				}
+			}
+			miss = append(miss, i)
 		}
 		for len(miss) > 0 {
 			j := 1
@@ -287,6 +337,9 @@ func (s *sources) fetch(srcs []*source, r *blockRead) error {
 			miss = miss[j:]
 		}
 	}
+	if s.from != nil {
+		return s.fetchRemote(spans, waits, r)
+	}
 	for _, sp := range spans {
 		refs, err := s.readSpan(sp.src, sp.idx)
 		if err != nil {
@@ -295,6 +348,12 @@ func (s *sources) fetch(srcs []*source, r *blockRead) error {
 		r.refs = append(r.refs, refs...)
 	}
 	return nil
+}
+
+// span is blocks need[idx...] of src, read with one request.
+type span struct {
+	src *source
+	idx []int
 }
 
 // readSpan reads the blocks need[idx...] (increasing, close together) of
@@ -326,9 +385,12 @@ func (s *sources) readSpan(src *source, idx []int) ([]cache.Ref, error) {
 	}
 	s.readCalls.Add(1)
 	s.readBytes.Add(uint64(max(m, 0)))
+	if m < want && err == nil && src.f.remote != nil && first*format.BlockSize+int64(m) == src.f.remote.Size() {
+		m = want // the object's last block, partial: a whole file's end
+	}
 	if m < want {
 		if err == nil {
-			err = fmt.Errorf("%s: short read at offset %d: %d of %d bytes", src.f.f.Name(), first*format.BlockSize, m, want)
+			err = fmt.Errorf("%s: short read at offset %d: %d of %d bytes", src.f.name(), first*format.BlockSize, m, want)
 		}
 		for _, ref := range refs {
 			s.cache.Release(ref)

@@ -35,23 +35,36 @@ func NewStorageFS(ctx context.Context, store Storage, root string) (*StorageFS, 
 	}
 	s := &StorageFS{ctx: ctx, store: store, root: root, files: map[string]int64{}, dirs: map[string][]string{".": nil}}
 	for _, o := range objs {
-		name := strings.TrimPrefix(o.Name, root+"/")
-		s.files[name] = o.Size
-		// Add name to its directory, and each directory to its parent.
-		for child := name; child != "."; {
-			dir := path.Dir(child)
-			_, known := s.dirs[dir]
-			s.dirs[dir] = append(s.dirs[dir], path.Base(child))
-			if known {
-				break
-			}
-			child = dir
-		}
+		s.add(strings.TrimPrefix(o.Name, root+"/"), o.Size)
 	}
 	for d := range s.dirs {
 		sort.Strings(s.dirs[d])
 	}
 	return s, nil
+}
+
+// add records the object name (below root), and its directory and every
+// directory above it. A name ending in "/" is a directory marker (see
+// DirMarker): an empty directory.
+func (s *StorageFS) add(name string, size int64) {
+	if dir, ok := strings.CutSuffix(name, "/"); ok {
+		if _, known := s.dirs[dir]; known || dir == "" {
+			return
+		}
+		s.dirs[dir] = nil
+		name = dir
+	} else {
+		s.files[name] = size
+	}
+	for child := name; child != "."; {
+		dir := path.Dir(child)
+		_, known := s.dirs[dir]
+		s.dirs[dir] = append(s.dirs[dir], path.Base(child))
+		if known {
+			break
+		}
+		child = dir
+	}
 }
 
 // key is the Storage's name of the file name.

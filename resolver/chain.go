@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"math"
-	"os"
 	"path/filepath"
 
 	"github.com/combinefs/combinefs/format"
@@ -31,6 +30,9 @@ type Chain struct {
 	// Warnings are pg_combinebackup's non-fatal findings (missing manifest,
 	// mixed data checksum state), worded as it words them.
 	Warnings []string
+	// Source is where the backups' files are read from (nil: the local
+	// file system).
+	Source Source
 }
 
 // Final is the backup whose point the chain presents.
@@ -46,6 +48,10 @@ type ChainOptions struct {
 	// system: a chain in an object store, whose Dirs are only names. It
 	// returns an error matching fs.ErrNotExist for a missing file.
 	ReadFile func(path string) ([]byte, error)
+	// Source, when set, is where every file of the chain is read from
+	// (the small files too, unless ReadFile is set); nil is the local file
+	// system.
+	Source Source
 }
 
 // ChainError is a chain that pg_combinebackup would refuse. Error gives a
@@ -135,10 +141,11 @@ func OpenChain(dirs []string, opts ChainOptions) (*Chain, error) {
 	if len(dirs) == 0 {
 		return nil, errors.New("no input directories specified")
 	}
-	c := &Chain{Backups: make([]*Backup, len(dirs))}
+	c := &Chain{Backups: make([]*Backup, len(dirs)), Source: opts.Source}
+	src := c.source()
 	read := func(path string, max int64) ([]byte, error) {
 		if opts.ReadFile == nil {
-			return readSmall(path, max)
+			return readSmall(src, path, max)
 		}
 		data, err := opts.ReadFile(path)
 		if err == nil && int64(len(data)) > max {
@@ -151,7 +158,7 @@ func OpenChain(dirs []string, opts ChainOptions) (*Chain, error) {
 			c.Backups[i] = &Backup{Dir: d}
 			continue
 		}
-		st, err := os.Stat(d)
+		st, err := src.Stat(d)
 		if err != nil {
 			return nil, &ChainError{Backup: d, msg: fmt.Sprintf("backup directory %q: %v", d, pgErrno(errors.Unwrap(err))), pgMsg: PgMessage(err), cause: err}
 		}
@@ -292,21 +299,17 @@ func OpenChain(dirs []string, opts ChainOptions) (*Chain, error) {
 	return c, nil
 }
 
-// readSmall reads a file that must not exceed max bytes.
-func readSmall(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
+// readSmall reads a file of src that must not exceed max bytes.
+func readSmall(src Source, path string, max int64) ([]byte, error) {
+	f, err := src.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if st.Size() > max {
+	if f.Size() > max {
 		return nil, &format.Error{Path: path, Off: max, Msg: fmt.Sprintf("file %q is too large", path)}
 	}
-	data := make([]byte, st.Size())
+	data := make([]byte, f.Size())
 	n, err := f.ReadAt(data, 0)
 	if n != len(data) {
 		return nil, &format.Error{Path: path, Off: int64(n), Msg: fmt.Sprintf("could not read file %q: read %d of %d", path, n, len(data))}

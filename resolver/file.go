@@ -4,10 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"sort"
 	"sync"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/combinefs/combinefs/format"
 )
@@ -58,6 +59,8 @@ type Plan struct {
 	Whole      bool
 	WholeLayer int
 	WholeSrc   string
+	// Source is where Src and WholeSrc are read from (see IsLocal).
+	Source Source
 }
 
 // Plan resolves the file once (reading headers of older INCREMENTAL files,
@@ -75,6 +78,14 @@ func (f *File) Resolve() (*Plan, error) {
 }
 
 func (f *File) resolve() (*Plan, error) {
+	p, err := f.resolveIn()
+	if p != nil {
+		p.Source = f.chain.source()
+	}
+	return p, err
+}
+
+func (f *File) resolveIn() (*Plan, error) {
 	last := len(f.chain.Backups) - 1
 	if f.inc == nil {
 		return wholePlan(last, f.src, f.size), nil
@@ -93,13 +104,14 @@ func (f *File) resolve() (*Plan, error) {
 	}
 	trunc := latest.TruncationBlockLength
 	dir, name := filepath.Split(f.Path)
+	src := f.chain.source()
 	srcs := make([]string, last+1) // the file each layer supplies from
 	srcs[last] = f.src
 	usedIncrementalAt0 := ""
 	for k := last - 1; k >= 0; k-- {
 		prior := f.chain.Backups[k].Dir
 		full := filepath.Join(prior, dir, name)
-		st, err := os.Stat(full)
+		st, err := src.Stat(full)
 		if err == nil {
 			blocks := uint32(st.Size() / format.BlockSize)
 			for b := uint32(0); b < trunc; b++ {
@@ -117,7 +129,7 @@ func (f *File) resolve() (*Plan, error) {
 			return nil, err
 		}
 		incPath := filepath.Join(prior, dir, format.IncrementalPrefix+name)
-		inc, err := parseIncrementalFile(incPath)
+		inc, err := parseIncrementalFile(src, incPath)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil, &ChainError{Backup: prior,
@@ -191,31 +203,13 @@ func (p *Tree) ResolveAll(jobs int) error {
 		}
 		return nil
 	})
-	if jobs < 1 {
-		jobs = 1
-	}
-	errs := make(chan error, jobs)
-	next := make(chan *File)
-	for i := 0; i < jobs; i++ {
-		go func() {
-			var first error
-			for f := range next {
-				if _, err := f.Plan(); err != nil && first == nil {
-					first = err
-				}
-			}
-			errs <- first
-		}()
-	}
+	var g errgroup.Group
+	g.SetLimit(max(jobs, 1))
 	for _, f := range files {
-		next <- f
+		g.Go(func() error {
+			_, err := f.Plan()
+			return err
+		})
 	}
-	close(next)
-	var first error
-	for i := 0; i < jobs; i++ {
-		if err := <-errs; err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
+	return g.Wait()
 }

@@ -3,7 +3,6 @@ package resolver
 import (
 	"fmt"
 	"io"
-	"os"
 	"sync"
 )
 
@@ -15,7 +14,7 @@ type Reader struct {
 	size int64
 
 	mu  sync.Mutex
-	fds map[string]*os.File
+	fds map[string]SourceFile
 }
 
 // Open resolves f and returns a reader; Close releases the source files.
@@ -28,7 +27,7 @@ func (f *File) Open() (*Reader, error) {
 }
 
 func newReader(p *Plan, size int64) *Reader {
-	return &Reader{plan: p, size: size, fds: map[string]*os.File{}}
+	return &Reader{plan: p, size: size, fds: map[string]SourceFile{}}
 }
 
 // Size is the length of the file.
@@ -37,13 +36,17 @@ func (r *Reader) Size() int64 { return r.size }
 // Plan is the extent map the reader follows.
 func (r *Reader) Plan() *Plan { return r.plan }
 
-func (r *Reader) source(path string) (*os.File, error) {
+func (r *Reader) source(path string) (SourceFile, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if f, ok := r.fds[path]; ok {
 		return f, nil
 	}
-	f, err := os.Open(path)
+	src := r.plan.Source
+	if src == nil {
+		src = LocalSource{}
+	}
+	f, err := src.Open(path)
 	if err != nil {
 		return nil, err
 	}
@@ -104,6 +107,6 @@ func (r *Reader) Close() error {
 			first = err
 		}
 	}
-	r.fds = map[string]*os.File{}
+	r.fds = map[string]SourceFile{}
 	return first
 }

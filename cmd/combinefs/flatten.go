@@ -14,6 +14,7 @@ import (
 
 	"github.com/combinefs/combinefs/flatten"
 	"github.com/combinefs/combinefs/format"
+	"github.com/combinefs/combinefs/repo"
 	"github.com/combinefs/combinefs/resolver"
 )
 
@@ -32,6 +33,7 @@ type flattenOptions struct {
 	copyMethod flatten.CopyMethod // the last of the copy flags given wins
 	repo       string
 	point      string
+	s3         *repo.S3Options
 }
 
 // copyFlag is one of --clone, --copy, --copy-file-range, --link: a boolean
@@ -75,7 +77,8 @@ func (o *flattenOptions) addFlags(f *pflag.FlagSet, native bool) {
 	if native {
 		f.IntVarP(&o.jobs, "jobs", "j", 2*runtime.NumCPU(), "files written at once")
 		f.BoolVarP(&o.progress, "progress", "P", false, "show a progress bar (default: when stderr is a terminal)")
-		f.StringVar(&o.repo, "repo", "", "backup repository `DIR` (with --point, instead of BACKUP...)")
+		f.StringVar(&o.repo, "repo", "", "backup repository `DIR` or s3://BUCKET/PREFIX (with --point, instead of BACKUP...)")
+		o.s3 = s3Flags(f)
 		f.StringVar(&o.point, "point", "", "`NAME` (or a unique prefix) of the repository point to flatten")
 	}
 }
@@ -120,6 +123,7 @@ func setupFlatten(f *pflag.FlagSet) func(ctx context.Context, args []string) err
 // runFlatten checks the chain and writes the output. In pg mode messages
 // keep pg_combinebackup's wording and prefixes.
 func runFlatten(ctx context.Context, o *flattenOptions, args []string, w io.Writer, pgMode bool) error {
+	copts := resolver.ChainOptions{RequireV2Manifests: true}
 	if o.repo != "" || o.point != "" {
 		if o.repo == "" || o.point == "" {
 			return usageError{"--repo and --point go together"}
@@ -130,12 +134,15 @@ func runFlatten(ctx context.Context, o *flattenOptions, args []string, w io.Writ
 		if o.output == "" {
 			return optionError{"no output directory specified"}
 		}
-		dirs, hold, err := repoChain(ctx, "flatten", o.repo, o.point)
+		dirs, ro, hold, err := repoChainWith(ctx, "flatten", o.repo, o.point, *o.s3)
 		if err != nil {
 			return err
 		}
 		defer hold.Release()
-		args = dirs
+		if !resolver.IsLocal(ro.Source) && o.copyMethod != flatten.Copy {
+			return optionError{fmt.Sprintf("--%s needs the backups on a local file system; %s is an object store (its files are copied)", o.copyMethod, o.repo)}
+		}
+		args, copts = dirs, ro
 	}
 	opts, err := o.config(args)
 	if err != nil {
@@ -144,7 +151,7 @@ func runFlatten(ctx context.Context, o *flattenOptions, args []string, w io.Writ
 	lg := logger{w: w, pg: pgMode, debug: o.debug}
 	opts.Log = lg.log
 	start := time.Now()
-	chain, err := resolver.OpenChain(args, resolver.ChainOptions{RequireV2Manifests: true})
+	chain, err := resolver.OpenChain(args, copts)
 	if err != nil {
 		return err
 	}

@@ -43,12 +43,15 @@ type mountOptions struct {
 	pitr          pitrOptions
 	hydrate       bool
 	hydrateRate   string
+	s3            *repo.S3Options
+	chainOpts     resolver.ChainOptions // set by chainDirs
 }
 
 func (o *mountOptions) addFlags(f *pflag.FlagSet) {
 	root := os.Geteuid() == 0
 	f.StringVar(&o.cow, "cow", "", "mount writable, keeping every change in `UPPERDIR` (kept across mounts)")
-	f.StringVar(&o.repo, "repo", "", "backup repository `DIR` (with --point)")
+	f.StringVar(&o.repo, "repo", "", "backup repository `DIR` or s3://BUCKET/PREFIX (with --point)")
+	o.s3 = s3Flags(f)
 	f.StringVar(&o.point, "point", "", "`NAME` of the repository point to mount")
 	f.StringVar(&o.cacheSize, "cache-size", "256MiB", "block cache `SIZE` (e.g. 64MiB, 1GiB)")
 	f.StringVar(&o.cacheDir, "cache-dir", "", "read-only mounts: keep reconstructed files in `DIR` and serve them from there (kept across mounts)")
@@ -101,9 +104,11 @@ func (o *mountOptions) chainDirs(ctx context.Context, args []string) ([]string, 
 		if len(args) != 1 {
 			return nil, "", nil, usageError{"with --repo, give only the mount point"}
 		}
-		dirs, hold, err := repoChain(ctx, "mount", o.repo, o.point)
+		dirs, copts, hold, err := repoChainWith(ctx, "mount", o.repo, o.point, *o.s3)
+		o.chainOpts = copts
 		return dirs, args[0], hold, err
 	}
+	o.chainOpts = resolver.ChainOptions{RequireV2Manifests: true}
 	if len(args) < 2 {
 		return nil, "", nil, usageError{"give the backups of the chain, oldest first, and the mount point"}
 	}
@@ -114,7 +119,21 @@ func (o *mountOptions) chainDirs(ctx context.Context, args []string) ([]string, 
 // backup too, so a damaged backup is refused now, not at the first read)
 // and returns it with the tree of its final point.
 func openPoint(dirs []string, warn func(string)) (*resolver.Chain, *resolver.Tree, error) {
-	chain, err := resolver.OpenChain(dirs, resolver.ChainOptions{RequireV2Manifests: true})
+	return openPointWith(dirs, resolver.ChainOptions{RequireV2Manifests: true}, warn)
+}
+
+// resolveJobs is how many INCREMENTAL headers a mount reads at once: a few
+// for local disks, many for an object store, where each is a round trip.
+func resolveJobs(o resolver.ChainOptions) int {
+	if resolver.IsLocal(o.Source) {
+		return 8
+	}
+	return 32
+}
+
+// openPointWith is openPoint with the chain's options (its source).
+func openPointWith(dirs []string, opts resolver.ChainOptions, warn func(string)) (*resolver.Chain, *resolver.Tree, error) {
+	chain, err := resolver.OpenChain(dirs, opts)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -125,7 +144,7 @@ func openPoint(dirs []string, warn func(string)) (*resolver.Chain, *resolver.Tre
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := tree.ResolveAll(8); err != nil {
+	if err := tree.ResolveAll(resolveJobs(opts)); err != nil {
 		return nil, nil, err
 	}
 	return chain, tree, nil
@@ -182,11 +201,11 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 
 	// Validate the whole chain before mounting anything.
 	start := time.Now()
-	chain, point, err := openPoint(dirs, lg.Print)
+	chain, point, err := openPointWith(dirs, o.chainOpts, lg.Print)
 	if err != nil {
 		return err
 	}
-	uid, gid, err := resolveOwner(o.owner, chain.Final().Dir)
+	uid, gid, err := mountOwner(o.owner, chain)
 	if err != nil {
 		return err
 	}
@@ -331,6 +350,16 @@ func checkMountpoint(mp string) (string, error) {
 		return "", fmt.Errorf("%s is already a mount point", abs)
 	}
 	return abs, nil
+}
+
+// mountOwner is the owner of the presented files: --owner, else that of the
+// final backup's directory, or for a chain in an object store (objects
+// have no owner) the mounting user.
+func mountOwner(spec string, chain *resolver.Chain) (uint32, uint32, error) {
+	if spec == "" && !resolver.IsLocal(chain.Source) {
+		return uint32(os.Geteuid()), uint32(os.Getegid()), nil
+	}
+	return resolveOwner(spec, chain.Final().Dir)
 }
 
 // resolveOwner picks the presented owner: --owner, else the owner of the

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"path"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/combinefs/combinefs/internal/s3test"
+	"github.com/combinefs/combinefs/repo"
+)
+
+// The s3 figure group reads the chain from a real S3 server on loopback
+// (SeaweedFS, started for the group): the chain's backups are copied into
+// a bucket as a repository (each point's objects, then its marker), and
+// pg_combinebackup's output of the last point beside it as plain objects.
+
+// s3Fixture is the bucket the s3 figures read.
+type s3Fixture struct {
+	srv   *s3test.Server
+	url   string   // s3://BUCKET/bench: the repository
+	names []string // its points, oldest first
+	flat  *repo.S3 // s3://BUCKET/flat/: the flattened point's objects
+	files []string // their names
+	bytes int64
+}
+
+// s3Setup starts the server and fills the bucket (untimed).
+func (b *bench) s3Setup(t *benchTB) *s3Fixture {
+	ctx := context.Background()
+	srv := s3test.Start(t)
+	for _, kv := range srv.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v) // for this process's own client
+	}
+	bucket := srv.NewBucket(t)
+	fx := &s3Fixture{srv: srv, url: "s3://" + bucket + "/bench"}
+	st, err := repo.NewS3(ctx, bucket, "bench/", repo.S3Options{Endpoint: srv.Endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	b.progressf(t, "copying the chain into %s (untimed)", fx.url)
+	for i, d := range b.chain {
+		kind := repo.KindIncremental
+		if i == 0 {
+			kind = repo.KindFull
+		}
+		name := repo.PointName(kind, t0.Add(time.Duration(i)*time.Hour))
+		if err := repo.CopyPoint(ctx, st, b.e.Host(d), name, true); err != nil {
+			t.Fatalf("copying %s into %s: %v", d, fx.url, err)
+		}
+		fx.names = append(fx.names, name)
+	}
+	if fx.flat, err = repo.NewS3(ctx, bucket, "flat/", repo.S3Options{Endpoint: srv.Endpoint}); err != nil {
+		t.Fatal(err)
+	}
+	b.progressf(t, "copying pg_combinebackup's output of the last point into s3://%s/flat (untimed)", bucket)
+	if err := repo.CopyPoint(ctx, fx.flat, b.e.Host(b.refPointDir(t)), "point", false); err != nil {
+		t.Fatal(err)
+	}
+	objs, err := fx.flat.List(ctx, "point/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if o.Size > 0 {
+			fx.files = append(fx.files, o.Name)
+			fx.bytes += o.Size
+		}
+	}
+	return fx
+}
+
+// cfs is combinefs as root with the server's credentials and endpoint.
+func (fx *s3Fixture) cfs(b *bench, args ...string) *exec.Cmd {
+	cmd := b.cfs(true, append(args, "--s3-endpoint", fx.srv.Endpoint)...)
+	cmd.Env = append(cmd.Env, fx.srv.Env()...)
+	return cmd
+}
+
+// mount mounts the last point from the bucket at a fresh mount point.
+func (fx *s3Fixture) mount(t *benchTB, b *bench, dir string) (*mnt, time.Duration) {
+	mp := path.Join(dir, fmt.Sprintf("mnt-%d", b.seq()))
+	b.e.MkdirAll(t, mp)
+	d, _ := runCmd(t, fx.cfs(b, "mount", "--daemon", "--log", mp+".mount.log", "--repo", fx.url, "--point", fx.names[len(fx.names)-1], mp))
+	return b.attach(t, mp), d
+}
+
+// download reads every object of the flattened point with the same client
+// as the mount, s3DownloadJobs ranged GETs of s3DownloadChunk at a time,
+// and returns the bytes read.
+func (fx *s3Fixture) download(t *benchTB) (int64, time.Duration) {
+	ctx := context.Background()
+	var total atomic.Int64
+	start := time.Now()
+	var g errgroup.Group
+	g.SetLimit(s3DownloadJobs)
+	sizes := map[string]int64{}
+	objs, err := fx.flat.List(ctx, "point/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		sizes[o.Name] = o.Size
+	}
+	for _, name := range fx.files {
+		for off := int64(0); off < sizes[name]; off += s3DownloadChunk {
+			g.Go(func() error {
+				data, err := fx.flat.ReadRange(ctx, name, off, min(s3DownloadChunk, sizes[name]-off))
+				total.Add(int64(len(data)))
+				return err
+			})
+		}
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	return total.Load(), time.Since(start)
+}
+
+const (
+	s3DownloadJobs  = 16
+	s3DownloadChunk = 8 << 20
+)
+
+// figS3 is the s3 group: mount time from the bucket against a mount of the
+// local chain, and a cold sequential read of the point through a mount
+// from the bucket against downloading the flattened point's objects, with
+// the mount's peak RSS.
+func (b *bench) figS3(t *benchTB) {
+	fx := b.s3Setup(t)
+	dir := b.scratchDir(t, "s3")
+
+	var m *mnt
+	fromS3 := &variant{
+		timed: func(t *benchTB, run int) sample {
+			var d time.Duration
+			m, d = fx.mount(t, b, dir)
+			return sample{v: d.Seconds()}
+		},
+		teardown: func(t *benchTB, run int) { m.umount(t) },
+	}
+	local := &variant{
+		timed: func(t *benchTB, run int) sample {
+			var d time.Duration
+			m, d = b.mount(t, path.Join(dir, fmt.Sprintf("mnt-%d", b.seq())), "")
+			return sample{v: d.Seconds()}
+		},
+		teardown: func(t *benchTB, run int) { m.umount(t) },
+	}
+	b.progressf(t, "mount --daemon from S3 vs of the local chain (time)")
+	mt, _ := b.compare(t, figSpec{id: "s3-mount", name: "mount --daemon from S3, read-only (time)", unit: "s", cold: true,
+		target: "the same within noise at scale 100 and 400"}, fromS3, local, nil)
+	mt.OursLabel = "combinefs mount --daemon --repo s3://... --point LAST MP (SeaweedFS on loopback)"
+	mt.RefLabel = "combinefs mount --daemon FULL INC1 INC2 MP (local disk)"
+	mt.Note = fmt.Sprintf("scale %d; at mount time only listings, manifests, labels, control files and INCREMENTAL headers are fetched", b.scale)
+	b.add(t, mt)
+
+	rate := func(n int64, d time.Duration) float64 { return float64(n) / (1 << 20) / d.Seconds() }
+	cold := &variant{
+		setup: func(t *benchTB, run int) { m, _ = fx.mount(t, b, dir) },
+		timed: func(t *benchTB, run int) sample {
+			n, d := readFiles(t, b.e.Host(m.dir), b.pointFiles)
+			st := m.Stats(t)
+			return sample{v: rate(n, d), rssKB: m.HWM(t), parts: map[string]float64{
+				"bytes_from_s3_MiB": float64(st.SourceBytes) / (1 << 20), "gets": float64(st.SourceReads)}}
+		},
+		teardown: func(t *benchTB, run int) { m.umount(t) },
+	}
+	dl := &variant{timed: func(t *benchTB, run int) sample {
+		n, d := fx.download(t)
+		return sample{v: rate(n, d)}
+	}}
+	b.progressf(t, "cold sequential read through a mount from S3 vs downloading the flattened point (%s in %d objects)", human(fx.bytes), len(fx.files))
+	rd, rss := b.compare(t, figSpec{id: "s3-read-cold", name: "sequential read through a mount from S3, cold (throughput)", unit: "MiB/s", higher: true, cold: true,
+		target: "at least 0.7x the download (ratio >= 0.7)", targetMet: ratioAtLeast(0.7)}, cold, dl,
+		&figSpec{id: "rss-mount-s3", name: "mount daemon from S3 after reading the point: peak RSS"})
+	rd.OursLabel = "read every file through a fresh read-only mount from S3, 1 MiB reads, one file at a time"
+	rd.RefLabel = fmt.Sprintf("GET every object of pg_combinebackup's output in %d MiB ranges, %d at a time (the same aws-sdk-go-v2 client)", s3DownloadChunk>>20, s3DownloadJobs)
+	if rd.Error == "" {
+		rd.Note = fmt.Sprintf("per run (median): %.0f MiB fetched from S3 in %.0f GETs", rd.Parts["ours.bytes_from_s3_MiB"], rd.Parts["ours.gets"])
+	}
+	mountRSS(rss)
+	b.add(t, rd, rss)
+}
+
+// mountRSS makes the peak RSS figure of a mount's cold reads (nil: none)
+// a figure without a reference: the reading side is this process.
+func mountRSS(rss *Figure) {
+	if rss == nil {
+		return
+	}
+	rss.Ref, rss.Ratio, rss.AA, rss.RefRuns, rss.AARuns = nil, nil, nil, nil, [2][]float64{}
+	rss.Target = rssTarget
+	rss.TargetMet = ptr(rss.Ours <= rssLimitMiB)
+	rss.Note = "VmHWM of the mount process after each cold run; no reference"
+}

@@ -1,0 +1,266 @@
+package fusefs
+
+import (
+	"io"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/combinefs/combinefs/cache"
+	"github.com/combinefs/combinefs/resolver"
+)
+
+// A mount of a chain in an object store reads the same extent maps through
+// the same block cache as a local one; what differs is the cost of a read.
+// A ranged GET takes a round trip however few its bytes, so the spans a
+// request needs are fetched in parallel (remoteJobs at a time), and a file
+// read in sequence has the blocks after the read fetched ahead of it
+// (readAheadBytes, in readAheadChunk requests), so that a sequential reader
+// finds them in the cache instead of waiting on a GET per kernel request.
+
+const (
+	remoteJobs     = 8
+	readAheadBytes = 16 << 20
+	readAheadChunk = 2 << 20
+	readAheadJobs  = 8
+)
+
+// remoteError is a read of an object store that failed after the store
+// client's retries. It does not unwrap: whatever errno the connection's
+// failure carries, the read gets EIO through the mount's errno helper,
+// which logs and counts it, and the mount stays up.
+type remoteError struct{ err error }
+
+func (e remoteError) Error() string { return e.err.Error() }
+
+// name is the source's path, for messages.
+func (sf *srcFile) name() string {
+	if sf.remote != nil {
+		return sf.remote.Name()
+	}
+	return sf.f.Name()
+}
+
+// readRemote fills b from off, up to the end of the object, with one
+// ranged read.
+func (sf *srcFile) readRemote(b []byte, off int64) (int, error) {
+	n, err := sf.remote.ReadAt(b, off)
+	if err == io.EOF {
+		err = nil
+	}
+	if err != nil {
+		err = remoteError{err}
+	}
+	return n, err
+}
+
+// preadRemote is pread's one ranged read into the buffers of iov.
+func (sf *srcFile) preadRemote(iov [][]byte, off int64) (int, error) {
+	total := 0
+	for _, v := range iov {
+		total += len(v)
+	}
+	buf := make([]byte, total)
+	n, err := sf.readRemote(buf, off)
+	rest := buf[:n]
+	for _, v := range iov {
+		k := copy(v, rest)
+		clear(v[k:]) // past the end of the object
+		rest = rest[k:]
+	}
+	return n, err
+}
+
+// fetchRemote reads the spans of a request, remoteJobs at a time, then
+// takes the blocks other requests were fetching (waits) from the cache
+// once they are in, reading any that did not get there itself.
+func (s *sources) fetchRemote(spans []span, waits []flightWait, r *blockRead) error {
+	var mu sync.Mutex
+	var g errgroup.Group
+	g.SetLimit(remoteJobs)
+	for _, sp := range spans {
+		g.Go(func() error {
+			refs, err := s.readSpan(sp.src, sp.idx)
+			s.flights.done(sp.src, sp.idx)
+			mu.Lock()
+			r.refs = append(r.refs, refs...)
+			mu.Unlock()
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	for _, w := range waits {
+		<-w.ch
+		if ref, v, ok := s.cache.Get(cache.Key{Source: w.src.id, Block: w.src.need[w.idx]}); ok {
+			w.src.got[w.idx] = v
+			r.refs = append(r.refs, ref)
+			continue
+		}
+		refs, err := s.readSpan(w.src, []int{w.idx}) // its fetch failed, or it was evicted since
+		if err != nil {
+			return err
+		}
+		r.refs = append(r.refs, refs...)
+	}
+	return nil
+}
+
+// flights are the blocks of a remote chain being fetched, so that a read
+// needing a block another read (or the read-ahead) is fetching waits for
+// that GET instead of sending the same one: a sequential reader would
+// otherwise fetch most blocks twice, once ahead and once itself.
+type flights struct {
+	mu sync.Mutex
+	m  map[cache.Key]chan struct{}
+}
+
+// flightWait is a block of a read that another read is fetching.
+type flightWait struct {
+	src *source
+	idx int
+	ch  chan struct{}
+}
+
+// claim makes k this caller's to fetch (mine), or returns the channel
+// closed once the fetch under way ends.
+func (f *flights) claim(k cache.Key) (ch chan struct{}, mine bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if ch, ok := f.m[k]; ok {
+		return ch, false
+	}
+	if f.m == nil {
+		f.m = map[cache.Key]chan struct{}{}
+	}
+	f.m[k] = make(chan struct{})
+	return nil, true
+}
+
+// done ends the claims of blocks need[idx...] of src.
+func (f *flights) done(src *source, idx []int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, i := range idx {
+		k := cache.Key{Source: src.id, Block: src.need[i]}
+		if ch, ok := f.m[k]; ok {
+			close(ch)
+			delete(f.m, k)
+		}
+	}
+}
+
+// readAhead tracks the sequential reads of one file of the point.
+type readAhead struct {
+	next  int64 // where the next read starts if the reader goes on in sequence
+	ahead int64 // end of what was fetched or asked for ahead
+}
+
+// readAheadState is the sources' read-ahead bookkeeping: per file (its
+// plan, which the resolver keeps for the life of the mount), and the
+// background fetches, readAheadJobs at a time (a fetch that finds them all
+// busy is dropped, not queued: the reader is ahead of it anyway).
+type readAheadState struct {
+	mu    sync.Mutex
+	files map[*resolver.Plan]*readAhead
+	g     errgroup.Group
+	once  sync.Once
+}
+
+// readAhead notes a read of [off, off+n) of the file of plan, and when it
+// continues the previous one, fetches the blocks up to readAheadBytes past
+// it into the cache in the background.
+func (s *sources) readAhead(plan *resolver.Plan, off, n int64) {
+	ra := &s.ra
+	s.readAheadInit()
+	size := planSize(plan)
+	ra.mu.Lock()
+	st := ra.files[plan]
+	if st == nil {
+		st = &readAhead{}
+		ra.files[plan] = st
+	}
+	sequential := off == st.next || (off < st.ahead && off >= st.next-readAheadBytes)
+	st.next = off + n
+	var from, to int64
+	if sequential {
+		from, to = max(st.ahead, off+n), min(off+n+readAheadBytes, size)
+		if to-from >= readAheadChunk || (to == size && to > from) {
+			st.ahead = to
+		} else {
+			to = from // not worth a request yet
+		}
+	}
+	ra.mu.Unlock()
+	for lo := from; lo < to; lo += readAheadChunk {
+		hi := min(lo+readAheadChunk, to)
+		ok := ra.g.TryGo(func() error {
+			if r, err := s.readBlocks(plan, lo, hi-lo); err == nil {
+				r.release()
+			}
+			return nil
+		})
+		if !ok {
+			// Every job is busy: give the rest back, to be asked for again.
+			ra.mu.Lock()
+			if st.ahead == to {
+				st.ahead = lo
+			}
+			ra.mu.Unlock()
+			return
+		}
+	}
+}
+
+// readAheadInit sets the read-ahead's state up on first use.
+func (s *sources) readAheadInit() {
+	s.ra.once.Do(func() {
+		s.ra.files = map[*resolver.Plan]*readAhead{}
+		s.ra.g.SetLimit(readAheadJobs)
+	})
+}
+
+// planSize is the length of the file a plan describes.
+func planSize(p *resolver.Plan) int64 {
+	if len(p.Extents) == 0 {
+		return 0
+	}
+	e := p.Extents[len(p.Extents)-1]
+	return e.Off + e.Len
+}
+
+// waitReadAhead waits for the background fetches (at unmount, before the
+// sources close).
+func (s *sources) waitReadAhead() { s.ra.g.Wait() }
+
+// prefetchFiles is how many of the files after one opened in its directory
+// an open on a remote chain fetches the start of: a reader that takes a
+// directory's files in order (a copy, a backup tool, a checksum pass) finds
+// them in the cache instead of paying a round trip for each small file.
+const prefetchFiles = 8
+
+// prefetchNext fetches the first read-ahead chunk of the prefetchFiles
+// files after f in its directory, each once per mount, through the
+// read-ahead's jobs (dropped when they are all busy).
+func (f *roFile) prefetchNext() {
+	s := f.m.src
+	for n, i := f.next, 0; n != nil && i < prefetchFiles; n, i = n.next, i+1 {
+		if n.f.Size() == 0 || n.prefetched.Swap(true) {
+			continue
+		}
+		s.readAheadInit()
+		ok := s.ra.g.TryGo(func() error {
+			if plan, err := n.f.Plan(); err == nil {
+				if r, err := s.readBlocks(plan, 0, min(n.f.Size(), readAheadChunk)); err == nil {
+					r.release()
+				}
+			}
+			return nil
+		})
+		if !ok {
+			n.prefetched.Store(false)
+			return
+		}
+	}
+}

@@ -1,0 +1,276 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/combinefs/combinefs/internal/mountctl"
+	"github.com/combinefs/combinefs/internal/s3test"
+	"github.com/combinefs/combinefs/repo"
+)
+
+// s3Chain is a chain captured locally and pushed into a bucket.
+type s3Chain struct {
+	e      *Env
+	srv    *s3test.Server
+	local  string   // the local repository (in-root)
+	url    string   // s3://BUCKET/PREFIX of its copy
+	names  []string // its points, oldest first
+	refs   []string // pg_combinebackup of the local chain up to each point
+	inputs []string // the local chain's backups (in-root)
+	server *Cluster // where the backups came from
+	store  *repo.S3 // the bucket's repository
+}
+
+// newS3Chain captures a full backup and two incrementals of a pgbench
+// database into a local repository, copies the repository into a new
+// bucket (each point's objects, its empty directories' markers, then its
+// marker object, as a capture to S3 leaves them), and combines each point
+// with pg_combinebackup for reference.
+func newS3Chain(t *testing.T, e *Env, srv *s3test.Server) *s3Chain {
+	t.Helper()
+	c := e.InitCluster(t, ClusterOptions{})
+	c.Pgbench(t, "-i", "-q", "-s", "3", "postgres")
+	c.Psql(t, "postgres", "CREATE TABLE marker (point int)")
+	ch := &s3Chain{e: e, srv: srv, local: path.Join(e.TempDir(t), "repo"), server: c}
+	for i := 0; i < 3; i++ {
+		ch.names = append(ch.names, repoCapturePoint(t, e, c, ch.local, i, i == 0))
+	}
+	bucket := srv.NewBucket(t)
+	ch.url = "s3://" + bucket + "/backups/db1"
+	srv.Setenv(t)
+	st, err := repo.NewS3(context.Background(), bucket, "backups/db1/", repo.S3Options{Endpoint: srv.Endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch.store = st
+	for _, n := range ch.names {
+		if err := repo.CopyPoint(context.Background(), st, e.Host(path.Join(ch.local, n)), n, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	refRoot := e.TempDir(t)
+	for k, n := range ch.names {
+		ch.inputs = append(ch.inputs, path.Join(ch.local, n))
+		ref := path.Join(refRoot, fmt.Sprintf("ref%d", k))
+		e.CombineBackup(t, ref, ch.inputs)
+		ch.refs = append(ch.refs, ref)
+	}
+	return ch
+}
+
+// run runs combinefs as root (as runCombinefs does) with the S3 server's
+// credentials and --s3-endpoint.
+func (ch *s3Chain) run(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	ch.e.CombinefsPath(t)
+	cmd := ch.e.Combinefs(context.Background(), append(args, "--s3-endpoint", ch.srv.Endpoint)...)
+	for _, kv := range ch.srv.Env() {
+		if !strings.HasPrefix(kv, "AWS_ENDPOINT_URL=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatalf("combinefs %v: %v", args, err)
+	}
+	return string(out), 0
+}
+
+// manifestLinesDiff is ManifestDiff up to the order of the files: a
+// bucket lists a backup's files sorted, where pg_combinebackup follows the
+// readdir order of the final backup's directories.
+func manifestLinesDiff(want, got string) string {
+	w, err1 := os.ReadFile(want)
+	g, err2 := os.ReadFile(got)
+	if err1 != nil || err2 != nil {
+		return fmt.Sprintf("read manifests: %v %v", err1, err2)
+	}
+	norm := func(b []byte) string {
+		lines := strings.Split(string(lastModified.ReplaceAll(b, []byte(`"Last-Modified": "*"`))), "\n")
+		for i, l := range lines {
+			if strings.HasPrefix(l, `"Manifest-Checksum": `) {
+				lines[i] = ""
+			}
+			lines[i] = strings.TrimSuffix(lines[i], ",")
+		}
+		slices.Sort(lines)
+		return strings.Join(lines, "\n")
+	}
+	if a, b := norm(w), norm(g); a != b {
+		return fmt.Sprintf("got:\n%s\nwant:\n%s", abbreviate(b, 2000), abbreviate(a, 2000))
+	}
+	return ""
+}
+
+// mount mounts point k with --daemon and extra flags, and returns the
+// serving process's id. At cleanup a mount still there is unmounted.
+func (ch *s3Chain) mount(t *testing.T, k int, mp string, flags ...string) int {
+	t.Helper()
+	args := append([]string{"mount", "--daemon", "--repo", ch.url, "--point", ch.names[k],
+		"--owner", fmt.Sprintf("%d:%d", ch.e.UID, ch.e.GID), "--log", mp + ".log"}, flags...)
+	out, code := ch.run(t, append(args, mp)...)
+	t.Cleanup(func() {
+		if isMountedHost(ch.e.Host(mp)) {
+			out, code := runCombinefs(t, ch.e, "umount", "--lazy", "--timeout", "10s", mp)
+			t.Logf("cleanup: combinefs umount --lazy %s: exit %d %s", mp, code, strings.TrimSpace(out))
+		}
+	})
+	if code != 0 || !isMountedHost(ch.e.Host(mp)) {
+		t.Fatalf("combinefs %s: exit %d\n%s\n--- log ---\n%s", strings.Join(args, " "), code, out, readFrom(ch.e.Host(mp+".log"), 0))
+	}
+	st := stateFileOf(t, ch.e, mp)
+	if st == nil || !mountctl.ProcessAlive(st.PID) {
+		t.Fatalf("no running mount process for %s", mp)
+	}
+	return st.PID
+}
+
+func (ch *s3Chain) umount(t *testing.T, mp string) {
+	t.Helper()
+	if out, code := runCombinefs(t, ch.e, "umount", mp); code != 0 {
+		t.Fatalf("combinefs umount %s: exit %d\n%s", mp, code, out)
+	}
+}
+
+// waitServing waits until the restarted S3 server serves every object of
+// the repository again: it answers requests some seconds before its
+// volumes are loaded, and answers reads of their objects with 500 until
+// then.
+func (ch *s3Chain) waitServing(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		objs, err := ch.store.List(ctx, "")
+		for _, o := range objs {
+			if err == nil {
+				_, err = ch.store.ReadRange(ctx, o.Name, 0, 1)
+			}
+		}
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted S3 server does not serve the repository: %v", err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// TestS3Read: a chain captured from a real PostgreSQL and copied into a
+// real S3 server (SeaweedFS), read from the bucket: a read-only mount of
+// each point is byte-identical to pg_combinebackup of the local chain; a
+// server on a copy-on-write mount of the last point answers as one on the
+// local combined backup; flatten from the bucket is identical to
+// pg_combinebackup's output (manifest up to its timestamps); verify --repo
+// passes; and with the S3 server stopped under a mount, reads fail with
+// EIO while the mount stays up, and work again once the server is back.
+func TestS3Read(t *testing.T) {
+	e := Provision(t)
+	RequireFUSE(t)
+	srv := s3test.Start(t)
+	ch := newS3Chain(t, e, srv)
+	last := len(ch.names) - 1
+
+	t.Run("mount", func(t *testing.T) {
+		for k := range ch.names {
+			mp := cowMountPoint(t, e, e.TempDir(t), "mnt")
+			ch.mount(t, k, mp)
+			if d := TreeDiff(e.Host(ch.refs[k]), e.Host(mp), nil, "backup_manifest"); d != "" {
+				t.Errorf("mount of %s from %s differs from pg_combinebackup of the local chain:\n%s", ch.names[k], ch.url, d)
+			}
+			ch.umount(t, mp)
+		}
+	})
+
+	t.Run("flatten", func(t *testing.T) {
+		out := path.Join(e.TempDir(t), "flat")
+		if msg, code := ch.run(t, "flatten", "-o", out, "--repo", ch.url, "--point", ch.names[last]); code != 0 {
+			t.Fatalf("flatten from %s: exit %d\n%s", ch.url, code, msg)
+		}
+		if d := TreeDiff(e.Host(ch.refs[last]), e.Host(out), nil, "backup_manifest"); d != "" {
+			t.Errorf("flatten from %s differs from pg_combinebackup:\n%s", ch.url, d)
+		}
+		if d := manifestLinesDiff(e.Host(path.Join(ch.refs[last], "backup_manifest")), e.Host(path.Join(out, "backup_manifest"))); d != "" {
+			t.Errorf("flatten's manifest differs from pg_combinebackup's:\n%s", d)
+		}
+		if msg, code := ch.run(t, "flatten", "--link", "-o", out+"2", "--repo", ch.url, "--point", ch.names[last]); code == 0 || !strings.HasPrefix(msg, "combinefs flatten: --link needs the backups on a local file system") {
+			t.Errorf("flatten --link from a bucket: exit %d, want a refusal naming --link:\n%s", code, msg)
+		}
+		mustNotExist(t, e.Host(out+"2"), "a refused flatten")
+	})
+
+	t.Run("verify", func(t *testing.T) {
+		if msg, code := ch.run(t, "verify", "--repo", ch.url); code != 0 {
+			t.Fatalf("verify --repo %s: exit %d\n%s", ch.url, code, msg)
+		}
+	})
+
+	t.Run("cow", func(t *testing.T) {
+		mp := cowMountPoint(t, e, e.TempDir(t), "cow")
+		ch.mount(t, last, mp, "--cow", path.Join(e.PrivateDir(t), "upper"))
+		srvOnMount := startOnMount(t, e, mp)
+		got := srvOnMount.Snapshot(t)
+		srvOnMount.Psql(t, "postgres", "INSERT INTO marker VALUES (100)")
+		srvOnMount.Stop(t, "fast")
+		// The reference server runs on a combine of its own: recovery
+		// changes the pages of the directory it runs on.
+		refDir := path.Join(e.TempDir(t), "ref")
+		e.CombineBackup(t, refDir, ch.inputs)
+		ref := e.StartServer(t, refDir, ServerOptions{Settings: cowServerSettings})
+		want := ref.Snapshot(t)
+		ref.Stop(t, "fast")
+		if d := want.Diff(got); d != "" {
+			t.Errorf("a server on a copy-on-write mount of %s from %s answers differently from one on pg_combinebackup's output:\n%s", ch.names[last], ch.url, d)
+		}
+		if _, ok := got.Table("postgres", "public.pgbench_accounts"); !ok {
+			t.Errorf("the server on the mount has no pgbench_accounts")
+		}
+		ch.umount(t, mp)
+	})
+
+	t.Run("server down", func(t *testing.T) {
+		rel := strings.TrimSpace(ch.server.Psql(t, "postgres", "SELECT pg_relation_filepath('pgbench_accounts')"))
+		want, err := os.ReadFile(e.Host(path.Join(ch.refs[last], rel)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mp := cowMountPoint(t, e, e.TempDir(t), "down")
+		pid := ch.mount(t, last, mp)
+		srv.Kill()
+		_, err = os.ReadFile(e.Host(path.Join(mp, rel)))
+		if !errors.Is(err, syscall.EIO) {
+			t.Errorf("a read of %s with the S3 server down: %v, want EIO", rel, err)
+		}
+		if !isMountedHost(e.Host(mp)) || !mountctl.ProcessAlive(pid) {
+			t.Fatalf("the mount went away when the S3 server stopped")
+		}
+		if err := srv.Start(); err != nil {
+			t.Fatal(err)
+		}
+		ch.waitServing(t)
+		got, err := os.ReadFile(e.Host(path.Join(mp, rel)))
+		if err != nil || string(got) != string(want) {
+			t.Errorf("a read of %s once the server is back: %v (%d bytes, want %d, equal %v)\n--- mount log ---\n%s", rel, err, len(got), len(want), string(got) == string(want), lastLines(readFrom(e.Host(mp+".log"), 0), 30))
+		}
+		log := readFrom(e.Host(mp+".log"), 0)
+		if !strings.Contains(log, "read "+rel) {
+			t.Errorf("the mount logged no failed read:\n%s", lastLines(log, 20))
+		}
+		ch.umount(t, mp)
+	})
+}

@@ -1,0 +1,249 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"io/fs"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/combinefs/combinefs/resolver"
+)
+
+// An object store has no directories, so a backup's empty directories
+// (pg_notify, pg_replslot, pg_wal/archive_status, ... which a server needs)
+// are kept as directory marker objects: an empty object whose name ends in
+// "/", as the S3 console and most S3 tools make them. Every other directory
+// is implied by the names of the files in it.
+
+// DirMarker is the marker object of the directory dir (a name relative to
+// the repository's root, without a trailing slash).
+func DirMarker(dir string) string { return dir + "/" }
+
+// ChainOptions are the resolver's options to read the chain whose
+// directories dirs ShareChain or ChainDirs returned: the defaults for a
+// local repository; on an object store a resolver.Source over one listing
+// of each point, taken now, through which the chain's small files,
+// directory tree, INCREMENTAL headers (by range) and blocks (by range) are
+// read. Every entry's modification time is the final point's, from its
+// name (objects keep none that a backup set).
+func (r *Repo) ChainOptions(ctx context.Context, dirs []string) (resolver.ChainOptions, error) {
+	o := resolver.ChainOptions{RequireV2Manifests: true}
+	if !r.remote() || len(dirs) == 0 {
+		return o, nil
+	}
+	s := &remoteSource{root: r.Dir, points: map[string]*StorageFS{}, small: map[string][]byte{}}
+	if m := pointNameRe.FindStringSubmatch(path.Base(dirs[len(dirs)-1])); m != nil {
+		s.mtime, _ = time.Parse(nameTimeLayout, m[1])
+	}
+	var names []string
+	for _, d := range dirs {
+		name, ok := s.name(d)
+		if !ok || name == "" || strings.Contains(name, "/") {
+			return o, fmt.Errorf("%s is not a point of repository %s", d, r.Dir)
+		}
+		names = append(names, name)
+	}
+	// One listing per point, then the small files every chain check reads,
+	// all in parallel: each is a round trip.
+	fss := make([]*StorageFS, len(names))
+	var g errgroup.Group
+	g.SetLimit(remoteSmallJobs)
+	for i, name := range names {
+		g.Go(func() (err error) {
+			fss[i], err = NewStorageFS(ctx, r.Store, name)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return o, err
+	}
+	var mu sync.Mutex
+	for i, name := range names {
+		s.points[name] = fss[i]
+		for _, f := range chainFiles {
+			if _, ok := fss[i].files[f]; !ok {
+				continue
+			}
+			g.Go(func() error {
+				data, err := r.Store.ReadRange(ctx, name+"/"+f, 0, -1)
+				mu.Lock()
+				s.small[name+"/"+f] = data
+				mu.Unlock()
+				return err
+			})
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return o, err
+	}
+	o.Source = s
+	return o, nil
+}
+
+// remoteSource is a resolver.Source over the listed points of a repository
+// in an object store: a StorageFS per point.
+type remoteSource struct {
+	root   string // the repository's URL, which the chain's Dirs start with
+	mtime  time.Time
+	points map[string]*StorageFS
+	small  map[string][]byte // the chainFiles of each point, by object name
+}
+
+// chainFiles are the files of each backup that opening a chain reads
+// whole (resolver.OpenChain): fetched together when the source is made.
+var chainFiles = []string{"PG_VERSION", "global/pg_control", "backup_label", "backup_manifest"}
+
+// remoteSmallJobs is how many listings and small files are fetched at once.
+const remoteSmallJobs = 16
+
+// name is the object name of a path the resolver made: a Dir of the chain
+// (the repository's URL and a point's name) joined with filepath.Join,
+// which makes s3://b/p/NAME/f into s3:/b/p/NAME/f.
+func (s *remoteSource) name(p string) (string, bool) {
+	for _, root := range []string{s.root, filepath.Clean(s.root)} {
+		if p == root {
+			return "", true
+		}
+		if rest, ok := strings.CutPrefix(p, root+"/"); ok {
+			return rest, true
+		}
+	}
+	return "", false
+}
+
+// lookup finds the point of path p and p's name in its StorageFS.
+func (s *remoteSource) lookup(op, p string) (*StorageFS, string, error) {
+	name, ok := s.name(p)
+	point, rel, _ := strings.Cut(name, "/")
+	fsys := s.points[point]
+	if !ok || fsys == nil {
+		return nil, "", &fs.PathError{Op: op, Path: p, Err: fs.ErrNotExist}
+	}
+	if rel == "" {
+		rel = "."
+	}
+	return fsys, rel, nil
+}
+
+// info is what the resolver sees of an entry: owner-only modes, the
+// point's time.
+func (s *remoteSource) info(fi fs.FileInfo) fs.FileInfo {
+	mode := fs.FileMode(0o600)
+	if fi.IsDir() {
+		mode = fs.ModeDir | 0o700
+	}
+	return remoteInfo{FileInfo: fi, mode: mode, mtime: s.mtime}
+}
+
+// ReadDir lists a directory, sorted by name (an object listing's order).
+func (s *remoteSource) ReadDir(dir string) ([]fs.FileInfo, error) {
+	fsys, rel, err := s.lookup("open", dir)
+	if err != nil {
+		return nil, err
+	}
+	ents, err := fsys.ReadDir(rel)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: dir, Err: fs.ErrNotExist}
+	}
+	out := make([]fs.FileInfo, len(ents))
+	for i, e := range ents {
+		fi, _ := e.Info()
+		out[i] = s.info(fi)
+	}
+	return out, nil
+}
+
+// Stat describes a listed object or directory.
+func (s *remoteSource) Stat(p string) (fs.FileInfo, error) {
+	fsys, rel, err := s.lookup("stat", p)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := fsys.Stat(rel)
+	if err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: p, Err: fs.ErrNotExist}
+	}
+	return s.info(fi), nil
+}
+
+// Readlink fails: an object store has no symbolic links.
+func (s *remoteSource) Readlink(p string) (string, error) {
+	return "", &fs.PathError{Op: "readlink", Path: p, Err: syscall.EINVAL}
+}
+
+// Open opens a listed object; nothing is read until ReadAt.
+func (s *remoteSource) Open(p string) (resolver.SourceFile, error) {
+	fsys, rel, err := s.lookup("open", p)
+	if err != nil {
+		return nil, err
+	}
+	size, ok := fsys.files[rel]
+	if !ok {
+		return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrNotExist}
+	}
+	if data, ok := s.small[fsys.key(rel)]; ok {
+		return memFile{Reader: bytes.NewReader(data), path: p}, nil
+	}
+	return &remoteFile{storageFile: storageFile{fs: fsys, name: rel, size: size}, path: p}, nil
+}
+
+// remoteFile is an object of a point, read by ranged reads (the store
+// retries each as it does).
+type remoteFile struct {
+	storageFile
+	path string
+}
+
+func (f *remoteFile) Name() string { return f.path }
+func (f *remoteFile) Size() int64  { return f.size }
+
+// ReadAt is one ranged read of the object. A short object is an error
+// naming it rather than an early EOF, and so is an answer longer than the
+// range asked for (a store that ignored the Range header and sent the
+// object from its start), which would otherwise pass for the range's bytes.
+func (f *remoteFile) ReadAt(p []byte, off int64) (int, error) {
+	if off >= f.size {
+		return 0, io.EOF
+	}
+	want := min(int64(len(p)), f.size-off)
+	data, err := f.fs.store.ReadRange(f.fs.ctx, f.fs.key(f.name), off, want)
+	if err != nil {
+		return 0, err
+	}
+	if int64(len(data)) != want {
+		return 0, fmt.Errorf("%s: a read of %d bytes at %d got %d (the object is listed with %d)", f.path, want, off, len(data), f.size)
+	}
+	n := copy(p, data)
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// memFile is a small file fetched when the source was made.
+type memFile struct {
+	*bytes.Reader
+	path string
+}
+
+func (f memFile) Name() string { return f.path }
+func (f memFile) Close() error { return nil }
+
+// remoteInfo is an entry of a StorageFS as the resolver sees it.
+type remoteInfo struct {
+	fs.FileInfo
+	mode  fs.FileMode
+	mtime time.Time
+}
+
+func (i remoteInfo) Mode() fs.FileMode  { return i.mode }
+func (i remoteInfo) ModTime() time.Time { return i.mtime }
