@@ -20,6 +20,9 @@ import (
 // a clone or a link moves the data, the kernel writes it.
 var outFiles dio.Creator
 
+// bufferedOut creates them through the page cache, for Options.Buffered.
+var bufferedOut = func() *dio.Creator { var c dio.Creator; c.Disable(); return &c }()
+
 // CopyMethod is how whole files (and, where the method allows, runs of
 // blocks) are copied. The bytes written are the same for every method.
 type CopyMethod int
@@ -59,7 +62,7 @@ var zeros = make([]byte, copyChunk)
 // copyWhole creates dst as a copy of plan's whole source file (size bytes)
 // with method m, hashing the data into h when h is not nil. The destination
 // must not exist; writeback starts writing it to disk (see finish).
-func copyWhole(plan *resolver.Plan, dst string, size int64, mode os.FileMode, m CopyMethod, h hash.Hash, writeback bool) error {
+func copyWhole(cr *dio.Creator, plan *resolver.Plan, dst string, size int64, mode os.FileMode, m CopyMethod, h hash.Hash, writeback bool) error {
 	src := plan.WholeSrc
 	local := resolver.IsLocal(plan.Source)
 	if m == Link && local {
@@ -76,7 +79,7 @@ func copyWhole(plan *resolver.Plan, dst string, size int64, mode os.FileMode, m 
 	if !local || m == Copy && h != nil {
 		// The data passes through us for the checksum anyway (or comes
 		// from an object store, and passes through us whatever the method).
-		out, err := outFiles.Create(dst, mode, size)
+		out, err := cr.Create(dst, mode, size)
 		if err != nil {
 			return err
 		}
@@ -218,7 +221,7 @@ func hashFile(path string, h hash.Hash) error {
 // them into h: flatten's reconstruction for other writers of a point's
 // files (the mount's --cache-dir). It does not sync dst.
 func WriteReconstructed(plan *resolver.Plan, dst string, size int64, mode os.FileMode, h hash.Hash) error {
-	return writeReconstructed(plan, dst, size, mode, Copy, h, false)
+	return writeReconstructed(&outFiles, plan, dst, size, mode, Copy, h, false)
 }
 
 // writeReconstructed creates dst from the extents of plan, hashing the output
@@ -230,7 +233,7 @@ func WriteReconstructed(plan *resolver.Plan, dst string, size int64, mode os.Fil
 // and made the flatten slower than pg_combinebackup on a 2-CPU machine.)
 // Only runs of at least chunkSize that need no hashing go through
 // copy_file_range or a clone.
-func writeReconstructed(plan *resolver.Plan, dst string, size int64, mode os.FileMode, m CopyMethod, h hash.Hash, writeback bool) error {
+func writeReconstructed(cr *dio.Creator, plan *resolver.Plan, dst string, size int64, mode os.FileMode, m CopyMethod, h hash.Hash, writeback bool) error {
 	var (
 		out *os.File
 		w   *assembler
@@ -239,7 +242,7 @@ func writeReconstructed(plan *resolver.Plan, dst string, size int64, mode os.Fil
 	if m == Copy || h != nil {
 		// Every byte passes through us (no copy_file_range or clone of
 		// runs, which is only for unhashed output): write direct.
-		f, err := outFiles.Create(dst, mode, size)
+		f, err := cr.Create(dst, mode, size)
 		if err != nil {
 			return err
 		}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/combinefs/combinefs/format"
 	"github.com/combinefs/combinefs/internal/crashpoint"
+	"github.com/combinefs/combinefs/internal/dio"
 	"github.com/combinefs/combinefs/resolver"
 )
 
@@ -60,6 +61,17 @@ type Options struct {
 	// reads each file back there); an error fails the run. backup_label,
 	// written before the workers start, is not passed.
 	OnFileWritten func(file string, entry format.ManifestFile) error
+	// Buffered writes the files through the page cache instead of direct:
+	// for a caller that reads each file back at once (OnFileWritten), which
+	// then reads what the page cache holds instead of the disk.
+	Buffered bool
+}
+
+func (o Options) creator() *dio.Creator {
+	if o.Buffered {
+		return bufferedOut
+	}
+	return &outFiles
 }
 
 // Level of a log message.
@@ -431,13 +443,13 @@ func (j *job) write(p *resolver.Tree, opts Options, logf func(Level, string, ...
 		h = algo.New()
 	}
 	if plan.Whole {
-		err = copyWhole(plan, j.out, j.file.Size(), p.FileMode, opts.CopyMethod, h, !opts.NoSync)
+		err = copyWhole(opts.creator(), plan, j.out, j.file.Size(), p.FileMode, opts.CopyMethod, h, !opts.NoSync)
 	} else {
 		m := opts.CopyMethod
 		if m == Link {
 			m = Copy
 		}
-		err = writeReconstructed(plan, j.out, j.file.Size(), p.FileMode, m, h, !opts.NoSync)
+		err = writeReconstructed(opts.creator(), plan, j.out, j.file.Size(), p.FileMode, m, h, !opts.NoSync)
 	}
 	if err != nil {
 		return err

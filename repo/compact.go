@@ -24,8 +24,9 @@ import (
 // leaves every point restorable, to the same bytes:
 //
 //  1. flatten into a hidden staged directory, fsynced, each file read back
-//     from disk and checked against the checksum the flatten computed for
-//     it while the others are written;
+//     (through the page cache it was written through, before the fsync
+//     that makes it durable) and checked against the checksum the flatten
+//     computed for it while the others are written;
 //  2. verify it against the manifest the flatten wrote (the files read
 //     back are compared with their entries, not read again);
 //  3. write the journal (.compact.journal: the new name, the staged
@@ -161,13 +162,15 @@ func (r *Repo) writeCompacted(ctx context.Context, p *Point, dir string, o Compa
 	if err != nil {
 		return 0, err
 	}
-	// Each file is read back from disk and checked by the worker that
-	// wrote it, while the others write; verify.Backup then checks the
+	// Each file is written through the page cache and read back from it by
+	// the worker that wrote it, while the others write: a second pass over
+	// the disk (direct writes read back direct) made compact move 5.6 GB
+	// where flatten moves 4.0, on a disk that bounds both. verify.Backup then checks the
 	// manifest (its checksum, its entries against the files on disk and
 	// what was read back, the WAL) without reading those files again.
 	rb := verify.NewReadBack()
 	res, err := flatten.Run(ctx, tree, flatten.Options{Output: dir, Jobs: o.Jobs, Progress: o.Progress,
-		ManifestChecksums: format.ChecksumCRC32C, CopyMethod: flatten.Copy,
+		ManifestChecksums: format.ChecksumCRC32C, CopyMethod: flatten.Copy, Buffered: true,
 		OnFileWritten: func(file string, e format.ManifestFile) error {
 			if testAfterWrite != nil {
 				testAfterWrite(file)

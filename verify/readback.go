@@ -27,8 +27,9 @@ func NewReadBack() *ReadBack { return &ReadBack{read: map[string]format.Manifest
 // readBufs are the aligned buffers of Check (one per running check).
 var readBufs = sync.Pool{New: func() any { b := dio.AlignedBuf(1 << 20); return &b }}
 
-// Check reads the file at path, which the manifest will list as f, from
-// disk (large files direct, as Backup reads them) and checks its size and
+// Check reads the file at path, which the manifest will list as f, through
+// the page cache (the writer wrote it there, so the read costs no disk
+// I/O; fsync then makes those bytes durable) and checks its size and
 // checksum against f's. A file that matches is recorded; problem says why
 // one does not. A file without a checksum (WAL) is not read: Backup checks
 // WAL by parsing it.
@@ -38,7 +39,7 @@ func (rb *ReadBack) Check(path string, f format.ManifestFile) (problem string, e
 	}
 	bp := readBufs.Get().(*[]byte)
 	defer readBufs.Put(bp)
-	problem, err = checkDiskFile(path, &f, *bp)
+	problem, err = checkDiskFile(path, &f, *bp, false)
 	if problem != "" || err != nil {
 		return problem, err
 	}

@@ -273,7 +273,7 @@ func checkOne(dir string, fsys fs.FS, f *format.ManifestFile, buf []byte) (strin
 	if fsys != nil {
 		return checkFSFile(fsys, f, buf)
 	}
-	return checkDiskFile(filepath.Join(dir, f.Path), f, buf)
+	return checkDiskFile(filepath.Join(dir, f.Path), f, buf, true)
 }
 
 // checkDiskFile checks the file at path against f. A large file is read
@@ -281,11 +281,12 @@ func checkOne(dir string, fsys fs.FS, f *format.ManifestFile, buf []byte) (strin
 // and a buffered read would fill the page cache with it (on a VM whose host
 // reclaims free memory, every new page-cache page also costs a host fault),
 // evicting what the machine is using. buf is aligned for direct reads.
-func checkDiskFile(path string, f *format.ManifestFile, buf []byte) (string, error) {
+// direct false reads through the page cache (a file just written there).
+func checkDiskFile(path string, f *format.ManifestFile, buf []byte, direct bool) (string, error) {
 	h := f.Algorithm.New()
 	var in *os.File
 	var err error
-	if f.Size >= dio.MinSize {
+	if direct && f.Size >= dio.MinSize {
 		in, _, err = dio.OpenRead(path)
 	} else {
 		in, err = os.Open(path)
