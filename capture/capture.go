@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/combinefs/combinefs/format"
 	"github.com/combinefs/combinefs/internal/dio"
 	"github.com/combinefs/combinefs/repo"
 )
@@ -74,6 +75,8 @@ type capturer struct {
 
 	x        *extractor
 	sync     *syncer
+	local    *localOut // a local directory tree
+	store    *storeOut // or a point in a repository's object store
 	wal      *walStreamer
 	lastProg time.Time
 	total    int64
@@ -154,22 +157,25 @@ func (c *capturer) run(ctx context.Context) (*Result, error) {
 		}
 	}
 
-	if err := c.prepareDir(dirMode); err != nil {
+	out, root, err := c.prepareOutput(ictx, dirMode)
+	if err != nil {
 		return nil, err
 	}
-	c.sync = newSyncer(o.NoSync)
-	lay := &layout{root: c.tmp, inPlace: o.InPlaceTablespaces, mapping: o.TablespaceMap, byLocation: map[string]uint32{}}
-	c.x = &extractor{layout: lay, sync: c.sync}
+	lay := &layout{root: root, inPlace: o.InPlaceTablespaces, mapping: o.TablespaceMap, byLocation: map[string]uint32{}}
+	c.x = &extractor{layout: lay, out: out}
+	if c.store != nil {
+		c.x.memManifest = &bytes.Buffer{}
+	}
 	c.x.onData = func(done int64, archive string) {
 		c.report(Progress{Phase: PhaseTransfer, Done: done, Total: max(c.total, done), Archive: archive})
 	}
 
 	if o.WAL == WALStream {
-		walDir := filepath.Join(c.tmp, "pg_wal")
-		if err := c.x.mkdirAll(filepath.Join(walDir, "archive_status")); err != nil {
+		walDir := filepath.Join(root, "pg_wal")
+		if err := out.mkdirAll(filepath.Join(walDir, "archive_status")); err != nil {
 			return nil, err
 		}
-		c.wal, err = openWALStreamer(ictx, cfg, sys.ID, walDir, segSize, o, c.sync)
+		c.wal, err = openWALStreamer(ictx, cfg, sys.ID, walDir, segSize, o, out)
 		if err != nil {
 			return nil, err
 		}
@@ -254,6 +260,26 @@ func (c *capturer) run(ctx context.Context) (*Result, error) {
 	res.Elapsed = time.Since(c.begun)
 	c.report(Progress{Phase: PhaseDone, Done: c.x.received, Total: c.x.received})
 	return res, nil
+}
+
+// prepareOutput sets up where the backup goes and returns its output and
+// its root directory: a point in a repository's object store, or a
+// temporary directory (prepareDir).
+func (c *capturer) prepareOutput(ctx context.Context, mode fs.FileMode) (output, string, error) {
+	if in := c.o.into; in != nil && in.r.Remote() {
+		algo := format.ChecksumCRC32C
+		if c.o.ManifestChecksums != "" {
+			algo, _ = format.ParseChecksumType(c.o.ManifestChecksums)
+		}
+		c.store = newStoreOut(ctx, in.r, in.name, algo)
+		return c.store, c.store.root, nil
+	}
+	if err := c.prepareDir(mode); err != nil {
+		return nil, "", err
+	}
+	c.sync = newSyncer(c.o.NoSync)
+	c.local = &localOut{sync: c.sync}
+	return c.local, c.tmp, nil
 }
 
 // prepareDir checks the output directory and makes the temporary one next
@@ -343,8 +369,8 @@ func (c *capturer) prepareTablespaces(lay *layout, tss []tablespace) error {
 		} else {
 			c.emptied = append(c.emptied, dir)
 		}
-		c.x.addDir(dir)
-		c.x.addDir(filepath.Dir(dir))
+		c.local.addDir(dir)
+		c.local.addDir(filepath.Dir(dir))
 	}
 	return nil
 }
@@ -353,13 +379,16 @@ func (c *capturer) prepareTablespaces(lay *layout, tss []tablespace) error {
 // directory fsynced, then backup_manifest.tmp renamed to backup_manifest,
 // then the directory renamed into place.
 func (c *capturer) finish() error {
+	if c.store != nil {
+		return c.finishStore()
+	}
 	err := c.sync.wait()
 	c.sync = nil
 	if err != nil {
 		return err
 	}
 	if !c.o.NoSync {
-		if err := syncDirs(append(c.x.dirs, c.tmp)); err != nil {
+		if err := syncDirs(append(c.local.dirs, c.tmp)); err != nil {
 			return err
 		}
 	}
@@ -393,6 +422,9 @@ func (c *capturer) finish() error {
 func (c *capturer) cleanup() {
 	if c.x != nil {
 		c.x.abort()
+	}
+	if c.store != nil {
+		defer c.store.abort() // once the WAL streamer has stopped writing
 	}
 	if c.wal != nil {
 		c.wal.conn.Conn().SetDeadline(time.Unix(1, 0))

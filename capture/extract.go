@@ -1,17 +1,13 @@
 package capture
 
 import (
-	"errors"
+	"bytes"
 	"fmt"
-	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-
-	"github.com/combinefs/combinefs/internal/dio"
 )
 
 // manifestTmpName is the name the manifest has until the backup is complete
@@ -83,8 +79,10 @@ func cleanRel(name string) (string, error) {
 // arrive (untar.go) and writes the manifest.
 type extractor struct {
 	layout *layout
-	sync   *syncer
-	dio    dio.Creator // large files are written direct (package dio)
+	out    output
+	// memManifest keeps the manifest in memory instead of a file, for an
+	// output that checks it before it writes it (storeOut).
+	memManifest *bytes.Buffer
 	// onData is called with the archive bytes received so far.
 	onData func(done int64, archive string)
 	// onProgress is called with the server's own count.
@@ -94,11 +92,8 @@ type extractor struct {
 	archive  string
 	u        *untar // the archive being unpacked
 
-	manifest     *os.File
+	manifest     outFile
 	manifestSize int64
-
-	mu   sync.Mutex
-	dirs []string // every directory made, to fsync at the end
 }
 
 func (x *extractor) beginArchive(name, location string) error {
@@ -106,7 +101,7 @@ func (x *extractor) beginArchive(name, location string) error {
 	if err != nil {
 		return err
 	}
-	if err := x.mkdirAll(dir); err != nil {
+	if err := x.out.mkdirAll(dir); err != nil {
 		return err
 	}
 	x.archive = name
@@ -138,7 +133,10 @@ func (x *extractor) endArchive() error {
 }
 
 func (x *extractor) beginManifest() error {
-	f, err := os.OpenFile(filepath.Join(x.layout.root, manifestTmpName), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if x.memManifest != nil {
+		return nil
+	}
+	f, err := x.out.create(filepath.Join(x.layout.root, manifestTmpName), 0o600, 0)
 	if err != nil {
 		return err
 	}
@@ -147,23 +145,33 @@ func (x *extractor) beginManifest() error {
 }
 
 func (x *extractor) manifestData(p []byte) error {
-	n, err := x.manifest.Write(p)
+	if x.memManifest != nil {
+		x.memManifest.Write(p)
+		x.manifestSize += int64(len(p))
+		return nil
+	}
+	n, err := x.manifest.WriteAt(p, x.manifestSize)
 	x.manifestSize += int64(n)
 	return err
 }
 
 func (x *extractor) endManifest() error {
+	if x.memManifest != nil {
+		if x.manifestSize == 0 {
+			return protocolErrorf("empty backup manifest")
+		}
+		return nil
+	}
 	if x.manifest == nil {
 		return nil
 	}
 	f := x.manifest
 	x.manifest = nil
 	if x.manifestSize == 0 {
-		f.Close()
+		f.abort()
 		return protocolErrorf("empty backup manifest")
 	}
-	x.sync.file(f)
-	return nil
+	return f.close()
 }
 
 func (x *extractor) progress(done int64) {
@@ -180,30 +188,9 @@ func (x *extractor) abort() {
 		x.u = nil
 	}
 	if x.manifest != nil {
-		x.manifest.Close()
+		x.manifest.abort()
 		x.manifest = nil
 	}
-}
-
-// mkdirAll makes dir and its missing parents and remembers them for fsync.
-func (x *extractor) mkdirAll(dir string) error {
-	if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
-		return nil
-	}
-	if err := x.mkdirAll(filepath.Dir(dir)); err != nil {
-		return err
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	x.addDir(dir)
-	return nil
-}
-
-func (x *extractor) addDir(dir string) {
-	x.mu.Lock()
-	x.dirs = append(x.dirs, dir)
-	x.mu.Unlock()
 }
 
 // symlink handles a symlink entry: only pg_tblspc/OID in the main archive
@@ -221,9 +208,9 @@ func (x *extractor) symlink(main bool, name, linkname, target string) error {
 	if x.layout.inPlace || !filepath.IsAbs(linkname) {
 		// The tablespace archive came first and is in place already; make
 		// the directory in case it was empty (dropped during the backup).
-		return x.mkdirAll(target)
+		return x.out.mkdirAll(target)
 	}
-	if err := x.mkdirAll(filepath.Dir(target)); err != nil {
+	if err := x.out.mkdirAll(filepath.Dir(target)); err != nil {
 		return err
 	}
 	return os.Symlink(dest, target)

@@ -65,7 +65,7 @@ func FuzzCopyStream(f *testing.F) {
 			t.Fatal(err)
 		}
 		s := newSyncer(true)
-		x := &extractor{layout: &layout{root: root, inPlace: true, byLocation: map[string]uint32{"/x": 1}}, sync: s,
+		x := &extractor{layout: &layout{root: root, inPlace: true, byLocation: map[string]uint32{"/x": 1}}, out: &localOut{sync: s},
 			onData: func(int64, string) {}}
 		msgs := fuzzMessages(data)
 		r := &streamReader{ctx: context.Background(), src: &sliceSource{msgs: msgs}}

@@ -23,7 +23,7 @@ type intoRepo struct {
 func RepoCapture(ctx context.Context, r *repo.Repo, o Options, full bool, wait repo.Waiter) (name string, res *Result, err error) {
 	unlock, err := r.Lock(ctx, "capture", wait)
 	if err != nil {
-		if r.Created {
+		if r.Created && !r.Remote() {
 			os.Remove(r.Dir) // only if empty: another capture may hold it now
 		}
 		return "", nil, err
@@ -33,7 +33,7 @@ func RepoCapture(ctx context.Context, r *repo.Repo, o Options, full bool, wait r
 		// it fails: the lock file goes while this capture still holds it
 		// (so no one else's lock is removed), then the directory, if
 		// nothing else came into it.
-		drop := err != nil && r.Created
+		drop := err != nil && r.Created && !r.Remote()
 		if drop {
 			r.RemoveLockFile()
 		}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -34,8 +33,8 @@ type untar struct {
 	hdr  [tarBlock]byte
 	nhdr int // bytes of hdr filled
 
-	f      *dio.File // the file being written, nil between members
-	off    int64     // where its next bytes go
+	f      outFile // the file being written, nil between members
+	off    int64   // where its next bytes go
 	target string
 	left   int64  // bytes of the current member's data still to come
 	skip   int64  // bytes to pass over: padding, or a directory's data
@@ -126,9 +125,9 @@ func (u *untar) endFile() error {
 	if err := u.flush(); err != nil {
 		return err
 	}
-	u.x.sync.file(u.f.File)
+	err := u.f.close()
 	u.f = nil
-	return nil
+	return err
 }
 
 // finish checks that the archive ended properly, once no more data comes.
@@ -146,7 +145,7 @@ func (u *untar) finish() error {
 // directories.
 func (u *untar) abort() {
 	if u.f != nil {
-		u.f.Close()
+		u.f.abort()
 		u.f = nil
 	}
 }
@@ -221,12 +220,12 @@ func (u *untar) header() error {
 		return nil
 	}
 	if parent := filepath.Dir(target); parent != u.madeDir {
-		if err := u.x.mkdirAll(parent); err != nil {
+		if err := u.x.out.mkdirAll(parent); err != nil {
 			return err
 		}
 		u.madeDir = parent
 	}
-	f, err := u.x.dio.Create(target, perm|0o600, size)
+	f, err := u.x.out.create(target, perm|0o600, size)
 	if err != nil {
 		return err
 	}
@@ -238,22 +237,13 @@ func (u *untar) header() error {
 }
 
 func (u *untar) mkdir(name, target string, perm fs.FileMode) error {
-	if err := u.x.mkdirAll(filepath.Dir(target)); err != nil {
-		return err
+	// Made already is fine: pg_wal by the WAL receiver, pg_tblspc/OID for
+	// an in-place tablespace.
+	err := u.x.out.mkdir(target, perm)
+	if errors.Is(err, errDirCollides) {
+		return protocolErrorf("tar directory %q collides with a file", name)
 	}
-	if err := os.Mkdir(target, perm|0o700); err != nil {
-		if !errors.Is(err, fs.ErrExist) {
-			return err
-		}
-		// Made already: pg_wal by the WAL receiver, pg_tblspc/OID for an
-		// in-place tablespace.
-		if fi, err := os.Lstat(target); err != nil || !fi.IsDir() {
-			return protocolErrorf("tar directory %q collides with a file", name)
-		}
-	} else {
-		u.x.addDir(target)
-	}
-	return os.Chmod(target, perm|0o700)
+	return err
 }
 
 func isZero(b []byte) bool {

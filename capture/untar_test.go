@@ -33,7 +33,7 @@ func TestUntarPieces(t *testing.T) {
 	archive = append(archive, make([]byte, 10240-len(archive)%10240)...)
 	for _, piece := range []int{1, 7, 512, 1000, 32 << 10, len(archive)} {
 		dir := t.TempDir()
-		x := &extractor{layout: &layout{root: dir}, sync: newSyncer(true)}
+		x := &extractor{layout: &layout{root: dir}, out: &localOut{sync: newSyncer(true)}}
 		u := newUntar(x, dir, true)
 		for p := archive; len(p) > 0; {
 			n := min(len(p), 1+rng.Intn(piece))
@@ -45,7 +45,7 @@ func TestUntarPieces(t *testing.T) {
 		if err := u.finish(); err != nil {
 			t.Fatalf("pieces of up to %d: finish: %v", piece, err)
 		}
-		if err := x.sync.wait(); err != nil {
+		if err := x.out.(*localOut).sync.wait(); err != nil {
 			t.Fatal(err)
 		}
 		for name, body := range want {
@@ -88,7 +88,7 @@ func TestUntarRefuses(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			x := &extractor{layout: &layout{root: dir}, sync: newSyncer(true)}
+			x := &extractor{layout: &layout{root: dir}, out: &localOut{sync: newSyncer(true)}}
 			u := newUntar(x, dir, true)
 			err := u.push(tc.archive)
 			if err == nil {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"regexp"
 	"sync"
@@ -32,7 +31,7 @@ type walStreamer struct {
 	slot           string // temporary slot, "" when none could be made
 	timeline       uint32
 	statusInterval time.Duration
-	sync           *syncer
+	out            output
 	notice         func(string)
 	// onFail is called, from the streaming goroutine, when streaming fails,
 	// so that the backup stops at once.
@@ -42,11 +41,12 @@ type walStreamer struct {
 	stopAt  LSN
 	hasStop bool
 
-	file    *os.File // the segment being written, or nil
-	fileSeg uint64
-	pos     LSN // the end of what has been written
-	started bool
-	bytes   int64
+	file     outFile // the segment being written, or nil
+	fileSeg  uint64
+	fileName string
+	pos      LSN // the end of what has been written
+	started  bool
+	bytes    int64
 
 	done chan error
 }
@@ -58,12 +58,12 @@ var historyName = regexp.MustCompile(`^[0-9A-F]{8}\.history$`)
 // cluster, and makes a temporary physical slot that keeps the server from
 // recycling WAL the backup needs. It is called before BASE_BACKUP so that
 // the slot holds WAL from before the backup's start.
-func openWALStreamer(ctx context.Context, cfg *pgconn.Config, sysID uint64, dir string, segSize int64, o *Options, s *syncer) (*walStreamer, error) {
+func openWALStreamer(ctx context.Context, cfg *pgconn.Config, sysID uint64, dir string, segSize int64, o *Options, out output) (*walStreamer, error) {
 	conn, err := connect(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("WAL streaming connection: %w", err)
 	}
-	w := &walStreamer{conn: conn, dir: dir, segSize: segSize, statusInterval: o.StatusInterval, sync: s, notice: o.Notice}
+	w := &walStreamer{conn: conn, dir: dir, segSize: segSize, statusInterval: o.StatusInterval, out: out, notice: o.Notice}
 	if w.statusInterval <= 0 {
 		w.statusInterval = 10 * time.Second
 	}
@@ -147,16 +147,7 @@ func (w *walStreamer) fetchHistory(ctx context.Context, tli uint32) error {
 	if len(rows) != 1 || len(rows[0]) != 2 || !historyName.Match(rows[0][0]) {
 		return protocolErrorf("TIMELINE_HISTORY: unexpected answer")
 	}
-	f, err := os.OpenFile(filepath.Join(w.dir, string(rows[0][0])), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(rows[0][1]); err != nil {
-		f.Close()
-		return err
-	}
-	w.sync.file(f)
-	return nil
+	return w.out.writeFile(filepath.Join(w.dir, string(rows[0][0])), rows[0][1])
 }
 
 // stop tells the streamer where the backup ended; it stops once it has the
@@ -190,7 +181,7 @@ func (w *walStreamer) wait() error {
 // close closes the connection and any open segment (for an aborted capture).
 func (w *walStreamer) close() {
 	if w.file != nil {
-		w.sync.file(w.file)
+		w.file.close()
 		w.file = nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -311,30 +302,24 @@ func (w *walStreamer) write(data []byte) error {
 // zeros, like the preallocated file pg_basebackup writes).
 func (w *walStreamer) open(segno uint64) error {
 	w.started = true
-	f, err := os.OpenFile(filepath.Join(w.dir, format.WALSegmentName(w.timeline, segno, w.segSize)), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	name := format.WALSegmentName(w.timeline, segno, w.segSize)
+	f, err := w.out.createSegment(filepath.Join(w.dir, name), w.segSize)
 	if err != nil {
 		return err
 	}
-	if err := f.Truncate(w.segSize); err != nil {
-		f.Close()
-		return err
-	}
-	w.file, w.fileSeg = f, segno
+	w.file, w.fileSeg, w.fileName = f, segno, name
 	return nil
 }
 
 // complete finishes a whole segment and marks it archived (.done), so that
 // a server started on the backup does not archive it again.
 func (w *walStreamer) complete() error {
-	name := filepath.Base(w.file.Name())
-	w.sync.file(w.file)
+	err := w.file.close()
 	w.file = nil
-	f, err := os.OpenFile(filepath.Join(w.dir, "archive_status", name+".done"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
-	w.sync.file(f)
-	return nil
+	return w.out.writeFile(filepath.Join(w.dir, "archive_status", w.fileName+".done"), nil)
 }
 
 // finish ends the COPY: CopyDone, then whatever the server still sends, up

@@ -41,6 +41,13 @@ func repoMust(t *testing.T, e *Env, args ...string) string {
 // the point in the marker table, and returns the new point's name.
 func repoCapturePoint(t *testing.T, e *Env, c *Cluster, repo string, mark int, full bool) string {
 	t.Helper()
+	return repoCapturePointEnv(t, e, c, repo, nil, mark, full)
+}
+
+// repoCapturePointEnv is repoCapturePoint with env added to combinefs's
+// environment (an S3 server's credentials).
+func repoCapturePointEnv(t *testing.T, e *Env, c *Cluster, repo string, env []string, mark int, full bool) string {
+	t.Helper()
 	c.Psql(t, "postgres", fmt.Sprintf("INSERT INTO marker VALUES (%d); UPDATE pgbench_accounts SET abalance = abalance + %d WHERE aid %% 97 = %d", mark, mark, mark%97))
 	args := append([]string{"capture", "--repo", repo, "-c", "fast", "--progress=false"}, connArgs(c)...)
 	if full {
@@ -48,7 +55,10 @@ func repoCapturePoint(t *testing.T, e *Env, c *Cluster, repo string, mark int, f
 	} else {
 		c.WaitForWALSummary(t)
 	}
-	out := repoMust(t, e, args...)
+	out, code := repoCombinefs(t, e, env, args...)
+	if code != 0 {
+		t.Fatalf("combinefs %s: exit %d\n%s", strings.Join(args, " "), code, out)
+	}
 	m := regexp.MustCompile(`backup ([0-9_-]+-(FULL|INCREMENTAL)) complete`).FindStringSubmatch(out)
 	if m == nil {
 		t.Fatalf("capture printed no backup name:\n%s", out)

@@ -101,7 +101,11 @@ func (r *Repo) Lock(ctx context.Context, holder string, wait Waiter) (unlock fun
 
 // RemoveLockFile removes the repository's lock file; the caller holds the
 // lock (so no one else's lock is removed).
-func (r *Repo) RemoveLockFile() { os.Remove(filepath.Join(r.Dir, repoLockName)) }
+func (r *Repo) RemoveLockFile() {
+	if !r.remote() {
+		os.Remove(filepath.Join(r.Dir, repoLockName))
+	}
+}
 
 func (r *Repo) pointLockPath(name string) string {
 	return filepath.Join(r.Dir, lockDirName, name+".lock")

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -257,6 +258,24 @@ func (r *Repo) removeRemoteLeftovers(ctx context.Context) error {
 				return fmt.Errorf("remove what an interrupted command left: %w", err)
 			}
 		}
+	}
+	s, ok := r.Store.(*S3)
+	if !ok {
+		return nil
+	}
+	// A capture killed mid-file also leaves its multipart uploads, which
+	// no listing shows: those of a point without a marker go too.
+	points, err := r.pointNames(ctx)
+	if err != nil {
+		return err
+	}
+	err = s.AbortUploads(ctx, func(name string) bool {
+		top, _, _ := strings.Cut(name, "/")
+		_, isPoint := slices.BinarySearch(points, top)
+		return IsPointName(top) && !isPoint
+	})
+	if err != nil {
+		return fmt.Errorf("remove what an interrupted command left: %w", err)
 	}
 	return nil
 }

@@ -48,7 +48,7 @@ type Repo struct {
 // and refuse an s3:// URL in one line.
 func Open(dir string, create bool) (*Repo, error) {
 	if _, _, ok, _ := ParseS3URL(dir); ok {
-		return nil, fmt.Errorf("repository %s: only list, verify --repo and expire work on an S3 repository so far", dir)
+		return nil, fmt.Errorf("repository %s: only capture, list, verify --repo and expire work on an S3 repository so far", dir)
 	}
 	return openLocal(dir, create)
 }
@@ -92,12 +92,25 @@ func PointName(kind Kind, t time.Time) string {
 // otherwise be listed the wrong way round.
 func (r *Repo) NewName(kind Kind, t time.Time) string {
 	name := PointName(kind, t)
-	entries, err := os.ReadDir(r.Dir)
-	if err != nil {
-		return ""
+	var taken []string
+	if r.remote() {
+		// The markers; a capture's leftovers are gone by now (Recover).
+		names, err := r.pointNames(context.TODO())
+		if err != nil {
+			return ""
+		}
+		taken = names
+	} else {
+		entries, err := os.ReadDir(r.Dir)
+		if err != nil {
+			return ""
+		}
+		for _, e := range entries {
+			taken = append(taken, e.Name())
+		}
 	}
-	for _, e := range entries {
-		if m := pointNameRe.FindStringSubmatch(e.Name()); m != nil && m[1] >= name[:len(m[1])] {
+	for _, n := range taken {
+		if m := pointNameRe.FindStringSubmatch(n); m != nil && m[1] >= name[:len(m[1])] {
 			return ""
 		}
 	}

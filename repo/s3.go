@@ -11,11 +11,13 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
+	"golang.org/x/sync/semaphore"
 )
 
 // S3 is a Storage over a prefix of an S3 bucket, through aws-sdk-go-v2:
@@ -30,6 +32,9 @@ type S3 struct {
 	Bucket string
 	// Prefix is "" or ends in "/": the repository's root in the bucket.
 	Prefix string
+
+	memOnce sync.Once
+	mem     *semaphore.Weighted // the writers' memory budget (s3write.go)
 }
 
 // S3Options are the choices of an S3 repository beyond its URL.

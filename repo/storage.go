@@ -33,7 +33,30 @@ type Storage interface {
 	Put(ctx context.Context, name string, data []byte) error
 	// Delete removes an object; a missing one is not an error.
 	Delete(ctx context.Context, name string) error
+	// Create starts a new object written in sequence, for data too large
+	// to hold whole (a backup's files as they arrive). Nothing of it is
+	// visible until Commit returns nil; Abort, or a process killed first,
+	// leaves no object (on S3 perhaps an incomplete multipart upload, which
+	// AbortUploads removes).
+	Create(ctx context.Context, name string) (Writer, error)
 }
+
+// Writer is an object being written by Storage.Create. It is not safe for
+// concurrent use.
+type Writer interface {
+	io.Writer
+	// Commit makes the object whole and visible. It fails with
+	// fs.ErrExist when the object exists, where the store can tell.
+	Commit() error
+	// Abort drops what was written; after Commit it does nothing.
+	Abort()
+}
+
+// DirMarkerSuffix ends the name of an empty object that stands for a
+// directory (the usual S3 "folder" object): a backup's empty directories
+// (pg_notify, pg_wal/archive_status, ...) must exist in a restored data
+// directory, and an object store keeps only files.
+const DirMarkerSuffix = "/"
 
 // Object is one entry of a listing.
 type Object struct {
@@ -116,6 +139,9 @@ func (l Local) ReadRange(ctx context.Context, name string, off, n int64) ([]byte
 // directory.
 func (l Local) Put(ctx context.Context, name string, data []byte) error {
 	final := l.path(name)
+	if strings.HasSuffix(name, DirMarkerSuffix) && len(data) == 0 {
+		return os.MkdirAll(final, 0o700)
+	}
 	dir := filepath.Dir(final)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -143,6 +169,61 @@ func (l Local) Put(ctx context.Context, name string, data []byte) error {
 		return &os.LinkError{Op: "rename", Old: tmp, New: final, Err: err}
 	}
 	return dio.Sync(dir)
+}
+
+// Create writes a hidden temporary file beside the object; Commit fsyncs
+// it and links it into place as Put does.
+func (l Local) Create(ctx context.Context, name string) (Writer, error) {
+	final := l.path(name)
+	dir := filepath.Dir(final)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(final)+".tmp-")
+	if err != nil {
+		return nil, err
+	}
+	return &localWriter{f: f, name: name, final: final}, nil
+}
+
+// localWriter is Local's Writer.
+type localWriter struct {
+	f           *os.File
+	name, final string
+	done        bool
+}
+
+func (w *localWriter) Write(p []byte) (int, error) { return w.f.Write(p) }
+
+func (w *localWriter) Commit() error {
+	if w.done {
+		return errors.New("commit of a finished object " + w.name)
+	}
+	w.done = true
+	tmp := w.f.Name()
+	defer os.Remove(tmp) // gone already when the rename succeeded
+	err := w.f.Sync()
+	if cerr := w.f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, w.final, unix.RENAME_NOREPLACE); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("%s: %w", w.name, fs.ErrExist)
+		}
+		return &os.LinkError{Op: "rename", Old: tmp, New: w.final, Err: err}
+	}
+	return dio.Sync(filepath.Dir(w.final))
+}
+
+func (w *localWriter) Abort() {
+	if !w.done {
+		w.done = true
+		w.f.Close()
+		os.Remove(w.f.Name())
+	}
 }
 
 // Delete removes a file and fsyncs its directory.

@@ -120,6 +120,86 @@ func testStorageContract(t *testing.T, st Storage) {
 			t.Errorf("Put over an existing object changed it to %q", got)
 		}
 	})
+	t.Run("Create", func(t *testing.T) {
+		// Larger than two parts, written in odd-sized pieces.
+		huge := bytes.Repeat([]byte("combinefs streams "), (2*S3PartSize+S3PartSize/3)/18)
+		for _, c := range []struct {
+			name string
+			data []byte
+		}{{"c/huge", huge}, {"c/small", []byte("small")}, {"c/part", huge[:S3PartSize]}, {"c/empty", nil}} {
+			w, err := st.Create(ctx, c.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for rest := c.data; len(rest) > 0; {
+				n := min(len(rest), 1<<20+17)
+				if _, err := w.Write(rest[:n]); err != nil {
+					t.Fatalf("Write %s: %v", c.name, err)
+				}
+				rest = rest[n:]
+			}
+			if got, _ := st.List(ctx, c.name); len(got) != 0 {
+				t.Errorf("%s is listed before its Commit", c.name)
+			}
+			if err := w.Commit(); err != nil {
+				t.Fatalf("Commit %s: %v", c.name, err)
+			}
+			got, err := st.ReadRange(ctx, c.name, 0, -1)
+			if err != nil || !bytes.Equal(got, c.data) {
+				t.Errorf("%s after Commit: %d bytes (%v), want %d", c.name, len(got), err, len(c.data))
+			}
+		}
+		w, err := st.Create(ctx, "c/small")
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write([]byte("other"))
+		if err := w.Commit(); !errors.Is(err, fs.ErrExist) {
+			t.Errorf("Commit over an existing object: %v, want fs.ErrExist", err)
+		}
+		// Aborted, after a part went up: no object.
+		w, err = st.Create(ctx, "c/aborted")
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(huge)
+		w.Abort()
+		if got, _ := st.List(ctx, "c/aborted"); len(got) != 0 {
+			t.Errorf("an aborted Create left %v", got)
+		}
+		if s, ok := st.(*S3); ok {
+			if n := s.budget().TryAcquire(S3MemoryBudget); !n {
+				t.Error("the writers did not give their memory back to the budget")
+			} else {
+				s.budget().Release(S3MemoryBudget)
+			}
+		}
+	})
+	t.Run("DirMarker", func(t *testing.T) {
+		if err := st.Put(ctx, "d/empty"+DirMarkerSuffix, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Put(ctx, "d/file", []byte("f")); err != nil {
+			t.Fatal(err)
+		}
+		if l, ok := st.(Local); ok {
+			// A local repository's points are read as directories.
+			if fi, err := os.Stat(l.path("d/empty")); err != nil || !fi.IsDir() {
+				t.Errorf("Local's directory marker: %v, %v; want a directory", fi, err)
+			}
+			return
+		}
+		fsys, err := NewStorageFS(ctx, st, "d")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fstest.TestFS(fsys, "file", "empty"); err != nil {
+			t.Fatal(err)
+		}
+		if fi, err := fs.Stat(fsys, "empty"); err != nil || !fi.IsDir() {
+			t.Errorf("the marker of an empty directory: %v, %v; want a directory", fi, err)
+		}
+	})
 	t.Run("Delete", func(t *testing.T) {
 		if err := st.Delete(ctx, "b/one"); err != nil {
 			t.Fatal(err)

@@ -43,7 +43,7 @@ type captureOptions struct {
 func (o *captureOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVarP(&o.pgdata, "pgdata", "D", "", "write the backup to `DIRECTORY` (must not exist, or be empty)")
 	f.StringVarP(&o.incremental, "incremental", "i", "", "take an incremental backup from the backup whose `MANIFEST` this is")
-	f.StringVar(&o.repo, "repo", "", "keep backups in repository `DIR`: named by time (UTC) and kind, each incremental from the newest, tablespaces inside")
+	f.StringVar(&o.repo, "repo", "", "keep backups in repository `DIR` or s3://BUCKET/PREFIX: named by time (UTC) and kind, each incremental from the newest, tablespaces inside")
 	f.BoolVar(&o.full, "full", false, "with --repo: take a full backup even if the repository has one to chain to")
 	f.StringVarP(&o.dbname, "dbname", "d", "", "`CONNSTR`: connection string or URL (libpq settings, PG* variables and .pgpass apply)")
 	f.StringVarP(&o.host, "host", "h", "", "database server `HOST` or socket directory")
@@ -63,6 +63,7 @@ func (o *captureOptions) addFlags(f *pflag.FlagSet) {
 func setupCapture(f *pflag.FlagSet) func(ctx context.Context, args []string) error {
 	var o captureOptions
 	o.addFlags(f)
+	s3o := s3Flags(f)
 	return func(ctx context.Context, args []string) error {
 		if len(args) > 0 {
 			return usageError{fmt.Sprintf("too many command-line arguments (first is %q)", args[0])}
@@ -85,7 +86,7 @@ func setupCapture(f *pflag.FlagSet) func(ctx context.Context, args []string) err
 			res  *capture.Result
 		)
 		if o.repo != "" {
-			r, err := repo.Open(o.repo, true)
+			r, err := repo.OpenWith(ctx, o.repo, true, *s3o)
 			if err != nil {
 				bar.Finish()
 				return err

@@ -39,7 +39,7 @@ var allowed = map[string][]string{
 	"fusefs":                {"cache", "cachedir", "flatten", "format", "internal/dio", "internal/safedir", "resolver"},
 	"repo":                  {"format", "internal/crashpoint", "internal/dio", "resolver", "flatten", "verify"},
 	"walarchive":            {"format", "repo"},
-	"capture":               {"format", "internal/dio", "repo"},
+	"capture":               {"format", "internal/crashpoint", "internal/dio", "repo"},
 	"cmd/combinefs":         {"*"},
 	"bench":                 {"*"},
 	"integration":           {"*"},
