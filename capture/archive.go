@@ -23,8 +23,10 @@ import (
 
 // ArchiveOptions describe a continuous WAL archiver (combinefs archive).
 type ArchiveOptions struct {
-	Conn    *pgconn.Config
-	RepoDir string
+	Conn *pgconn.Config
+	// Repo is the repository archived into: a local directory or an
+	// object store (segments.go).
+	Repo *repo.Repo
 	// Slot is the physical replication slot to stream from ("" for none);
 	// CreateSlot makes it when it does not exist.
 	Slot       string
@@ -57,7 +59,10 @@ const crashEnv = "COMBINEFS_ARCHIVE_CRASH_AT"
 // slot or the server is; it reconnects with backoff when the connection
 // drops; when ctx ends it fsyncs what it has and returns nil.
 func Archive(ctx context.Context, o ArchiveOptions) error {
-	unlock, err := repo.LockWALArchive(o.RepoDir)
+	if o.Synchronous && o.Repo.Remote() {
+		return fmt.Errorf("--synchronous needs a local repository: on %s each status update would upload the whole segment", o.Repo.Dir)
+	}
+	unlock, err := o.Repo.LockWALArchive(ctx)
 	if err != nil {
 		return err
 	}
@@ -75,7 +80,7 @@ func Archive(ctx context.Context, o ArchiveOptions) error {
 	}
 	backoff := time.Second
 	for attempt := 1; ; attempt++ {
-		a := &archiver{o: o, logf: logf}
+		a := &archiver{o: o, logf: logf, segs: newSegWriter(o.Repo)}
 		err := a.run(ctx)
 		if ctx.Err() != nil {
 			logf("stopped at %s", a.pos)
@@ -104,11 +109,12 @@ type archiver struct {
 	logf func(string, ...any)
 	conn *pgconn.PgConn
 
+	segs     segWriter
 	segSize  int64
 	tli      uint32
 	pos      LSN // end of what has been written
 	flushed  LSN // end of what has been fsynced
-	file     *os.File
+	fileOpen bool
 	fileSeg  uint64
 	received int64
 }
@@ -137,10 +143,10 @@ func (a *archiver) run(ctx context.Context) error {
 	if a.segSize, err = walSegmentSize(ctx, conn); err != nil {
 		return err
 	}
-	if info, ok, err := repo.ReadWALInfo(a.o.RepoDir); err != nil {
+	if info, ok, err := repo.ReadWALInfoOf(ctx, a.o.Repo.Store, a.o.Repo.Dir); err != nil {
 		return err
 	} else if ok && info.SegSize != a.segSize {
-		return fatal(fmt.Errorf("server %s has WAL segments of %d bytes, the archive in %s of %d", a.o.Conn.Host, a.segSize, a.o.RepoDir, info.SegSize))
+		return fatal(fmt.Errorf("server %s has WAL segments of %d bytes, the archive in %s of %d", a.o.Conn.Host, a.segSize, a.o.Repo.Dir, info.SegSize))
 	}
 	if err := a.prepareSlot(ctx); err != nil {
 		return err
@@ -164,17 +170,13 @@ func (a *archiver) run(ctx context.Context) error {
 // checkSystem refuses a server that is not the repository's cluster: the
 // archive's segments, or else its backups, name the cluster.
 func (a *archiver) checkSystem(ctx context.Context, id uint64) error {
-	info, ok, err := repo.ReadWALInfo(a.o.RepoDir)
+	info, ok, err := repo.ReadWALInfoOf(ctx, a.o.Repo.Store, a.o.Repo.Dir)
 	if err != nil {
 		return err
 	}
 	want := info.SystemID
 	if !ok {
-		r, err := repo.Open(a.o.RepoDir, false)
-		if err != nil {
-			return err
-		}
-		points, err := r.Points(ctx)
+		points, err := a.o.Repo.Points(ctx)
 		if err != nil {
 			return err
 		}
@@ -186,7 +188,7 @@ func (a *archiver) checkSystem(ctx context.Context, id uint64) error {
 		}
 	}
 	if want != 0 && want != id {
-		return fatal(fmt.Errorf("server has system identifier %d, the repository %s is of system %d", id, a.o.RepoDir, want))
+		return fatal(fmt.Errorf("server has system identifier %d, the repository %s is of system %d", id, a.o.Repo.Dir, want))
 	}
 	return nil
 }
@@ -213,7 +215,7 @@ func (a *archiver) prepareSlot(ctx context.Context) error {
 // or at the start of its .partial segment (re-streamed whole); with an
 // empty archive, the slot's restart LSN, else the server's position.
 func (a *archiver) findStart(ctx context.Context, sys system) error {
-	tls, err := repo.WALContents(a.o.RepoDir, a.segSize)
+	tls, err := repo.WALContentsOf(ctx, a.o.Repo.Store, a.segSize)
 	if err != nil {
 		return err
 	}
@@ -323,7 +325,7 @@ func (a *archiver) stream(ctx context.Context) (next uint32, nextPos LSN, err er
 	if _, ok := msg.(*pgproto3.CopyBothResponse); !ok {
 		return 0, 0, classify(protocolErrorf("got %s, want CopyBothResponse", msgName(msg)), "START_REPLICATION")
 	}
-	a.logf("streaming WAL from %s on timeline %d into %s", a.pos, a.tli, repo.WALTimelineDir(a.o.RepoDir, a.tli))
+	a.logf("streaming WAL from %s on timeline %d into %s", a.pos, a.tli, a.segs.where(a.tli))
 	if err := a.loop(ctx); err != nil {
 		return 0, 0, err
 	}
@@ -420,16 +422,17 @@ func (a *archiver) write(data []byte) error {
 	for len(data) > 0 {
 		segno := uint64(a.pos) / uint64(a.segSize)
 		off := int64(uint64(a.pos) % uint64(a.segSize))
-		if a.file == nil || a.fileSeg != segno {
+		if !a.fileOpen || a.fileSeg != segno {
 			if off != 0 {
 				return protocolErrorf("WAL data for the middle of segment %d, which was never begun", segno)
 			}
-			if err := a.open(segno); err != nil {
+			if err := a.segs.open(a.tli, segno, a.segSize); err != nil {
 				return err
 			}
+			a.fileOpen, a.fileSeg = true, segno
 		}
 		n := min(int64(len(data)), a.segSize-off)
-		if _, err := a.file.WriteAt(data[:n], off); err != nil {
+		if err := a.segs.writeAt(data[:n], off); err != nil {
 			return fatal(err)
 		}
 		a.pos += LSN(n)
@@ -445,41 +448,10 @@ func (a *archiver) write(data []byte) error {
 	return nil
 }
 
-// open begins segment segno as NAME.partial, sized to a whole segment as
-// pg_receivewal pads it; an existing one (a restart) is written over from
-// its start with the same WAL.
-func (a *archiver) open(segno uint64) error {
-	dir := repo.WALTimelineDir(a.o.RepoDir, a.tli)
-	if err := mkdirDurable(dir); err != nil {
-		return fatal(err)
-	}
-	path := repo.WALSegmentPath(a.o.RepoDir, a.tli, segno, a.segSize) + repo.WALPartialSuffix
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return fatal(err)
-	}
-	if err := f.Truncate(a.segSize); err != nil {
-		f.Close()
-		return fatal(err)
-	}
-	a.file, a.fileSeg = f, segno
-	return nil
-}
-
-// complete fsyncs a whole segment and renames it from .partial to its
-// name; the directory is fsynced so the name survives a crash.
+// complete makes a whole segment durable under its name.
 func (a *archiver) complete() error {
-	if err := a.file.Sync(); err != nil {
-		return fatal(err)
-	}
-	crashAt("complete")
-	partial := a.file.Name()
-	a.file.Close()
-	a.file = nil
-	if err := os.Rename(partial, strings.TrimSuffix(partial, repo.WALPartialSuffix)); err != nil {
-		return fatal(err)
-	}
-	if err := dio.Sync(filepath.Dir(partial)); err != nil {
+	a.fileOpen = false
+	if err := a.segs.complete(); err != nil {
 		return fatal(err)
 	}
 	a.flushed = a.pos
@@ -487,10 +459,10 @@ func (a *archiver) complete() error {
 	return nil
 }
 
-// flush fsyncs the segment being written.
+// flush makes what arrived of the segment being written durable.
 func (a *archiver) flush() error {
-	if a.file != nil && a.flushed < a.pos {
-		if err := a.file.Sync(); err != nil {
+	if a.fileOpen && a.flushed < a.pos {
+		if err := a.segs.flush(); err != nil {
 			return fatal(err)
 		}
 	}
@@ -501,7 +473,7 @@ func (a *archiver) flush() error {
 // sendStatus reports what was written and what is on disk; with
 // Synchronous it first makes everything written durable.
 func (a *archiver) sendStatus() error {
-	if a.o.Synchronous {
+	if a.o.Synchronous || a.o.Repo.Remote() {
 		if err := a.flush(); err != nil {
 			return err
 		}
@@ -567,8 +539,8 @@ func (a *archiver) endOfTimeline(ctx context.Context) (uint32, LSN, error) {
 // fetchHistory archives timeline tli's history file, which recovery needs
 // to follow the timeline.
 func (a *archiver) fetchHistory(ctx context.Context, tli uint32) error {
-	path := repo.WALHistoryPath(a.o.RepoDir, tli)
-	if _, err := os.Stat(path); err == nil {
+	name := repo.WALObject(tli, repo.WALHistoryName(tli))
+	if objs, err := a.o.Repo.Store.List(ctx, name); err == nil && len(objs) > 0 {
 		return nil
 	}
 	rows, err := simpleQuery(ctx, a.conn, fmt.Sprintf("TIMELINE_HISTORY %d", tli))
@@ -578,21 +550,18 @@ func (a *archiver) fetchHistory(ctx context.Context, tli uint32) error {
 	if len(rows) != 1 || len(rows[0]) != 2 || string(rows[0][0]) != repo.WALHistoryName(tli) {
 		return protocolErrorf("TIMELINE_HISTORY: unexpected answer")
 	}
-	rel, err := filepath.Rel(a.o.RepoDir, path)
-	if err != nil {
-		return fatal(err)
-	}
-	if err := (repo.Local{Root: a.o.RepoDir}).Put(ctx, filepath.ToSlash(rel), rows[0][1]); err != nil && !errors.Is(err, fs.ErrExist) {
+	if err := a.o.Repo.Store.Put(ctx, name, rows[0][1]); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fatal(err)
 	}
 	return nil
 }
 
+// closeFile makes what arrived of the segment being written durable and
+// lets go of it.
 func (a *archiver) closeFile() {
-	if a.file != nil {
-		a.file.Sync()
-		a.file.Close()
-		a.file = nil
+	if a.fileOpen {
+		a.segs.close()
+		a.fileOpen = false
 	}
 }
 

@@ -100,13 +100,22 @@ func (a *archiveProc) stop(t *testing.T) {
 // has it whole; it returns the LSN of the switch.
 func switchAndWait(t *testing.T, c *Cluster, repo string, a *archiveProc) format.LSN {
 	t.Helper()
+	return switchAndWaitFor(t, c, a, func(tli uint32, seg string) bool {
+		_, err := os.Stat(c.Host(path.Join(repo, "wal", fmt.Sprintf("%08X", tli), seg)))
+		return err == nil
+	})
+}
+
+// switchAndWaitFor is switchAndWait with archived telling whether the
+// archive has segment seg of timeline tli whole.
+func switchAndWaitFor(t *testing.T, c *Cluster, a *archiveProc, archived func(tli uint32, seg string) bool) format.LSN {
+	t.Helper()
 	lsn := mustLSN(t, c.Psql(t, "postgres", "SELECT pg_switch_wal()"))
 	tli, _ := strconv.Atoi(c.Psql(t, "postgres", "SELECT timeline_id FROM pg_control_checkpoint()"))
 	seg := format.WALSegmentName(uint32(tli), uint64(lsn)/(1<<20), 1<<20)
-	file := c.Host(path.Join(repo, "wal", fmt.Sprintf("%08X", tli), seg))
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		if _, err := os.Stat(file); err == nil {
+		if archived(uint32(tli), seg) {
 			return lsn
 		}
 		if time.Now().After(deadline) {
@@ -397,24 +406,12 @@ func TestArchiveResilience(t *testing.T) {
 	c.Pgbench(t, "-i", "-q", "-s", "1", "postgres")
 	stopLoad := startRateLoad(t, c, "")
 
-	for _, phase := range []string{"partial", "complete", "renamed"} {
-		a := startArchive(t, e, c, repo, []string{"COMBINEFS_ARCHIVE_CRASH_AT=" + phase}, "--slot", "arch", "--create-slot")
-		if code := a.wait(t, 2*time.Minute); code != -1 || a.cmd.ProcessState.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-			t.Fatalf("archive with the crash hook at %q: exit %d, want SIGKILL\n%s", phase, code, a.out.String())
-		}
-		t.Logf("killed at %s: %s", phase, archiveFiles(t, e, repo))
-	}
+	killArchiveAtPhases(t, e, c, repo, nil)
 	captureAs(t, e, c, repo) // after the archive began, so it continues the point
 
 	a := startArchive(t, e, c, repo, nil, "--slot", "arch")
 	switchAndWait(t, c, repo, a)
-	second := startArchive(t, e, c, repo, nil, "--slot", "arch")
-	if code := second.wait(t, time.Minute); code != 1 || !strings.Contains(second.out.String(), "another combinefs archive is running") {
-		t.Errorf("a second archiver: exit %d\n%s", code, second.out.String())
-	}
-	time.Sleep(2 * time.Second) // under load, so the kill lands mid-stream
-	a.cmd.Process.Kill()
-	a.wait(t, time.Minute)
+	refuseSecondThenKill(t, e, c, repo, nil, a)
 	t.Logf("killed from outside: %s", archiveFiles(t, e, repo))
 
 	a = startArchive(t, e, c, repo, nil, "--slot", "arch")
@@ -465,6 +462,31 @@ func TestArchiveResilience(t *testing.T) {
 	if code := f.wait(t, time.Minute); code != 1 || !strings.Contains(f.out.String(), "system identifier") || strings.Count(strings.TrimSpace(f.out.String()), "\n") != 0 {
 		t.Errorf("archive of a foreign cluster: exit %d\n%s", code, f.out.String())
 	}
+}
+
+// killArchiveAtPhases runs the archiver with the crash hook at each phase
+// of writing a segment (creating slot arch) and requires a SIGKILL each time.
+func killArchiveAtPhases(t *testing.T, e *Env, c *Cluster, repo string, env []string) {
+	t.Helper()
+	for _, phase := range []string{"partial", "complete", "renamed"} {
+		a := startArchive(t, e, c, repo, append(env, "COMBINEFS_ARCHIVE_CRASH_AT="+phase), "--slot", "arch", "--create-slot")
+		if code := a.wait(t, 2*time.Minute); code != -1 || a.cmd.ProcessState.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("archive with the crash hook at %q: exit %d, want SIGKILL\n%s", phase, code, a.out.String())
+		}
+	}
+}
+
+// refuseSecondThenKill checks that a second archiver beside a is refused,
+// then kills a (kill -9) while WAL flows.
+func refuseSecondThenKill(t *testing.T, e *Env, c *Cluster, repo string, env []string, a *archiveProc) {
+	t.Helper()
+	second := startArchive(t, e, c, repo, env, "--slot", "arch")
+	if code := second.wait(t, time.Minute); code != 1 || !strings.Contains(second.out.String(), "another combinefs archive is running") {
+		t.Errorf("a second archiver: exit %d\n%s", code, second.out.String())
+	}
+	time.Sleep(2 * time.Second) // under load, so the kill lands mid-stream
+	a.cmd.Process.Kill()
+	a.wait(t, time.Minute)
 }
 
 // archivedSegments lists the whole segments of timeline 1, ascending.

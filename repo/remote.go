@@ -189,27 +189,33 @@ func (r *Repo) checkRemoteRepository(ctx context.Context) error {
 // machine, the message of a waiting command names it and the object to
 // delete by hand once it is gone.
 func (r *Repo) lockRemote(ctx context.Context, holder string, wait Waiter) (unlock func(), err error) {
+	return r.lockObject(ctx, repoLockName, "the lock of repository "+r.Dir, holder, wait)
+}
+
+// lockObject takes the lock object name (lockRemote) for holder; what
+// names the lock in messages.
+func (r *Repo) lockObject(ctx context.Context, name, what, holder string, wait Waiter) (unlock func(), err error) {
 	host, _ := os.Hostname()
 	me := fmt.Sprintf("%s, pid %d on %s, since %s\n", holder, os.Getpid(), host, time.Now().UTC().Format(time.RFC3339))
 	told := false
 	for {
-		err := r.Store.Put(ctx, repoLockName, []byte(me))
+		err := r.Store.Put(ctx, name, []byte(me))
 		if err == nil {
-			return func() { r.Store.Delete(context.WithoutCancel(ctx), repoLockName) }, nil
+			return func() { r.Store.Delete(context.WithoutCancel(ctx), name) }, nil
 		}
 		if !errors.Is(err, fs.ErrExist) {
 			return nil, err
 		}
-		h, _ := r.Store.ReadRange(ctx, repoLockName, 0, 4096)
+		h, _ := r.Store.ReadRange(ctx, name, 0, 4096)
 		if deadHolder(string(h), host) {
 			// Killed on this machine: its lock is void, as a flock would be.
-			if err := r.Store.Delete(ctx, repoLockName); err != nil {
+			if err := r.Store.Delete(ctx, name); err != nil {
 				return nil, err
 			}
 			continue
 		}
-		what := fmt.Sprintf("the lock of repository %s (held by %s; if that command is gone, delete %s/%s)",
-			r.Dir, strings.TrimSpace(string(h)), r.Dir, repoLockName)
+		what := fmt.Sprintf("%s (held by %s; if that command is gone, delete %s/%s)",
+			what, strings.TrimSpace(string(h)), r.Dir, name)
 		if wait == nil {
 			return nil, fmt.Errorf("%s: %w", what, ErrLocked)
 		}

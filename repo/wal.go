@@ -1,14 +1,16 @@
 package repo
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -55,6 +57,12 @@ func WALSegmentPath(repoDir string, tli uint32, segNo uint64, segSize int64) str
 	return filepath.Join(WALTimelineDir(repoDir, tli), format.WALSegmentName(tli, segNo, segSize))
 }
 
+// WALObject is the name, relative to the repository (a Storage's name), of
+// file of timeline tli's archive.
+func WALObject(tli uint32, file string) string {
+	return fmt.Sprintf("%s/%08X/%s", WALDir, tli, file)
+}
+
 // WALHistoryName is the name of timeline tli's history file.
 func WALHistoryName(tli uint32) string { return fmt.Sprintf("%08X.history", tli) }
 
@@ -91,47 +99,74 @@ type WALTimeline struct {
 	History bool     // its history file is archived
 }
 
-// WALContents lists the archive of segments of segSize bytes, timelines
-// ascending; an archive that does not exist is empty.
-func WALContents(repoDir string, segSize int64) ([]*WALTimeline, error) {
-	dirs, err := os.ReadDir(WALArchiveDir(repoDir))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+// LockWALArchive takes the archive's lock without waiting: one archiver
+// per repository. On an object store it is the object wal/.archive.lock
+// (as the repository's lock object: taken over from a holder killed on
+// this machine).
+func (r *Repo) LockWALArchive(ctx context.Context) (unlock func(), err error) {
+	if !r.remote() {
+		return LockWALArchive(r.Dir)
 	}
+	unlock, err = r.lockObject(ctx, WALDir+"/"+walLockName, "the archive lock of "+r.Dir, "archive", nil)
+	if errors.Is(err, ErrLocked) {
+		return nil, fmt.Errorf("another combinefs archive is running on repository %s (%w)", r.Dir, err)
+	}
+	return unlock, err
+}
+
+// WALInfo reads WALInfo from the repository's archive (ReadWALInfoOf).
+func (r *Repo) WALInfo(ctx context.Context) (WALInfo, bool, error) {
+	return ReadWALInfoOf(ctx, r.Store, r.Dir)
+}
+
+// WALContents lists the archive of segments of segSize bytes in the local
+// repository repoDir (WALContentsOf).
+func WALContents(repoDir string, segSize int64) ([]*WALTimeline, error) {
+	return WALContentsOf(context.TODO(), Local{Root: repoDir}, segSize)
+}
+
+// WALContentsOf lists the archive of segments of segSize bytes in a
+// repository's store, timelines ascending; an archive that does not exist
+// is empty.
+func WALContentsOf(ctx context.Context, st Storage, segSize int64) ([]*WALTimeline, error) {
+	objs, err := st.List(ctx, WALDir+"/")
 	if err != nil {
 		return nil, err
 	}
 	var out []*WALTimeline
-	for _, d := range dirs {
-		if !d.IsDir() || !tliDirRe.MatchString(d.Name()) {
+	byDir := map[string]*WALTimeline{}
+	for _, o := range objs {
+		dir, file, ok := strings.Cut(strings.TrimPrefix(o.Name, WALDir+"/"), "/")
+		if !ok || strings.Contains(file, "/") || !tliDirRe.MatchString(dir) {
 			continue
 		}
-		tli, _ := strconv.ParseUint(d.Name(), 16, 32)
-		t := &WALTimeline{TLI: uint32(tli)}
-		ents, err := os.ReadDir(filepath.Join(WALArchiveDir(repoDir), d.Name()))
-		if err != nil {
-			return nil, err
+		t := byDir[dir]
+		if t == nil {
+			tli, _ := strconv.ParseUint(dir, 16, 32)
+			t = &WALTimeline{TLI: uint32(tli)}
+			byDir[dir] = t
+			out = append(out, t)
 		}
-		for _, e := range ents {
-			if m := WALSegmentRe.FindStringSubmatch(e.Name()); m != nil && m[1] == d.Name() {
-				hi, _ := strconv.ParseUint(m[2], 16, 32)
-				lo, _ := strconv.ParseUint(m[3], 16, 32)
-				// The name holds the segment number split into the 4 GB
-				// unit and the segment within it (XLogFileName).
-				n := hi*(0x100000000/uint64(segSize)) + lo
-				if m[4] != "" {
-					t.Partial = append(t.Partial, n)
-				} else {
-					t.Segs = append(t.Segs, n)
-				}
-			} else if WALHistoryRe.MatchString(e.Name()) && e.Name() == WALHistoryName(t.TLI) {
-				t.History = true
+		if m := WALSegmentRe.FindStringSubmatch(file); m != nil && m[1] == dir {
+			hi, _ := strconv.ParseUint(m[2], 16, 32)
+			lo, _ := strconv.ParseUint(m[3], 16, 32)
+			// The name holds the segment number split into the 4 GB
+			// unit and the segment within it (XLogFileName).
+			n := hi*(0x100000000/uint64(segSize)) + lo
+			if m[4] != "" {
+				t.Partial = append(t.Partial, n)
+			} else {
+				t.Segs = append(t.Segs, n)
 			}
+		} else if file == WALHistoryName(t.TLI) {
+			t.History = true
 		}
+	}
+	for _, t := range out {
 		slices.Sort(t.Segs)
 		slices.Sort(t.Partial)
-		out = append(out, t)
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].TLI < out[j].TLI })
 	return out, nil
 }
 
@@ -143,46 +178,42 @@ type WALInfo struct {
 	Major    int
 }
 
-// ReadWALInfo reads WALInfo from the first archived segment that has a valid
-// long page header; ok is false when the archive has none.
+// ReadWALInfo reads WALInfo from the archive of the local repository
+// repoDir (ReadWALInfoOf).
 func ReadWALInfo(repoDir string) (info WALInfo, ok bool, err error) {
-	dirs, err := os.ReadDir(WALArchiveDir(repoDir))
-	if errors.Is(err, fs.ErrNotExist) {
-		return WALInfo{}, false, nil
-	}
+	return ReadWALInfoOf(context.TODO(), Local{Root: repoDir}, repoDir)
+}
+
+// ReadWALInfoOf reads WALInfo from the first archived segment of a
+// repository's store (at where, for messages) that has a valid long page
+// header; ok is false when the archive has none.
+func ReadWALInfoOf(ctx context.Context, st Storage, where string) (info WALInfo, ok bool, err error) {
+	objs, err := st.List(ctx, WALDir+"/")
 	if err != nil {
 		return WALInfo{}, false, err
 	}
-	for _, d := range dirs {
-		if !d.IsDir() || !tliDirRe.MatchString(d.Name()) {
+	for _, o := range objs {
+		dir, file, found := strings.Cut(strings.TrimPrefix(o.Name, WALDir+"/"), "/")
+		if !found || !tliDirRe.MatchString(dir) || !WALSegmentRe.MatchString(file) {
 			continue
 		}
-		ents, err := os.ReadDir(filepath.Join(WALArchiveDir(repoDir), d.Name()))
+		page, err := st.ReadRange(ctx, o.Name, 0, format.WALLongPageHeaderSize)
 		if err != nil {
 			return WALInfo{}, false, err
 		}
-		for _, e := range ents {
-			if WALSegmentRe.MatchString(e.Name()) {
-				if info, err := readSegmentInfo(filepath.Join(WALArchiveDir(repoDir), d.Name(), e.Name())); err == nil {
-					return info, true, nil
-				}
-			}
+		if info, err := segmentInfo(page, where+"/"+o.Name); err == nil {
+			return info, true, nil
 		}
 	}
 	return WALInfo{}, false, nil
 }
 
-func readSegmentInfo(path string) (WALInfo, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return WALInfo{}, err
+// segmentInfo reads WALInfo from the first bytes of a segment.
+func segmentInfo(page []byte, path string) (WALInfo, error) {
+	if len(page) < format.WALLongPageHeaderSize {
+		return WALInfo{}, fmt.Errorf("%s is shorter than a page header", path)
 	}
-	defer f.Close()
-	var page [format.WALLongPageHeaderSize]byte
-	if _, err := f.ReadAt(page[:], 0); err != nil {
-		return WALInfo{}, err
-	}
-	h, err := format.ParseWALPageHeader(page[:], path, 0)
+	h, err := format.ParseWALPageHeader(page, path, 0)
 	if err != nil || !h.Long() {
 		return WALInfo{}, fmt.Errorf("%s does not start with a long page header", path)
 	}

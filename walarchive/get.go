@@ -1,12 +1,15 @@
 package walarchive
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/combinefs/combinefs/repo"
 )
@@ -32,6 +35,26 @@ func Path(repoDir, name string) (string, error) {
 	return "", fmt.Errorf("%q is neither a WAL segment nor a timeline history file", name)
 }
 
+// GetFrom is Get from a repository that may be in an object store, where
+// the file is read whole with one GET.
+func GetFrom(ctx context.Context, r *repo.Repo, name, dest string) error {
+	if !r.Remote() {
+		return Get(r.Dir, name, dest)
+	}
+	if _, err := Path(r.Dir, name); err != nil {
+		return err
+	}
+	tli, _ := strconv.ParseUint(name[:8], 16, 32)
+	data, err := r.Store.ReadRange(ctx, repo.WALObject(uint32(tli), name), 0, -1)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s: %w of %s", name, ErrNotArchived, r.Dir)
+	}
+	if err != nil {
+		return err
+	}
+	return writeNew(dest, bytes.NewReader(data), name)
+}
+
 // Get copies the archived file name to dest as restore_command does: into
 // a temporary name beside dest, renamed onto it once complete, so recovery
 // never sees a short file. A file the archive lacks is ErrNotArchived.
@@ -48,6 +71,12 @@ func Get(repoDir, name, dest string) (err error) {
 		return err
 	}
 	defer in.Close()
+	return writeNew(dest, in, src)
+}
+
+// writeNew writes what in holds (the file src) to dest through a
+// temporary file renamed onto it.
+func writeNew(dest string, in io.Reader, src string) (err error) {
 	tmp, err := os.CreateTemp(filepath.Dir(dest), "."+filepath.Base(dest)+".combinefs-*")
 	if err != nil {
 		return err

@@ -1,6 +1,8 @@
 package walarchive
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +23,10 @@ type Archive struct {
 	Info      repo.WALInfo
 	Timelines []*repo.WALTimeline
 	Points    []*repo.Point // intact points, oldest first
+
+	// On an object store, segments are read whole through its Storage.
+	ctx   context.Context
+	store repo.Storage
 }
 
 // Open reads the archive of repoDir; points are the repository's intact
@@ -36,6 +42,22 @@ func Open(repoDir string, points []*repo.Point) (a *Archive, ok bool, err error)
 		return nil, false, err
 	}
 	return &Archive{RepoDir: repoDir, Info: info, Timelines: tls, Points: points}, true, nil
+}
+
+// OpenRepo is Open for a repository that may be in an object store.
+func OpenRepo(ctx context.Context, r *repo.Repo, points []*repo.Point) (a *Archive, ok bool, err error) {
+	if !r.Remote() {
+		return Open(r.Dir, points)
+	}
+	info, ok, err := r.WALInfo(ctx)
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	tls, err := repo.WALContentsOf(ctx, r.Store, info.SegSize)
+	if err != nil {
+		return nil, false, err
+	}
+	return &Archive{RepoDir: r.Dir, Info: info, Timelines: tls, Points: points, ctx: ctx, store: r.Store}, true, nil
 }
 
 // Window is a stretch of one timeline that recovery can reach: from the
@@ -139,6 +161,9 @@ func (a *Archive) reader(tli uint32, keepData bool) (*format.WALReader, func(), 
 	r, err := format.NewWALReader(format.WALReaderOptions{
 		Major: a.Info.Major, TLI: tli, SegmentSize: a.Info.SegSize, SystemIdentifier: a.Info.SystemID, KeepData: keepData,
 		Open: func(segNo uint64) (io.ReaderAt, error) {
+			if a.store != nil {
+				return a.readObject(tli, segNo)
+			}
 			cands := []string{repo.WALSegmentPath(a.RepoDir, tli, segNo, a.Info.SegSize)}
 			for _, p := range slices.Backward(a.Points) {
 				cands = append(cands, filepath.Join(p.Dir, "pg_wal", format.WALSegmentName(tli, segNo, a.Info.SegSize)))
@@ -163,6 +188,28 @@ func (a *Archive) reader(tli uint32, keepData bool) (*format.WALReader, func(), 
 		}
 	}
 	return r, closeAll, err
+}
+
+// readObject reads segment segNo of timeline tli whole from the object
+// store: the archive's, else a point's pg_wal. Only the reader holds it,
+// so a scan keeps one segment in memory at a time.
+func (a *Archive) readObject(tli uint32, segNo uint64) (io.ReaderAt, error) {
+	name := format.WALSegmentName(tli, segNo, a.Info.SegSize)
+	cands := []string{repo.WALObject(tli, name)}
+	for _, p := range slices.Backward(a.Points) {
+		cands = append(cands, p.Name+"/pg_wal/"+name)
+	}
+	for _, c := range cands {
+		data, err := a.store.ReadRange(a.ctx, c, 0, -1)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return bytes.NewReader(data), nil
+	}
+	return nil, fmt.Errorf("%w", fs.ErrNotExist)
 }
 
 // scan reads the records of timeline tli from start to end and calls fn for

@@ -15,7 +15,7 @@ func setupArchive(f *pflag.FlagSet) func(ctx context.Context, args []string) err
 	var repoDir, dbname, host, port, username, slot string
 	var createSlot, synchronous bool
 	var statusInterval int
-	f.StringVar(&repoDir, "repo", "", "archive WAL into repository `DIR` (its wal/ directory)")
+	f.StringVar(&repoDir, "repo", "", "archive WAL into repository `DIR` (its wal/ directory) or s3://BUCKET/PREFIX")
 	f.StringVarP(&dbname, "dbname", "d", "", "`CONNSTR`: connection string or URL (libpq settings, PG* variables and .pgpass apply)")
 	f.StringVarP(&host, "host", "h", "", "database server `HOST` or socket directory")
 	f.StringVarP(&port, "port", "p", "", "database server `PORT`")
@@ -23,7 +23,8 @@ func setupArchive(f *pflag.FlagSet) func(ctx context.Context, args []string) err
 	f.StringVarP(&slot, "slot", "S", "", "stream from replication slot `NAME`, which keeps the server's WAL until archived")
 	f.BoolVar(&createSlot, "create-slot", false, "with --slot: create the slot if it does not exist")
 	f.BoolVar(&synchronous, "synchronous", false, "fsync WAL before reporting it, so the server may count the archive as a synchronous standby")
-	f.IntVarP(&statusInterval, "status-interval", "s", 10, "`SECONDS` between status packets sent to the server")
+	f.IntVarP(&statusInterval, "status-interval", "s", 10, "`SECONDS` between status packets sent to the server (on S3, also between uploads of the .partial segment)")
+	s3o := s3Flags(f)
 	return func(ctx context.Context, args []string) error {
 		if len(args) > 0 {
 			return usageError{fmt.Sprintf("too many command-line arguments (first is %q)", args[0])}
@@ -41,12 +42,12 @@ func setupArchive(f *pflag.FlagSet) func(ctx context.Context, args []string) err
 		if err != nil {
 			return err
 		}
-		r, err := repo.Open(repoDir, true)
+		r, err := repo.OpenWith(ctx, repoDir, true, *s3o)
 		if err != nil {
 			return err
 		}
 		return capture.Archive(ctx, capture.ArchiveOptions{
-			Conn: cfg, RepoDir: r.Dir, Slot: slot, CreateSlot: createSlot, Synchronous: synchronous,
+			Conn: cfg, Repo: r, Slot: slot, CreateSlot: createSlot, Synchronous: synchronous,
 			StatusInterval: time.Duration(statusInterval) * time.Second,
 			Log:            func(s string) { fmt.Fprintf(stderr, "combinefs archive: %s\n", s) },
 		})

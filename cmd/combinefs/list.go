@@ -46,19 +46,14 @@ func setupList(f *pflag.FlagSet) func(ctx context.Context, args []string) error 
 		}
 		if asJSON {
 			var wal *walJSON
-			if !r.Remote() { // no WAL archive on an object store yet
-				wal, err = archiveJSON(r, points)
-			}
+			wal, err = archiveJSON(ctx, r, points)
 			if err != nil {
 				return err
 			}
 			return printPointsJSON(os.Stdout, r.Dir, points, leftovers, wal)
 		}
 		perr := printPoints(os.Stdout, points, leftovers, verbose)
-		if r.Remote() {
-			return perr
-		}
-		if err := printArchive(os.Stdout, r, points); err != nil {
+		if err := printArchive(ctx, os.Stdout, r, points); err != nil {
 			return err
 		}
 		return perr

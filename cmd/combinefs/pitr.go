@@ -114,7 +114,7 @@ func (o *pitrOptions) choosePoint(ctx context.Context, dir string) (string, erro
 	if err != nil {
 		return "", err
 	}
-	a, err := openArchive(r, points)
+	a, err := openArchive(ctx, r, points)
 	if err != nil {
 		return "", err
 	}
@@ -127,14 +127,14 @@ func (o *pitrOptions) choosePoint(ctx context.Context, dir string) (string, erro
 }
 
 // openArchive opens the repository's WAL archive with its intact points.
-func openArchive(r *repo.Repo, points []*repo.Point) (*walarchive.Archive, error) {
+func openArchive(ctx context.Context, r *repo.Repo, points []*repo.Point) (*walarchive.Archive, error) {
 	var intact []*repo.Point
 	for _, p := range points {
 		if p.Problem == "" {
 			intact = append(intact, p)
 		}
 	}
-	a, ok, err := walarchive.Open(r.Dir, intact)
+	a, ok, err := walarchive.OpenRepo(ctx, r, intact)
 	if err != nil {
 		return nil, err
 	}
@@ -215,11 +215,11 @@ type walWindowJSON struct {
 
 // archiveJSON describes the repository's WAL archive for list --json; nil
 // when it has none.
-func archiveJSON(r *repo.Repo, points []*repo.Point) (*walJSON, error) {
-	if _, ok, err := repo.ReadWALInfo(r.Dir); err != nil || !ok {
+func archiveJSON(ctx context.Context, r *repo.Repo, points []*repo.Point) (*walJSON, error) {
+	if _, ok, err := r.WALInfo(ctx); err != nil || !ok {
 		return nil, err
 	}
-	a, err := openArchive(r, points)
+	a, err := openArchive(ctx, r, points)
 	if err != nil {
 		return nil, err
 	}
@@ -255,11 +255,11 @@ func archiveJSON(r *repo.Repo, points []*repo.Point) (*walJSON, error) {
 // printArchive adds the WAL archive to list: what each timeline holds, the
 // recoverable windows and any gap. A repository without an archive prints
 // nothing.
-func printArchive(w io.Writer, r *repo.Repo, points []*repo.Point) error {
-	if _, ok, err := repo.ReadWALInfo(r.Dir); err != nil || !ok {
+func printArchive(ctx context.Context, w io.Writer, r *repo.Repo, points []*repo.Point) error {
+	if _, ok, err := r.WALInfo(ctx); err != nil || !ok {
 		return err
 	}
-	a, err := openArchive(r, points)
+	a, err := openArchive(ctx, r, points)
 	if err != nil {
 		return err
 	}
@@ -293,19 +293,19 @@ func printArchive(w io.Writer, r *repo.Repo, points []*repo.Point) error {
 // every record from each timeline's oldest intact point to the end of its
 // archive reads back with the WAL reader's checks, one line per timeline.
 // A repository without an archive passes.
-func verifyArchive(ctx context.Context, dir string) error {
-	r, err := repo.Open(dir, false)
+func verifyArchive(ctx context.Context, dir string, s3o repo.S3Options) error {
+	r, err := repo.OpenWith(ctx, dir, false, s3o)
 	if err != nil {
 		return err
 	}
-	if _, ok, err := repo.ReadWALInfo(r.Dir); err != nil || !ok {
+	if _, ok, err := r.WALInfo(ctx); err != nil || !ok {
 		return err
 	}
 	points, err := r.Points(ctx)
 	if err != nil {
 		return err
 	}
-	a, err := openArchive(r, points)
+	a, err := openArchive(ctx, r, points)
 	if err != nil {
 		return err
 	}
@@ -338,18 +338,4 @@ func verifyArchive(ctx context.Context, dir string) error {
 		return fmt.Errorf("the WAL archive of %s is not continuous", r.Dir)
 	}
 	return nil
-}
-
-func setupWALGet(f *pflag.FlagSet) func(ctx context.Context, args []string) error {
-	var repo string
-	f.StringVar(&repo, "repo", "", "the repository `DIR` whose archive to read")
-	return func(ctx context.Context, args []string) error {
-		if repo == "" {
-			return usageError{"no repository specified (--repo DIR)"}
-		}
-		if len(args) != 2 {
-			return usageError{"give the file's name and where to put it (restore_command = 'combinefs wal-get --repo DIR %f %p')"}
-		}
-		return walarchive.Get(repo, args[0], args[1])
-	}
 }

@@ -29,10 +29,7 @@ func setupVerify(f *pflag.FlagSet) func(ctx context.Context, args []string) erro
 				return usageError{fmt.Sprintf("with --repo, give no backup directories (first is %q)", args[0])}
 			}
 			perr := verifyRepo(ctx, repoDir, *s3o, opts, progress)
-			var aerr error
-			if _, _, s3, _ := repo.ParseS3URL(repoDir); !s3 { // no WAL archive on S3 yet
-				aerr = verifyArchive(ctx, repoDir)
-			}
+			aerr := verifyArchive(ctx, repoDir, *s3o)
 			if perr != nil {
 				return perr
 			}
