@@ -220,7 +220,7 @@ func (b *bench) main(t *benchTB, mod, workdir string) {
 		{"capture", b.figCapture}, {"flatten", b.figFlatten}, {"mount", b.figMount},
 		{"read", b.figRead}, {"cachedir", b.figCacheDir}, {"ttfq", b.figTTFQ}, {"tps", b.figTPS},
 		{"compact", b.figCompact}, {"pitr", b.figPITR}, {"wallag", b.figWALLag}, {"exec", b.figExec}, {"hydrate", b.figHydrate},
-		{"bigmem", b.figBigMem}, {"s3", b.figS3},
+		{"bigmem", b.figBigMem}, {"s3", b.figS3}, {"s3", b.figS3Capture},
 	} {
 		if !b.want(f.name) {
 			continue

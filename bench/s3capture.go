@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path"
+	"slices"
+	"strconv"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/combinefs/combinefs/internal/s3test"
+	"github.com/combinefs/combinefs/repo"
+)
+
+// rssS3Target: a capture to S3 buffers at most repo.S3MemoryBudget; the
+// rest of its memory (the Go runtime, the SDK, the manifest) is bounded at
+// 64 MiB more, whatever the database's size.
+const (
+	rssS3LimitMiB = repo.S3MemoryBudget>>20 + 64
+	rssS3Target   = "bounded by its settings: <= 64 MiB upload budget (4 parts of 16 MiB) + 64 MiB"
+)
+
+// 13. capture to S3 (SeaweedFS on loopback, the same machine) against
+// capture to a local repository, of the chain's source server, full
+// backups: the same stream from the server, written as objects instead of
+// files. Each run writes under a fresh prefix (or a fresh directory),
+// removed untimed afterwards. The figure's RSS is the S3 capture's.
+func (b *bench) figS3Capture(t *benchTB) {
+	dir := b.scratchDir(t, "s3capture")
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	port := strconv.Itoa(b.src.Port)
+	mk := func(ours bool) *variant {
+		var where string
+		return &variant{
+			setup: func(t *benchTB, run int) {
+				n := b.seq()
+				if ours {
+					where = fmt.Sprintf("s3://%s/run-%d", bucket, n)
+				} else {
+					where = path.Join(dir, fmt.Sprintf("repo-%d", n))
+				}
+			},
+			timed: func(t *benchTB, run int) sample {
+				cmd := b.cfs(false, "capture", "--repo", where, "--full", "-c", "fast", "--progress=false",
+					"-h", "127.0.0.1", "-p", port, "-U", b.e.User)
+				cmd.Env = append(cmd.Env, srv.Env()...)
+				d, rss := runCmd(t, cmd)
+				return sample{v: d.Seconds(), rssKB: rss}
+			},
+			teardown: func(t *benchTB, run int) {
+				if ours {
+					emptyPrefix(t, srv, bucket, path.Base(where))
+				} else {
+					b.rm(t, where)
+				}
+			},
+		}
+	}
+	b.progressf(t, "capture to S3 vs capture to a local repository (%d runs each, plus A/A)", b.runs)
+	spec := figSpec{id: "s3-capture", name: "capture full to S3 (time)", unit: "s", cold: true, warmup: true,
+		target: "capture to S3 on loopback at >= 0.8x capture to a local repository", targetMet: ratioAtLeast(0.8)}
+	rss := &figSpec{id: "rss-s3-capture", name: "capture full to S3: peak RSS", target: rssS3Target}
+	fig, rfig := b.compare(t, spec, mk(true), mk(false), rss)
+	if rfig != nil && len(rfig.OursRuns) > 0 {
+		// Every run within the bound, not only the median.
+		rfig.TargetMet = ptr(slices.Max(rfig.OursRuns) <= rssS3LimitMiB)
+		rfig.Note = fmt.Sprintf("largest of the S3 runs: %.0f MiB; the reference is the local capture's", slices.Max(rfig.OursRuns))
+	}
+	fig.OursLabel = "combinefs capture --repo s3://BUCKET/PREFIX --full -c fast (SeaweedFS on loopback)"
+	fig.RefLabel = "combinefs capture --repo DIR --full -c fast"
+	b.add(t, fig, rfig)
+}
+
+// emptyPrefix deletes every object under prefix/ of the bucket.
+func emptyPrefix(t *benchTB, srv *s3test.Server, bucket, prefix string) {
+	ctx := context.Background()
+	st := &repo.S3{Client: srv.Client(), Bucket: bucket, Prefix: prefix + "/"}
+	objs, err := st.List(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g errgroup.Group
+	g.SetLimit(16)
+	start := time.Now()
+	for _, o := range objs {
+		g.Go(func() error { return st.Delete(ctx, o.Name) })
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("deleted %d objects of %s in %s", len(objs), prefix, time.Since(start).Round(time.Millisecond))
+}
