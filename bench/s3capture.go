@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/combinefs/combinefs/internal/s3test"
@@ -29,15 +31,17 @@ const (
 // removed untimed afterwards. The figure's RSS is the S3 capture's.
 func (b *bench) figS3Capture(t *benchTB) {
 	dir := b.scratchDir(t, "s3capture")
-	srv := s3test.Start(t)
-	bucket := srv.NewBucket(t)
+	// Volumes of 1 GiB, 48 at most; each run's bucket is deleted after it,
+	// which frees its volumes (a SeaweedFS bucket is a collection).
+	srv := s3test.StartWith(t, s3test.Options{VolumeSizeLimitMB: 1024, VolumeMax: 48})
 	port := strconv.Itoa(b.src.Port)
 	mk := func(ours bool) *variant {
-		var where string
+		var where, bucket string
 		return &variant{
 			setup: func(t *benchTB, run int) {
 				n := b.seq()
 				if ours {
+					bucket = srv.NewBucket(t)
 					where = fmt.Sprintf("s3://%s/run-%d", bucket, n)
 				} else {
 					where = path.Join(dir, fmt.Sprintf("repo-%d", n))
@@ -52,7 +56,7 @@ func (b *bench) figS3Capture(t *benchTB) {
 			},
 			teardown: func(t *benchTB, run int) {
 				if ours {
-					emptyPrefix(t, srv, bucket, path.Base(where))
+					dropBucket(t, srv, bucket)
 				} else {
 					b.rm(t, where)
 				}
@@ -74,10 +78,10 @@ func (b *bench) figS3Capture(t *benchTB) {
 	b.add(t, fig, rfig)
 }
 
-// emptyPrefix deletes every object under prefix/ of the bucket.
-func emptyPrefix(t *benchTB, srv *s3test.Server, bucket, prefix string) {
+// dropBucket deletes every object of the bucket, then the bucket.
+func dropBucket(t *benchTB, srv *s3test.Server, bucket string) {
 	ctx := context.Background()
-	st := &repo.S3{Client: srv.Client(), Bucket: bucket, Prefix: prefix + "/"}
+	st := &repo.S3{Client: srv.Client(), Bucket: bucket}
 	objs, err := st.List(ctx, "")
 	if err != nil {
 		t.Fatal(err)
@@ -91,5 +95,8 @@ func emptyPrefix(t *benchTB, srv *s3test.Server, bucket, prefix string) {
 	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("deleted %d objects of %s in %s", len(objs), prefix, time.Since(start).Round(time.Millisecond))
+	if _, err := srv.Client().DeleteBucket(ctx, &s3.DeleteBucketInput{Bucket: aws.String(bucket)}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("deleted %d objects and bucket %s in %s", len(objs), bucket, time.Since(start).Round(time.Millisecond))
 }

@@ -7,6 +7,7 @@
 package s3test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -49,8 +50,22 @@ type Server struct {
 
 var buckets atomic.Int64
 
+// Options size a server's storage: SeaweedFS stores objects in volumes
+// of VolumeSizeLimitMB, at most VolumeMax of them, allocated as needed.
+// The zero Options are the default 16 GiB (256 of 64 MiB).
+type Options struct {
+	VolumeSizeLimitMB int
+	VolumeMax         int
+}
+
 // Start starts a server for the test and stops it at the test's end.
 func Start(tb testing.TB) *Server {
+	tb.Helper()
+	return StartWith(tb, Options{})
+}
+
+// StartWith is Start with o's storage (a benchmark's backups of GBs).
+func StartWith(tb testing.TB, o Options) *Server {
 	tb.Helper()
 	weed := os.Getenv("COMBINEFS_WEED")
 	if weed == "" {
@@ -64,7 +79,7 @@ func Start(tb testing.TB) *Server {
 		tb.Skip(msg)
 	}
 	s := &Server{weed: weed, dir: tb.TempDir()}
-	if err := s.configure(); err != nil {
+	if err := s.configure(cmp.Or(o.VolumeSizeLimitMB, 64), cmp.Or(o.VolumeMax, 256)); err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(s.Stop)
@@ -76,7 +91,7 @@ func Start(tb testing.TB) *Server {
 
 // configure writes the S3 identity file and picks the ports: HTTP ports
 // whose port+10000 (SeaweedFS's gRPC convention) is free as well.
-func (s *Server) configure() error {
+func (s *Server) configure(volumeMB, volumes int) error {
 	cfg := fmt.Sprintf(`{"identities":[{"name":"combinefs","credentials":[{"accessKey":%q,"secretKey":%q}],"actions":["Admin","Read","List","Tagging","Write"]}]}`, AccessKey, SecretKey)
 	cfgPath := filepath.Join(s.dir, "s3.json")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
@@ -98,7 +113,7 @@ func (s *Server) configure() error {
 	// them (16 GB) hold a benchmark's scale-100 chain and its flattened
 	// point (16 held 1 GB: a bigger upload failed with InternalError).
 	s.args = []string{"server", "-dir=" + data, "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-		"-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=256",
+		"-master.telemetry=false", fmt.Sprintf("-master.volumeSizeLimitMB=%d", volumeMB), fmt.Sprintf("-volume.max=%d", volumes),
 		"-filer", "-filer.localSocket=" + filepath.Join(s.dir, "filer.sock"),
 		"-s3", "-s3.config=" + cfgPath, "-s3.port.iceberg=0", "-s3.port.lance=0"}
 	for i, name := range []string{"master", "volume", "filer", "s3"} {
