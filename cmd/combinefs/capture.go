@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,6 +92,12 @@ func setupCapture(f *pflag.FlagSet) func(ctx context.Context, args []string) err
 				bar.Finish()
 				return err
 			}
+			if r.Remote() {
+				// The uploads' buffers are bounded (repo.S3MemoryBudget);
+				// without a limit the collector lets the heap grow to
+				// twice that before it frees the small files' buffers.
+				debug.SetMemoryLimit(repo.S3MemoryBudget + s3HeapSlack)
+			}
 			name, res, err = capture.RepoCapture(ctx, r, opts, o.full, waitNotice("capture"))
 			bar.Finish()
 			if err != nil {
@@ -121,6 +128,10 @@ func setupCapture(f *pflag.FlagSet) func(ctx context.Context, args []string) err
 		return nil
 	}
 }
+
+// s3HeapSlack is the heap a capture to S3 may use beside its upload
+// buffers: the manifest, the SDK's requests, the tar reader's buffer.
+const s3HeapSlack = 48 << 20
 
 // config checks the flags and turns them into capture options.
 func (o *captureOptions) config() (capture.Options, error) {
