@@ -131,7 +131,7 @@ func setupCapture(f *pflag.FlagSet) func(ctx context.Context, args []string) err
 
 // s3HeapSlack is the heap a capture to S3 may use beside its upload
 // buffers: the manifest, the SDK's requests, the tar reader's buffer.
-const s3HeapSlack = 48 << 20
+const s3HeapSlack = 32 << 20
 
 // config checks the flags and turns them into capture options.
 func (o *captureOptions) config() (capture.Options, error) {
