@@ -28,6 +28,7 @@ type Cluster struct {
 	LogFile string // in-root server log, beside the data directory
 
 	settings     []string // extra -c NAME=VALUE for every start
+	env          []string // extra NAME=VALUE in the server's environment
 	startTimeout time.Duration
 
 	mu      sync.Mutex
@@ -51,6 +52,9 @@ type ServerOptions struct {
 	FixOwnership bool
 	Settings     map[string]string // extra -c NAME=VALUE on the command line
 	StartTimeout time.Duration     // until the server accepts connections; default 5m
+	// Env is added to the server's environment (and so to its
+	// restore_command's): credentials of an S3 repository, say.
+	Env []string
 }
 
 // clusterSettings are appended to postgresql.conf by InitCluster: what
@@ -128,6 +132,7 @@ func (e *Env) StartServer(tb testing.TB, dataDir string, opts ServerOptions) *Cl
 		settings = append(settings, "-c", k+"="+opts.Settings[k])
 	}
 	c := e.newCluster(tb, dataDir, settings, opts.StartTimeout)
+	c.env = opts.Env
 	c.Start(tb)
 	return c
 }
@@ -196,6 +201,7 @@ func (c *Cluster) start() (string, error) {
 		"-c", "unix_socket_directories=/tmp",
 		"-c", "recovery_init_sync_method=syncfs"}
 	cmd := c.Command(context.Background(), false, c.Tool("postgres"), append(args, c.settings...)...)
+	cmd.Env = append(cmd.Env, c.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGQUIT
 	cmd.SysProcAttr.Setpgid = true // the terminal's ^C goes to the test only

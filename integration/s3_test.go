@@ -3,8 +3,10 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"strings"
@@ -43,17 +45,40 @@ func s3Upload(t *testing.T, st *repo.S3, dir, name string, marker bool) {
 	}
 }
 
-// s3Combinefs runs combinefs with the S3 server's credentials in its
-// environment (and --s3-endpoint, so that the flag is what reaches it).
+// s3Combinefs runs combinefs as the test's user with the S3 server's
+// credentials in its environment (and --s3-endpoint, so that the flag is
+// what reaches it).
 func s3Combinefs(t *testing.T, e *Env, srv *s3test.Server, args ...string) (string, int) {
 	t.Helper()
+	return repoCombinefs(t, e, s3Credentials(srv), append(args, "--s3-endpoint", srv.Endpoint)...)
+}
+
+// s3RootCombinefs is s3Combinefs as root (mount).
+func s3RootCombinefs(t *testing.T, e *Env, srv *s3test.Server, args ...string) (string, int) {
+	t.Helper()
+	e.CombinefsPath(t)
+	cmd := e.Combinefs(context.Background(), append(args, "--s3-endpoint", srv.Endpoint)...)
+	cmd.Env = append(cmd.Env, s3Credentials(srv)...)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatalf("combinefs %v: %v", args, err)
+	}
+	return string(out), 0
+}
+
+// s3Credentials is the S3 server's environment without its endpoint.
+func s3Credentials(srv *s3test.Server) []string {
 	var env []string
 	for _, kv := range srv.Env() {
 		if !strings.HasPrefix(kv, "AWS_ENDPOINT_URL=") {
 			env = append(env, kv)
 		}
 	}
-	return repoCombinefs(t, e, env, append(args, "--s3-endpoint", srv.Endpoint)...)
+	return env
 }
 
 // listPoints is list --json's points, without the repository's name.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path"
 	"slices"
 	"strings"
@@ -72,22 +71,7 @@ func newS3Chain(t *testing.T, e *Env, srv *s3test.Server) *s3Chain {
 // credentials and --s3-endpoint.
 func (ch *s3Chain) run(t *testing.T, args ...string) (string, int) {
 	t.Helper()
-	ch.e.CombinefsPath(t)
-	cmd := ch.e.Combinefs(context.Background(), append(args, "--s3-endpoint", ch.srv.Endpoint)...)
-	for _, kv := range ch.srv.Env() {
-		if !strings.HasPrefix(kv, "AWS_ENDPOINT_URL=") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return string(out), ee.ExitCode()
-	}
-	if err != nil {
-		t.Fatalf("combinefs %v: %v", args, err)
-	}
-	return string(out), 0
+	return s3RootCombinefs(t, ch.e, ch.srv, args...)
 }
 
 // manifestLinesDiff is ManifestDiff up to the order of the files: a

@@ -281,10 +281,12 @@ func s3SwitchAndWait(t *testing.T, c *Cluster, st repo.Storage, a *archiveProc) 
 // record. A server on a local flatten of a point downloaded from the
 // bucket, with combinefs wal-get --repo s3://... as its restore_command,
 // replays to a restore point made after the backup and has exactly the
-// rows committed before it. A second archiver is refused; wal-get of a
-// file the archive lacks fails.
+// rows committed before it, and so does a server on a copy-on-write mount
+// from the bucket with --target-name. A second archiver is refused; wal-get
+// of a file the archive lacks fails.
 func TestS3WriteArchive(t *testing.T) {
 	e := Provision(t)
+	RequireFUSE(t)
 	srv, url, st := s3Bucket(t)
 	c := e.InitCluster(t, ClusterOptions{InitdbArgs: []string{"--wal-segsize=1"}})
 	c.Pgbench(t, "-i", "-q", "-s", "1", "postgres")
@@ -342,6 +344,27 @@ func TestS3WriteArchive(t *testing.T) {
 		t.Errorf("recovered to the restore point from %s: marks %q, want 1", url, got)
 	}
 	rec.Stop(t, "fast")
+
+	// PITR on a copy-on-write mount from the bucket: mount picks the point
+	// from the bucket's archive and writes the recovery settings into
+	// UPPER, with wal-get --repo s3://... --s3-endpoint as restore_command;
+	// the server has the credentials in its environment, not the endpoint.
+	mp := path.Join(e.TempDir(t), "pitr-mnt")
+	e.MkdirAll(t, mp)
+	upper := path.Join(e.PrivateDir(t), "upper")
+	mlog := mp + ".log"
+	if out, code := s3RootCombinefs(t, e, srv, "mount", "--daemon", "--cow", upper, "--log", mlog, "--repo", url,
+		"--owner", fmt.Sprintf("%d:%d", e.UID, e.GID), "--target-name", "s3rp", mp); code != 0 {
+		t.Fatalf("mount --repo %s --target-name s3rp: exit %d\n%s\n%s", url, code, out, readFrom(e.Host(mlog), 0))
+	}
+	t.Cleanup(func() { runCombinefs(t, e, "umount", "--lazy", "--timeout", "10s", mp) })
+	onMount := e.StartServer(t, mp, ServerOptions{Env: s3Credentials(srv), Settings: cowServerSettings})
+	waitPaused(t, onMount)
+	if got := onMount.Psql(t, "postgres", "SELECT string_agg(id::text, ',' ORDER BY id) FROM marks"); strings.TrimSpace(got) != "1" {
+		t.Errorf("recovered on a mount from %s to the restore point: marks %q, want 1", url, got)
+	}
+	onMount.Stop(t, "fast")
+	mustCombinefs(t, e, "umount", mp)
 
 	// A file the archive lacks: non-zero exit, as restore_command must.
 	missing := format.WALSegmentName(1, 0xFFFFF, 1<<20)

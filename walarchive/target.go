@@ -111,12 +111,17 @@ func (a *Archive) stopAt(t Target, w Window) (format.LSN, bool, error) {
 
 // RecoverySettings are the lines for postgresql.auto.conf that make a
 // server recover to t on timeline tli with wal-get as restore_command
-// (bin is the combinefs executable), then take action.
-func RecoverySettings(bin, repoDir string, t Target, tli uint32, action string) string {
+// (bin is the combinefs executable, getArgs wal-get's flags: --repo and
+// what reaching the repository takes), then take action.
+func RecoverySettings(bin string, getArgs []string, t Target, tli uint32, action string) string {
 	q := func(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 	var b strings.Builder
 	b.WriteString("# point-in-time recovery set up by combinefs mount\n")
-	fmt.Fprintf(&b, "restore_command = %s\n", q(fmt.Sprintf("%s wal-get --repo %s %%f %%p", shellQuote(bin), shellQuote(repoDir))))
+	cmd := []string{shellQuote(bin), "wal-get"}
+	for _, a := range getArgs {
+		cmd = append(cmd, shellQuote(a))
+	}
+	fmt.Fprintf(&b, "restore_command = %s\n", q(strings.Join(cmd, " ")+" %f %p"))
 	switch {
 	case t.HasTime:
 		fmt.Fprintf(&b, "recovery_target_time = %s\n", q(t.Time.UTC().Format("2006-01-02 15:04:05.999999+00")))

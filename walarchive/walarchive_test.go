@@ -216,7 +216,7 @@ func TestGapsAndContinuity(t *testing.T) {
 }
 
 func TestRecoverySettings(t *testing.T) {
-	got := RecoverySettings("/usr/bin/combinefs", "/srv/my repo", Target{Time: time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC), HasTime: true}, 1, "promote")
+	got := RecoverySettings("/usr/bin/combinefs", []string{"--repo", "/srv/my repo"}, Target{Time: time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC), HasTime: true}, 1, "promote")
 	for _, want := range []string{
 		`restore_command = '/usr/bin/combinefs wal-get --repo ''/srv/my repo'' %f %p'`,
 		`recovery_target_time = '2026-01-02 03:04:05.000006+00'`,
@@ -226,6 +226,10 @@ func TestRecoverySettings(t *testing.T) {
 		if !strings.Contains(got, want+"\n") {
 			t.Errorf("settings lack %s:\n%s", want, got)
 		}
+	}
+	s3 := RecoverySettings("/usr/bin/combinefs", []string{"--repo", "s3://b/p", "--s3-endpoint", "http://127.0.0.1:8333"}, Target{Name: "rp"}, 2, "pause")
+	if want := `restore_command = '/usr/bin/combinefs wal-get --repo ''s3://b/p'' --s3-endpoint ''http://127.0.0.1:8333'' %f %p'`; !strings.Contains(s3, want+"\n") {
+		t.Errorf("settings lack %s:\n%s", want, s3)
 	}
 }
 

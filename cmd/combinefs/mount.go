@@ -91,6 +91,7 @@ func (o *mountOptions) chainDirs(ctx context.Context, args []string) ([]string, 
 		if ents, err := os.ReadDir(o.cow); err == nil && len(ents) > 0 {
 			return nil, "", nil, fmt.Errorf("upper directory %s is not empty: recovering to a target needs a new one (it holds a server's changes already)", o.cow)
 		}
+		o.pitr.s3 = *o.s3
 		name, err := o.pitr.choosePoint(ctx, o.repo)
 		if err != nil {
 			return nil, "", nil, err

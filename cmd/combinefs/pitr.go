@@ -25,6 +25,7 @@ type pitrOptions struct {
 	target               walarchive.Target
 	tli                  uint32 // the timeline recovery follows, once chosen
 	defAction            string // --target-action's default
+	s3                   repo.S3Options
 }
 
 // addFlags adds the target flags; with names the flags they need (mount:
@@ -106,7 +107,7 @@ func parseTargetTime(s string) (time.Time, error) {
 // timeline; it fails, naming the recoverable windows, for a target the
 // archive cannot reach.
 func (o *pitrOptions) choosePoint(ctx context.Context, dir string) (string, error) {
-	r, err := repo.Open(dir, false)
+	r, err := repo.OpenWith(ctx, dir, false, o.s3)
 	if err != nil {
 		return "", err
 	}
@@ -153,11 +154,17 @@ func (o *pitrOptions) writeRecovery(mp, repoDir string) error {
 	if err != nil {
 		return err
 	}
-	repoAbs, err := filepath.Abs(repoDir)
-	if err != nil {
-		return err
+	// wal-get reaches an S3 repository as the mount did, with the
+	// server's own AWS credentials and configuration.
+	getArgs := []string{"--repo", repoDir}
+	if _, _, remote, _ := repo.ParseS3URL(repoDir); !remote {
+		if getArgs[1], err = filepath.Abs(repoDir); err != nil {
+			return err
+		}
+	} else if o.s3.Endpoint != "" {
+		getArgs = append(getArgs, "--s3-endpoint", o.s3.Endpoint)
 	}
-	conf := walarchive.RecoverySettings(bin, repoAbs, o.target, o.tli, o.action)
+	conf := walarchive.RecoverySettings(bin, getArgs, o.target, o.tli, o.action)
 	f, err := os.OpenFile(filepath.Join(mp, "postgresql.auto.conf"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		return err
