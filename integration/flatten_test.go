@@ -15,8 +15,15 @@ import (
 // exit code.
 func runCombinefs(t testing.TB, e *Env, args ...string) (string, int) {
 	t.Helper()
-	e.CombinefsPath(t)
-	cmd := e.Combinefs(context.Background(), args...)
+	return combinefsAs(t, e, true, nil, args...)
+}
+
+// combinefsAs runs combinefs inside the root, as root or as the server
+// user, with extra environment, and returns its output and exit code.
+func combinefsAs(t testing.TB, e *Env, asRoot bool, env []string, args ...string) (string, int) {
+	t.Helper()
+	cmd := e.Command(context.Background(), asRoot, e.CombinefsPath(t), args...)
+	cmd.Env = append(cmd.Env, env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		if ee, ok := err.(interface{ ExitCode() int }); ok {

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path"
@@ -15,16 +14,7 @@ import (
 // and returns its output and exit status.
 func repoCombinefs(t *testing.T, e *Env, env []string, args ...string) (string, int) {
 	t.Helper()
-	cmd := e.Command(context.Background(), false, e.CombinefsPath(t), args...)
-	cmd.Env = append(cmd.Env, env...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		if ee, ok := err.(interface{ ExitCode() int }); ok {
-			return string(out), ee.ExitCode()
-		}
-		t.Fatalf("combinefs %v: %v", args, err)
-	}
-	return string(out), 0
+	return combinefsAs(t, e, false, env, args...)
 }
 
 // repoMust is repoCombinefs that fails the test on a non-zero exit.

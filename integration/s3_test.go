@@ -3,10 +3,8 @@ package integration
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"strings"
@@ -56,18 +54,7 @@ func s3Combinefs(t *testing.T, e *Env, srv *s3test.Server, args ...string) (stri
 // s3RootCombinefs is s3Combinefs as root (mount).
 func s3RootCombinefs(t *testing.T, e *Env, srv *s3test.Server, args ...string) (string, int) {
 	t.Helper()
-	e.CombinefsPath(t)
-	cmd := e.Combinefs(context.Background(), append(args, "--s3-endpoint", srv.Endpoint)...)
-	cmd.Env = append(cmd.Env, s3Credentials(srv)...)
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return string(out), ee.ExitCode()
-	}
-	if err != nil {
-		t.Fatalf("combinefs %v: %v", args, err)
-	}
-	return string(out), 0
+	return combinefsAs(t, e, true, s3Credentials(srv), append(args, "--s3-endpoint", srv.Endpoint)...)
 }
 
 // s3Credentials is the S3 server's environment without its endpoint.
