@@ -462,6 +462,9 @@ func (n *cowNode) read(dest []byte, off int64) (fuse.ReadResult, syscall.Errno) 
 // system), the read is served from the chain as without hydration, and the
 // failure is in the log.
 func (n *cowNode) overlayForKeeping() {
+	if n.keepFailed.Load() {
+		return
+	}
 	st, errno := n.state()
 	if errno != 0 {
 		return // the read answers it
@@ -471,7 +474,8 @@ func (n *cowNode) overlayForKeeping() {
 	n.mu.RUnlock()
 	if lowerRelation {
 		if errno := n.ensureUpper(); errno != 0 {
-			n.c.m.logf("keeping blocks of %s read from the chain: copy-up: %v", n.Path(nil), errno)
+			n.keepFailed.Store(true)
+			n.c.m.logf("keeping blocks of %s read from the chain: copy-up: %v (not tried again for it)", n.Path(nil), errno)
 		}
 	}
 }
@@ -614,10 +618,15 @@ func (n *cowNode) readLocked(st *fileState, dest []byte, off int64, keeping bool
 }
 
 // errno answers the kernel for an operation on this node (Mount.errno).
-func (n *cowNode) errno(err error) syscall.Errno { return n.c.m.errno(err, "%s", n.Path(nil)) }
+func (n *cowNode) errno(err error) syscall.Errno {
+	if err == nil {
+		return 0 // without walking the tree for a name nobody reads
+	}
+	return n.c.m.errno(err, "%s", n.Path(nil))
+}
 
 func (n *cowNode) readErr(err error, off int64) syscall.Errno {
-	return n.c.m.errno(err, "read %s at %d", n.Path(nil), off)
+	return n.c.m.readErrno(err, "read %s at %d", n.Path(nil), off)
 }
 
 // truncate sets the file's length.

@@ -41,4 +41,27 @@ func TestErrno(t *testing.T) {
 			t.Errorf("errno(%v) logged %q, which does not say what failed", c.err, logged[0])
 		}
 	}
+
+	// A read of the chain's data: a vanished backup file or a refused
+	// one is EIO to the reader, logged and counted, never ENOENT.
+	for _, c := range []struct {
+		err  error
+		want syscall.Errno
+		logs bool
+	}{
+		{nil, 0, false},
+		{context.Canceled, syscall.EINTR, false},
+		{fmt.Errorf("open: %w", fs.ErrNotExist), syscall.EIO, true},
+		{fmt.Errorf("open: %w", syscall.EACCES), syscall.EIO, true},
+		{errors.New("short read: 3 of 8192 bytes"), syscall.EIO, true},
+	} {
+		logged = nil
+		before := m.stats.ioErrors.Load()
+		if got := m.readErrno(c.err, "read %s at %d", "base/5/16384", 8192); got != c.want {
+			t.Errorf("readErrno(%v) = %v, want %v", c.err, got, c.want)
+		}
+		if counted := m.stats.ioErrors.Load() - before; c.logs != (len(logged) == 1) || c.logs != (counted == 1) {
+			t.Errorf("readErrno(%v): logged %q, counted %d; want logged and counted: %v", c.err, logged, counted, c.logs)
+		}
+	}
 }

@@ -270,22 +270,35 @@ func (m *Mount) logf(format string, args ...any) {
 // with what was being done, counted in the stats, and EIO, so that the
 // mount stays up and its log says why a read or write failed.
 func (m *Mount) errno(err error, what string, args ...any) syscall.Errno {
-	if err == nil {
-		return 0
-	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return syscall.EINTR
-	}
 	var e syscall.Errno
-	if errors.As(err, &e) && e != syscall.EIO {
+	switch {
+	case err == nil || cancelled(err):
+	case errors.As(err, &e) && e != syscall.EIO:
 		return e
-	}
-	if errors.Is(err, os.ErrNotExist) {
+	case errors.Is(err, os.ErrNotExist):
 		return syscall.ENOENT
+	}
+	return m.readErrno(err, what, args...)
+}
+
+// readErrno is errno for a failed read of the chain's data: whatever the
+// backups' files or the object store answered (a vanished file included),
+// the reader of a mounted file gets EIO, logged and counted; only a
+// cancelled request is EINTR.
+func (m *Mount) readErrno(err error, what string, args ...any) syscall.Errno {
+	switch {
+	case err == nil:
+		return 0
+	case cancelled(err):
+		return syscall.EINTR
 	}
 	m.logf("%s: %v", fmt.Sprintf(what, args...), err)
 	m.stats.ioErrors.Add(1)
 	return syscall.EIO
+}
+
+func cancelled(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 func (m *Mount) fillAttr(a *fuse.Attr, mode uint32, size uint64, mtime time.Time) {

@@ -215,7 +215,7 @@ func (h *wholeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 		if err == nil {
 			err = fmt.Errorf("short read: %d of %d bytes", n, want)
 		}
-		return nil, h.m.errno(err, "read %s at %d", h.src.Name(), off)
+		return nil, h.m.readErrno(err, "read %s at %d", h.src.Name(), off)
 	}
 	h.m.stats.bytesServed.Add(uint64(n))
 	return bytesResult(dest[:n]), 0
@@ -241,7 +241,7 @@ func (h *reconHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 	n := min(int64(len(dest)), size-off)
 	r, err := h.m.src.readRange(h.plan, off, n)
 	if err != nil {
-		return nil, h.m.errno(err, "read %s at %d", h.f.Path, off)
+		return nil, h.m.readErrno(err, "read %s at %d", h.f.Path, off)
 	}
 	h.m.stats.bytesServed.Add(uint64(n))
 	return r, 0

@@ -82,7 +82,8 @@ func (s *sources) open(path string) (uint32, *srcFile, error) {
 		if err != nil {
 			return 0, nil, remoteError{err}
 		}
-		return s.add(path, &srcFile{remote: f}), s.files[len(s.files)-1], nil
+		sf := &srcFile{remote: f}
+		return s.add(path, sf), sf, nil
 	}
 	f, direct, err := dio.OpenRead(path)
 	if err != nil {
