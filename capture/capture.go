@@ -431,7 +431,7 @@ func (c *capturer) cleanup() {
 		if c.wal.done != nil {
 			<-c.wal.done
 		}
-		c.wal.close()
+		c.wal.abort()
 	}
 	if c.sync != nil {
 		c.sync.wait()

@@ -168,22 +168,36 @@ func (w *walStreamer) wake() {
 }
 
 // wait returns the streamer's outcome once it has finished, and closes its
-// connection.
+// connection and the last segment: a segment that fails to close (on an
+// object store, its upload) fails the capture, so no point lacks it.
 func (w *walStreamer) wait() error {
 	var err error
 	if w.done != nil {
 		err = <-w.done
 	}
-	w.close()
+	var cerr error
+	if w.file != nil {
+		cerr = w.file.close()
+		w.file = nil
+	}
+	w.closeConn()
+	if err == nil {
+		err = cerr
+	}
 	return err
 }
 
-// close closes the connection and any open segment (for an aborted capture).
-func (w *walStreamer) close() {
+// abort closes the connection and drops any open segment (for a failed
+// capture, whose output is removed).
+func (w *walStreamer) abort() {
 	if w.file != nil {
-		w.file.close()
+		w.file.abort()
 		w.file = nil
 	}
+	w.closeConn()
+}
+
+func (w *walStreamer) closeConn() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	w.conn.Close(ctx)
 	cancel()

@@ -206,7 +206,13 @@ func (r *Repo) lockObject(ctx context.Context, name, what, holder string, wait W
 		if !errors.Is(err, fs.ErrExist) {
 			return nil, err
 		}
-		h, _ := r.Store.ReadRange(ctx, name, 0, 4096)
+		h, err := r.Store.ReadRange(ctx, name, 0, 4096)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // released since the Put: try again
+		}
+		if err != nil {
+			return nil, err
+		}
 		if deadHolder(string(h), host) {
 			// Killed on this machine: its lock is void, as a flock would be.
 			if err := r.Store.Delete(ctx, name); err != nil {

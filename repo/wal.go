@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -198,6 +199,9 @@ func ReadWALInfoOf(ctx context.Context, st Storage, where string) (info WALInfo,
 			continue
 		}
 		page, err := st.ReadRange(ctx, o.Name, 0, format.WALLongPageHeaderSize)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed since the listing (expire): the next one tells
+		}
 		if err != nil {
 			return WALInfo{}, false, err
 		}
