@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/combinefs/combinefs/internal/s3test"
 )
 
 // pitrLoadSec is the pgbench WAL after the backup that recovery replays:
@@ -230,7 +232,7 @@ func (b *bench) profileReplay(srv *server, m *mnt) func(t *benchTB, name string)
 	var cpu0 float64
 	perfOut := path.Join(dir, fmt.Sprintf("perf-%d.data", srv.pid))
 	if m != nil {
-		cpu0 = procCPU(m.pid)
+		cpu0 = s3test.ProcCPU(m.pid).Seconds()
 		perf = exec.Command("perf", "record", "-q", "-F", "499", "-g", "-p", strconv.Itoa(m.pid), "-o", perfOut)
 		if perf.Start() != nil {
 			perf = nil
@@ -243,7 +245,7 @@ func (b *bench) profileReplay(srv *server, m *mnt) func(t *benchTB, name string)
 		if m == nil {
 			return
 		}
-		cpu := procCPU(m.pid) - cpu0
+		cpu := s3test.ProcCPU(m.pid).Seconds() - cpu0
 		if perf != nil {
 			perf.Process.Signal(os.Interrupt)
 			perf.Wait()
@@ -258,20 +260,4 @@ func (b *bench) profileReplay(srv *server, m *mnt) func(t *benchTB, name string)
 			}
 		}
 	}
-}
-
-// procCPU is the user plus system CPU seconds of process pid so far.
-func procCPU(pid int) float64 {
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	i := strings.LastIndexByte(string(st), ')')
-	f := strings.Fields(string(st[i+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseFloat(f[11], 64)
-	k, _ := strconv.ParseFloat(f[12], 64)
-	return (u + k) / 100 // USER_HZ
 }

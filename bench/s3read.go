@@ -23,10 +23,10 @@ import (
 // s3Fixture is the bucket the s3 figures read.
 type s3Fixture struct {
 	srv   *s3test.Server
-	url   string   // s3://BUCKET/bench: the repository
-	names []string // its points, oldest first
-	flat  *repo.S3 // s3://BUCKET/flat/: the flattened point's objects
-	files []string // their names
+	url   string        // s3://BUCKET/bench: the repository
+	names []string      // its points, oldest first
+	flat  *repo.S3      // s3://BUCKET/flat/: the flattened point's objects
+	files []repo.Object // its non-empty objects, listed once at setup
 	bytes int64
 }
 
@@ -70,7 +70,7 @@ func (b *bench) s3Setup(t *benchTB) *s3Fixture {
 	}
 	for _, o := range objs {
 		if o.Size > 0 {
-			fx.files = append(fx.files, o.Name)
+			fx.files = append(fx.files, o)
 			fx.bytes += o.Size
 		}
 	}
@@ -101,18 +101,10 @@ func (fx *s3Fixture) download(t *benchTB) (int64, time.Duration) {
 	start := time.Now()
 	var g errgroup.Group
 	g.SetLimit(s3DownloadJobs)
-	sizes := map[string]int64{}
-	objs, err := fx.flat.List(ctx, "point/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, o := range objs {
-		sizes[o.Name] = o.Size
-	}
-	for _, name := range fx.files {
-		for off := int64(0); off < sizes[name]; off += s3DownloadChunk {
+	for _, o := range fx.files {
+		for off := int64(0); off < o.Size; off += s3DownloadChunk {
 			g.Go(func() error {
-				data, err := fx.flat.ReadRange(ctx, name, off, min(s3DownloadChunk, sizes[name]-off))
+				data, err := fx.flat.ReadRange(ctx, o.Name, off, min(s3DownloadChunk, o.Size-off))
 				total.Add(int64(len(data)))
 				return err
 			})

@@ -26,7 +26,7 @@ import (
 
 // DirMarker is the marker object of the directory dir (a name relative to
 // the repository's root, without a trailing slash).
-func DirMarker(dir string) string { return dir + "/" }
+func DirMarker(dir string) string { return dir + DirMarkerSuffix }
 
 // ChainOptions are the resolver's options to read the chain whose
 // directories dirs ShareChain or ChainDirs returned: the defaults for a

@@ -42,11 +42,7 @@ func (r *Reader) source(path string) (SourceFile, error) {
 	if f, ok := r.fds[path]; ok {
 		return f, nil
 	}
-	src := r.plan.Source
-	if src == nil {
-		src = LocalSource{}
-	}
-	f, err := src.Open(path)
+	f, err := r.plan.Source.Open(path)
 	if err != nil {
 		return nil, err
 	}

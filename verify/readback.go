@@ -9,8 +9,8 @@ import (
 	"github.com/combinefs/combinefs/internal/dio"
 )
 
-// ReadBack holds files of a backup read back from disk as they were
-// written, before the manifest listing them existed: a writer (compact,
+// ReadBack holds files of a backup read back as they were written,
+// before the manifest listing them existed: a writer (compact,
 // through flatten's OnFileWritten) checks each finished file while it
 // writes the others, so that the reads overlap the writes instead of
 // following them. Backup, given it in Options, then compares those files'
@@ -24,7 +24,7 @@ type ReadBack struct {
 // NewReadBack returns an empty ReadBack.
 func NewReadBack() *ReadBack { return &ReadBack{read: map[string]format.ManifestFile{}} }
 
-// readBufs are the aligned buffers of Check (one per running check).
+// readBufs are the buffers of Check (one per running check).
 var readBufs = sync.Pool{New: func() any { b := dio.AlignedBuf(1 << 20); return &b }}
 
 // Check reads the file at path, which the manifest will list as f, through

@@ -210,7 +210,13 @@ func (s *Server) CPUTime() time.Duration {
 	if s.cmd == nil || s.cmd.Process == nil {
 		return 0
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+	return ProcCPU(s.cmd.Process.Pid)
+}
+
+// ProcCPU is the user and system CPU time process pid has used so far (0
+// once it is gone), for a benchmark's note on who used the CPUs.
+func ProcCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0
 	}
