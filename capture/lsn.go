@@ -4,18 +4,18 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/combinefs/combinefs/format"
 )
 
-// LSN is a position in the write-ahead log.
-type LSN uint64
+// LSN is a position in the write-ahead log, the type format uses for the
+// LSNs of labels and manifests.
+type LSN = format.LSN
 
-// String formats l the way PostgreSQL 17 does ("0/3000028"). PostgreSQL 18
-// pads the low half to eight digits; ParseLSN reads both.
-func (l LSN) String() string {
-	return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l))
-}
-
-// ParseLSN parses the text form of an LSN, "HI/LO" in hexadecimal.
+// ParseLSN parses the text form of an LSN the server sends, "HI/LO" in
+// hexadecimal with at most eight digits each side (PostgreSQL 18 pads the
+// low half to eight). It is stricter than format.ParseLSN, which reads
+// labels as sscanf does: a server's answer that is not an LSN is an error.
 func ParseLSN(s string) (LSN, error) {
 	hi, lo, ok := strings.Cut(s, "/")
 	if !ok || hi == "" || lo == "" || len(hi) > 8 || len(lo) > 8 {
