@@ -122,6 +122,16 @@ type archiver struct {
 // fatal marks err as not worth retrying.
 func fatal(err error) error { return fmt.Errorf("%w: %w", ErrArchiveFatal, err) }
 
+// storeError is fatal for a failure to write the archive, unless the
+// object store was unavailable: then the archiver reconnects after its
+// backoff and resumes from the archive's end, as after a restart.
+func storeError(err error) error {
+	if errors.Is(err, repo.ErrUnavailable) {
+		return err
+	}
+	return fatal(err)
+}
+
 func (a *archiver) run(ctx context.Context) error {
 	defer a.closeFile()
 	conn, err := connect(ctx, a.o.Conn)
@@ -137,15 +147,17 @@ func (a *archiver) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := a.checkSystem(ctx, sys.ID); err != nil {
+	info, ok, err := repo.ReadWALInfoOf(ctx, a.o.Repo.Store, a.o.Repo.Dir)
+	if err != nil {
+		return err
+	}
+	if err := a.checkSystem(ctx, sys.ID, info, ok); err != nil {
 		return err
 	}
 	if a.segSize, err = walSegmentSize(ctx, conn); err != nil {
 		return err
 	}
-	if info, ok, err := repo.ReadWALInfoOf(ctx, a.o.Repo.Store, a.o.Repo.Dir); err != nil {
-		return err
-	} else if ok && info.SegSize != a.segSize {
+	if ok && info.SegSize != a.segSize {
 		return fatal(fmt.Errorf("server %s has WAL segments of %d bytes, the archive in %s of %d", a.o.Conn.Host, a.segSize, a.o.Repo.Dir, info.SegSize))
 	}
 	if err := a.prepareSlot(ctx); err != nil {
@@ -168,12 +180,9 @@ func (a *archiver) run(ctx context.Context) error {
 }
 
 // checkSystem refuses a server that is not the repository's cluster: the
-// archive's segments, or else its backups, name the cluster.
-func (a *archiver) checkSystem(ctx context.Context, id uint64) error {
-	info, ok, err := repo.ReadWALInfoOf(ctx, a.o.Repo.Store, a.o.Repo.Dir)
-	if err != nil {
-		return err
-	}
+// archive's segments (info, when it has any), or else its backups, name the
+// cluster.
+func (a *archiver) checkSystem(ctx context.Context, id uint64, info repo.WALInfo, ok bool) error {
 	want := info.SystemID
 	if !ok {
 		points, err := a.o.Repo.Points(ctx)
@@ -433,7 +442,7 @@ func (a *archiver) write(data []byte) error {
 		}
 		n := min(int64(len(data)), a.segSize-off)
 		if err := a.segs.writeAt(data[:n], off); err != nil {
-			return fatal(err)
+			return storeError(err)
 		}
 		a.pos += LSN(n)
 		a.received += n
@@ -452,7 +461,7 @@ func (a *archiver) write(data []byte) error {
 func (a *archiver) complete() error {
 	a.fileOpen = false
 	if err := a.segs.complete(); err != nil {
-		return fatal(err)
+		return storeError(err)
 	}
 	a.flushed = a.pos
 	crashAt("renamed")
@@ -463,7 +472,7 @@ func (a *archiver) complete() error {
 func (a *archiver) flush() error {
 	if a.fileOpen && a.flushed < a.pos {
 		if err := a.segs.flush(); err != nil {
-			return fatal(err)
+			return storeError(err)
 		}
 	}
 	a.flushed = a.pos
@@ -551,7 +560,7 @@ func (a *archiver) fetchHistory(ctx context.Context, tli uint32) error {
 		return protocolErrorf("TIMELINE_HISTORY: unexpected answer")
 	}
 	if err := a.o.Repo.Store.Put(ctx, name, rows[0][1]); err != nil && !errors.Is(err, fs.ErrExist) {
-		return fatal(err)
+		return storeError(err)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -283,7 +284,9 @@ func s3SwitchAndWait(t *testing.T, c *Cluster, st repo.Storage, a *archiveProc) 
 // replays to a restore point made after the backup and has exactly the
 // rows committed before it, and so does a server on a copy-on-write mount
 // from the bucket with --target-name. A second archiver is refused; wal-get
-// of a file the archive lacks fails.
+// of a file the archive lacks fails. The S3 server stopped under the
+// archiver makes it wait and reconnect, not exit, and it resumes once the
+// server is back.
 func TestS3WriteArchive(t *testing.T) {
 	e := Provision(t)
 	RequireFUSE(t)
@@ -303,6 +306,7 @@ func TestS3WriteArchive(t *testing.T) {
 
 	a = startArchive(t, e, c, url, env, "--slot", "arch")
 	s3SwitchAndWait(t, c, st, a)
+	storeOutage(t, c, srv, st, a)
 	c.Psql(t, "postgres", "INSERT INTO marks VALUES (1)")
 	c.Psql(t, "postgres", "SELECT pg_create_restore_point('s3rp')")
 	c.Psql(t, "postgres", "INSERT INTO marks VALUES (2)")
@@ -371,5 +375,31 @@ func TestS3WriteArchive(t *testing.T) {
 	out, code = s3Combinefs(t, e, srv, "wal-get", "--repo", url, missing, path.Join(e.TempDir(t), "x"))
 	if code == 0 || !strings.Contains(out, "not in the archive") {
 		t.Errorf("wal-get of %s: exit %d\n%s", missing, code, out)
+	}
+}
+
+// storeOutage stops the S3 server under the running archiver while the
+// load goes on and segments end, then starts it again: the archiver logs
+// the failed upload and reconnects with backoff instead of exiting, and
+// archives again once the store is back (list and verify then check that
+// the archive has no gap).
+func storeOutage(t *testing.T, c *Cluster, srv *s3test.Server, st repo.Storage, a *archiveProc) {
+	t.Helper()
+	srv.Stop()
+	for range 3 {
+		c.Psql(t, "postgres", "SELECT pg_switch_wal()")
+		time.Sleep(2 * time.Second)
+	}
+	select {
+	case <-a.done:
+		t.Fatalf("archive exited while the S3 server was down:\n%s", a.out.String())
+	default:
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s3SwitchAndWait(t, c, st, a)
+	if out := a.out.String(); !strings.Contains(out, "reconnecting in") {
+		t.Errorf("archive did not report the outage and its retry:\n%s", out)
 	}
 }

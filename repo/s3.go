@@ -225,12 +225,41 @@ func (s *S3) err(op, name string, err error) error {
 		}
 		var ne *net.OpError
 		if errors.As(err, &ne) {
-			return fmt.Errorf("%s %s: %v (after %d attempts)", op, where, ne, s3Attempts)
+			return &unavailableError{fmt.Sprintf("%s %s: %v (after %d attempts)", op, where, ne, s3Attempts)}
 		}
-		return fmt.Errorf("%s %s: %s", op, where, oneLine(err.Error()))
+		msg := fmt.Sprintf("%s %s: %s", op, where, oneLine(err.Error()))
+		if serverFault(err) {
+			return &unavailableError{msg}
+		}
+		return errors.New(msg)
 	default:
 		var ae smithy.APIError
 		errors.As(err, &ae)
-		return fmt.Errorf("%s %s: %s: %s", op, where, c, oneLine(ae.ErrorMessage()))
+		msg := fmt.Sprintf("%s %s: %s: %s", op, where, c, oneLine(ae.ErrorMessage()))
+		if serverFault(err) {
+			return &unavailableError{msg}
+		}
+		return errors.New(msg)
 	}
+}
+
+// ErrUnavailable marks a failure of the store itself that may pass: it
+// could not be reached, or it answered 5xx or throttled, after the
+// client's own retries. A long-running writer (archive) waits and tries
+// again; a missing object, a refused request or a local error is not it.
+var ErrUnavailable = errors.New("object store unavailable")
+
+type unavailableError struct{ msg string }
+
+func (e *unavailableError) Error() string        { return e.msg }
+func (e *unavailableError) Is(target error) bool { return target == ErrUnavailable }
+
+// serverFault reports an HTTP answer of 5xx or 429 (throttling) in err.
+func serverFault(err error) bool {
+	var re interface{ HTTPStatusCode() int }
+	if !errors.As(err, &re) {
+		return false
+	}
+	st := re.HTTPStatusCode()
+	return st >= 500 || st == 429
 }

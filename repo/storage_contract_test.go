@@ -253,7 +253,7 @@ func TestS3Errors(t *testing.T) {
 	ctx := context.Background()
 
 	missing := newTestS3(t, srv, bucket+"-missing", "")
-	if _, err := missing.Probe(ctx); err == nil || err.Error() != "s3://"+bucket+"-missing: the bucket does not exist" {
+	if _, err := missing.Probe(ctx); err == nil || err.Error() != "s3://"+bucket+"-missing: the bucket does not exist" || errors.Is(err, ErrUnavailable) {
 		t.Errorf("missing bucket: %v", err)
 	}
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong")
@@ -261,7 +261,7 @@ func TestS3Errors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := bad.Probe(ctx); err == nil || !strings.Contains(err.Error(), "access denied") || strings.Contains(err.Error(), "\n") {
+	if _, err := bad.Probe(ctx); err == nil || !strings.Contains(err.Error(), "access denied") || strings.Contains(err.Error(), "\n") || errors.Is(err, ErrUnavailable) {
 		t.Errorf("wrong credentials: %v", err)
 	}
 	if _, err := NewS3(ctx, bucket, "", S3Options{Endpoint: "localhost:9"}); err == nil {
@@ -319,8 +319,11 @@ func TestS3ServerDown(t *testing.T) {
 	}
 	srv.Kill()
 	_, err := st.ReadRange(ctx, "x", 0, -1)
-	if err == nil || !strings.Contains(err.Error(), "read "+st.String()+"x: ") || !strings.Contains(err.Error(), "connection refused") || strings.Contains(err.Error(), "\n") {
+	if err == nil || !strings.Contains(err.Error(), "read "+st.String()+"x: ") || !strings.Contains(err.Error(), "connection refused") || strings.Contains(err.Error(), "\n") || !errors.Is(err, ErrUnavailable) {
 		t.Errorf("read with the store down: %v", err)
+	}
+	if err := st.Put(ctx, "y", []byte("new")); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("put with the store down: %v, want ErrUnavailable", err)
 	}
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
