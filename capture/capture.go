@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/combinefs/combinefs/format"
@@ -97,11 +98,10 @@ func (c *capturer) report(p Progress) {
 }
 
 func (c *capturer) run(ctx context.Context) (*Result, error) {
-	o := c.o
 	// Refuse a non-empty directory before asking the server for anything
 	// (prepareDir checks again, just before writing).
-	if o.into == nil {
-		abs, err := filepath.Abs(o.Dir)
+	if c.o.into == nil {
+		abs, err := filepath.Abs(c.o.Dir)
 		if err != nil {
 			return nil, err
 		}
@@ -110,39 +110,95 @@ func (c *capturer) run(ctx context.Context) (*Result, error) {
 		}
 	}
 	c.report(Progress{Phase: PhaseConnect})
-	cfg := o.Conn.Copy()
+	cfg := c.o.Conn.Copy()
 	ictx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-
 	conn, err := connect(ictx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close(context.Background())
+	srv, err := c.checkServer(ictx, conn)
+	if err != nil {
+		return nil, err
+	}
+	lay, stopWAL, err := c.prepare(ictx, cfg, srv)
+	if err != nil {
+		return nil, err
+	}
+	defer stopWAL()
+	if srv.incremental {
+		if _, err := conn.CopyFrom(ictx, bytes.NewReader(c.o.PriorManifest), "UPLOAD_MANIFEST"); err != nil {
+			return nil, classify(err, "upload prior manifest")
+		}
+	}
+	// From here on, the copy stream is read without a context (see
+	// streamReader); cancelling ictx breaks the connection instead.
+	stopBreak := context.AfterFunc(ictx, func() { conn.Conn().SetDeadline(time.Unix(1, 0)) })
+	defer stopBreak()
+	res, endTLI, err := c.transfer(ictx, conn, lay, cancel)
+	if err != nil {
+		return nil, err
+	}
+	conn.Close(context.Background())
+	res.SystemID, res.ServerMajor, res.Incremental = srv.sys.ID, srv.major, srv.incremental
+	if c.wal != nil {
+		c.report(Progress{Phase: PhaseWAL, Done: c.x.received, Total: c.x.received})
+		if endTLI != res.Timeline {
+			return nil, fmt.Errorf("backup started on timeline %d and ended on %d; streamed WAL cannot cover a timeline switch, use the fetch WAL method", res.Timeline, endTLI)
+		}
+		c.wal.stop(res.EndLSN)
+		err := c.wal.wait()
+		res.WALBytes = c.wal.bytes
+		c.wal = nil
+		if err != nil {
+			return nil, err
+		}
+	}
+	c.report(Progress{Phase: PhaseSync, Done: c.x.received, Total: c.x.received})
+	if err := c.finish(); err != nil {
+		return nil, err
+	}
+	res.Dir = c.final
+	res.Elapsed = time.Since(c.begun)
+	c.report(Progress{Phase: PhaseDone, Done: c.x.received, Total: c.x.received})
+	return res, nil
+}
+
+// serverFacts is what capture learns of the server before the backup.
+type serverFacts struct {
+	major       int
+	sys         system
+	segSize     int64
+	incremental bool
+	dirMode     fs.FileMode // of the backup's directories, as the server's
+}
+
+// checkServer refuses a server capture cannot back up (too old, another
+// cluster than the prior backup's, summarize_wal off for an incremental).
+func (c *capturer) checkServer(ctx context.Context, conn *pgconn.PgConn) (*serverFacts, error) {
 	major, err := serverMajor(conn)
 	if err != nil {
 		return nil, err
 	}
-	incremental := o.PriorManifest != nil
+	f := &serverFacts{major: major, incremental: c.o.PriorManifest != nil, dirMode: 0o700}
 	if major < MinServerMajor {
 		return nil, fmt.Errorf("%w: server is PostgreSQL %d, capture needs %d or later", ErrUnsupportedServer, major, MinServerMajor)
 	}
-	if incremental && major < MinServerMajorIncremental {
+	if f.incremental && major < MinServerMajorIncremental {
 		return nil, fmt.Errorf("%w: server is PostgreSQL %d, incremental backups need %d or later", ErrUnsupportedServer, major, MinServerMajorIncremental)
 	}
-	sys, err := identifySystem(ictx, conn)
-	if err != nil {
+	if f.sys, err = identifySystem(ctx, conn); err != nil {
 		return nil, err
 	}
-	segSize, err := walSegmentSize(ictx, conn)
-	if err != nil {
+	if f.segSize, err = walSegmentSize(ctx, conn); err != nil {
 		return nil, err
 	}
-	if incremental {
-		if id, ok := manifestSystemID(o.PriorManifest); ok && id != sys.ID {
-			return nil, fmt.Errorf("%w: its manifest names system %d, the server is system %d", ErrOtherCluster, id, sys.ID)
+	if f.incremental {
+		if id, ok := manifestSystemID(c.o.PriorManifest); ok && id != f.sys.ID {
+			return nil, fmt.Errorf("%w: its manifest names system %d, the server is system %d", ErrOtherCluster, id, f.sys.ID)
 		}
-		v, err := show(ictx, conn, "summarize_wal")
+		v, err := show(ctx, conn, "summarize_wal")
 		if err != nil {
 			return nil, err
 		}
@@ -150,18 +206,22 @@ func (c *capturer) run(ctx context.Context) (*Result, error) {
 			return nil, ErrSummarizeWALOff
 		}
 	}
-	dirMode := fs.FileMode(0o700)
-	if v, err := show(ictx, conn, "data_directory_mode"); err == nil {
+	if v, err := show(ctx, conn, "data_directory_mode"); err == nil {
 		if m, err := strconv.ParseUint(v, 8, 32); err == nil && m&0o077 == 0o050 {
-			dirMode = 0o750
+			f.dirMode = 0o750
 		}
 	}
+	return f, nil
+}
 
-	out, root, err := c.prepareOutput(ictx, dirMode)
+// prepare sets up the output, the extractor and, for the stream WAL
+// method, the WAL streamer; stop releases the streamer's wake-up.
+func (c *capturer) prepare(ctx context.Context, cfg *pgconn.Config, srv *serverFacts) (lay *layout, stop func(), err error) {
+	out, root, err := c.prepareOutput(ctx, srv.dirMode)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	lay := &layout{root: root, inPlace: o.InPlaceTablespaces, mapping: o.TablespaceMap, byLocation: map[string]uint32{}}
+	lay = &layout{root: root, inPlace: c.o.InPlaceTablespaces, mapping: c.o.TablespaceMap, byLocation: map[string]uint32{}}
 	c.x = &extractor{layout: lay, out: out}
 	if c.store != nil {
 		c.x.memManifest = &bytes.Buffer{}
@@ -169,40 +229,33 @@ func (c *capturer) run(ctx context.Context) (*Result, error) {
 	c.x.onData = func(done int64, archive string) {
 		c.report(Progress{Phase: PhaseTransfer, Done: done, Total: max(c.total, done), Archive: archive})
 	}
-
-	if o.WAL == WALStream {
-		walDir := filepath.Join(root, "pg_wal")
-		if err := out.mkdirAll(filepath.Join(walDir, "archive_status")); err != nil {
-			return nil, err
-		}
-		c.wal, err = openWALStreamer(ictx, cfg, sys.ID, walDir, segSize, o, out)
-		if err != nil {
-			return nil, err
-		}
-		stopWake := context.AfterFunc(ictx, c.wal.wake)
-		defer stopWake()
+	if c.o.WAL != WALStream {
+		return lay, func() {}, nil
 	}
-
-	if incremental {
-		if _, err := conn.CopyFrom(ictx, bytes.NewReader(o.PriorManifest), "UPLOAD_MANIFEST"); err != nil {
-			return nil, classify(err, "upload prior manifest")
-		}
+	walDir := filepath.Join(root, "pg_wal")
+	if err := out.mkdirAll(filepath.Join(walDir, "archive_status")); err != nil {
+		return nil, nil, err
 	}
+	if c.wal, err = openWALStreamer(ctx, cfg, srv.sys.ID, walDir, srv.segSize, c.o, out); err != nil {
+		return nil, nil, err
+	}
+	stopWake := context.AfterFunc(ctx, c.wal.wake)
+	return lay, func() { stopWake() }, nil
+}
 
-	// From here on, the copy stream is read without a context (see
-	// streamReader); cancelling ictx breaks the connection instead.
-	stopBreak := context.AfterFunc(ictx, func() { conn.Conn().SetDeadline(time.Unix(1, 0)) })
-	defer stopBreak()
-
+// transfer runs BASE_BACKUP and extracts its archives; with the stream WAL
+// method it starts the WAL streamer at the backup's start, whose failure
+// cancels the backup. It returns the backup's start, end and end timeline.
+func (c *capturer) transfer(ctx context.Context, conn *pgconn.PgConn, lay *layout, cancel context.CancelCauseFunc) (*Result, uint32, error) {
 	c.report(Progress{Phase: PhaseCheckpoint})
-	conn.Frontend().Send(&pgproto3.Query{String: baseBackupCommand(o)})
+	conn.Frontend().Send(&pgproto3.Query{String: baseBackupCommand(c.o)})
 	if err := conn.Frontend().Flush(); err != nil {
-		return nil, classify(err, "base backup")
+		return nil, 0, classify(err, "base backup")
 	}
-	r := &streamReader{ctx: ictx, src: conn, notice: o.Notice}
+	r := &streamReader{ctx: ctx, src: conn, notice: c.o.Notice}
 	st, err := r.readStart()
 	if err != nil {
-		return nil, classify(err, "base backup")
+		return nil, 0, classify(err, "base backup")
 	}
 	for _, ts := range st.Tablespaces {
 		if ts.SizeKB > 0 {
@@ -213,53 +266,24 @@ func (c *capturer) run(ctx context.Context) (*Result, error) {
 		}
 	}
 	if err := c.prepareTablespaces(lay, st.Tablespaces); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if c.wal != nil {
-		// A failing WAL stream aborts the backup at once.
 		c.wal.onFail = cancel
-		if err := c.wal.start(ictx, st.StartLSN, st.Timeline); err != nil {
-			return nil, err
+		if err := c.wal.start(ctx, st.StartLSN, st.Timeline); err != nil {
+			return nil, 0, err
 		}
 	}
-
 	c.report(Progress{Phase: PhaseTransfer, Total: c.total})
 	if err := r.readCopy(c.x, len(st.Tablespaces)); err != nil {
-		return nil, classify(err, "base backup")
+		return nil, 0, classify(err, "base backup")
 	}
 	end, endTLI, err := r.readEnd()
 	if err != nil {
-		return nil, classify(err, "base backup")
+		return nil, 0, classify(err, "base backup")
 	}
 	c.report(Progress{Phase: PhaseTransfer, Done: c.x.received, Total: c.x.received})
-	conn.Close(context.Background())
-
-	res := &Result{
-		SystemID: sys.ID, ServerMajor: major, Timeline: st.Timeline,
-		StartLSN: st.StartLSN, EndLSN: end, Incremental: incremental, Bytes: c.x.received,
-	}
-	if c.wal != nil {
-		c.report(Progress{Phase: PhaseWAL, Done: c.x.received, Total: c.x.received})
-		if endTLI != st.Timeline {
-			return nil, fmt.Errorf("backup started on timeline %d and ended on %d; streamed WAL cannot cover a timeline switch, use the fetch WAL method", st.Timeline, endTLI)
-		}
-		c.wal.stop(end)
-		err := c.wal.wait()
-		res.WALBytes = c.wal.bytes
-		c.wal = nil
-		if err != nil {
-			return nil, err
-		}
-	}
-
-	c.report(Progress{Phase: PhaseSync, Done: c.x.received, Total: c.x.received})
-	if err := c.finish(); err != nil {
-		return nil, err
-	}
-	res.Dir = c.final
-	res.Elapsed = time.Since(c.begun)
-	c.report(Progress{Phase: PhaseDone, Done: c.x.received, Total: c.x.received})
-	return res, nil
+	return &Result{Timeline: st.Timeline, StartLSN: st.StartLSN, EndLSN: end, Bytes: c.x.received}, endTLI, nil
 }
 
 // prepareOutput sets up where the backup goes and returns its output and
