@@ -66,15 +66,15 @@ func main() {
 	os.Exit(run())
 }
 
-func run() int {
-	var (
-		b        bench
-		jsonPath string
-		major    int
-		workdir  string
-		only     string
-		logPath  string
-	)
+// cliOptions are bench's own flags, beside those that set fields of bench.
+type cliOptions struct {
+	jsonPath, workdir, only, logPath string
+	major                            int
+}
+
+// parseFlags reads the command line into b and the options; a non-zero
+// code means stop with it.
+func parseFlags(b *bench) (o cliOptions, code int) {
 	flag.IntVar(&b.scale, "scale", 100, "pgbench scale of the chain's database (100 is about 1.5 GB)")
 	flag.IntVar(&b.runs, "runs", 4, "timed runs of each side of each figure (medians; at least 4 recommended)")
 	flag.IntVar(&b.loadSec, "load-seconds", 30, "pgbench (TPC-B) load before each incremental backup, in seconds")
@@ -82,58 +82,40 @@ func run() int {
 	flag.IntVar(&b.tpsClients, "tps-clients", 2, "pgbench -S clients (and threads)")
 	flag.IntVar(&b.tpsWarm, "tps-warm-seconds", 30, "untimed pgbench -S on each server before the timed runs")
 	flag.Int64Var(&b.cgroupMem, "cgroup-mem", 0, "memory limit in bytes of each side's cgroup in the bigmem figure (default: a third of the point's size, at least 512 MiB)")
-	flag.IntVar(&major, "pg-major", 0, "PostgreSQL major to provision, 17 or 18 (default: $PG_MAJOR, else 17)")
-	flag.StringVar(&jsonPath, "json", "", "write the results as JSON to `PATH` (default bench/results.json in the module)")
-	flag.StringVar(&workdir, "workdir", "", "keep the chain in this in-root `DIR` and reuse it on the next run with the same settings (default: a fresh directory, removed at the end)")
-	flag.StringVar(&only, "only", "", "comma-separated subset of figures: capture,flatten,mount,read,cachedir,ttfq,tps,compact,pitr,wallag,exec,hydrate,bigmem,s3")
-	flag.StringVar(&logPath, "log", "", "detailed log `FILE`: every run's figure, command failures (default: combinefs-bench-PID.log in the temp directory)")
+	flag.IntVar(&o.major, "pg-major", 0, "PostgreSQL major to provision, 17 or 18 (default: $PG_MAJOR, else 17)")
+	flag.StringVar(&o.jsonPath, "json", "", "write the results as JSON to `PATH` (default bench/results.json in the module)")
+	flag.StringVar(&o.workdir, "workdir", "", "keep the chain in this in-root `DIR` and reuse it on the next run with the same settings (default: a fresh directory, removed at the end)")
+	flag.StringVar(&o.only, "only", "", "comma-separated subset of figures: capture,flatten,mount,read,cachedir,ttfq,tps,compact,pitr,wallag,exec,hydrate,bigmem,s3")
+	flag.StringVar(&o.logPath, "log", "", "detailed log `FILE`: every run's figure, command failures (default: combinefs-bench-PID.log in the temp directory)")
 	flag.BoolVar(&b.verbose, "v", false, "copy the detailed log to stderr")
 	flag.StringVar(&b.binSrc, "bin", "", "measure this (static) combinefs `BINARY` instead of building one from the working tree")
 	flag.Parse()
 	if b.runs < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -runs must be at least 1")
-		return 2
+		return o, 2
 	}
 	if b.runs < 4 {
 		fmt.Fprintln(os.Stderr, "bench: warning: fewer than 4 runs; medians of so few runs are not worth much")
 	}
-	if only != "" {
+	if o.only != "" {
 		b.only = map[string]bool{}
-		for _, s := range strings.Split(only, ",") {
+		for _, s := range strings.Split(o.only, ",") {
 			b.only[strings.TrimSpace(s)] = true
 		}
 	}
-	if major != 0 {
-		os.Setenv("PG_MAJOR", strconv.Itoa(major))
-	}
-	mod, err := moduleRoot()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		return 1
-	}
-	if jsonPath == "" {
-		jsonPath = filepath.Join(mod, "bench", "results.json")
-	}
-	if logPath == "" {
-		logPath = filepath.Join(os.TempDir(), fmt.Sprintf("combinefs-bench-%d.log", os.Getpid()))
-	}
-	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		return 1
-	}
-	defer logf.Close()
-	var logw io.Writer = logf
-	if b.verbose {
-		logw = io.MultiWriter(logf, os.Stderr)
+	if o.major != 0 {
+		os.Setenv("PG_MAJOR", strconv.Itoa(o.major))
 	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: must run as root (PostgreSQL runs in a chroot, FUSE mounts, drop_caches)")
-		return 1
+		return o, 1
 	}
+	return o, 0
+}
 
-	root := newRootTB("bench", logw)
-	registerActive(root)
+// trapSignals cleans up (mounts, servers, directories) and exits on the
+// first SIGINT or SIGTERM, at once on the second.
+func trapSignals() {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
@@ -145,10 +127,42 @@ func run() int {
 		close(abortDone)
 		os.Exit(130)
 	}()
+}
+
+func run() int {
+	var b bench
+	o, code := parseFlags(&b)
+	if code != 0 {
+		return code
+	}
+	mod, err := moduleRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	if o.jsonPath == "" {
+		o.jsonPath = filepath.Join(mod, "bench", "results.json")
+	}
+	if o.logPath == "" {
+		o.logPath = filepath.Join(os.TempDir(), fmt.Sprintf("combinefs-bench-%d.log", os.Getpid()))
+	}
+	logf, err := os.OpenFile(o.logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	defer logf.Close()
+	var logw io.Writer = logf
+	if b.verbose {
+		logw = io.MultiWriter(logf, os.Stderr)
+	}
+	root := newRootTB("bench", logw)
+	registerActive(root)
+	trapSignals()
 
 	started := time.Now()
 	status := 0
-	err = root.run("main", func(t *benchTB) { b.main(t, mod, workdir) })
+	err = root.run("main", func(t *benchTB) { b.main(t, mod, o.workdir) })
 	if aborting.Load() {
 		<-abortDone // the signal handler cleans up and exits
 		select {}
@@ -163,11 +177,11 @@ func run() int {
 	b.res.Figures = b.figs
 	b.res.Notes = b.notes
 	b.printTable(os.Stdout)
-	if err := writeResults(jsonPath, &b.res); err != nil {
+	if err := writeResults(o.jsonPath, &b.res); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		status = 1
 	} else {
-		fmt.Printf("\nresults: %s  (log: %s; run took %s)\n", jsonPath, logPath, time.Since(started).Round(time.Second))
+		fmt.Printf("\nresults: %s  (log: %s; run took %s)\n", o.jsonPath, o.logPath, time.Since(started).Round(time.Second))
 	}
 	for _, f := range b.figs {
 		if f.Error != "" {

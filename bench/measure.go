@@ -143,26 +143,11 @@ func (b *bench) compare(t *benchTB, spec figSpec, ours, ref *variant, rss *figSp
 		}
 	}
 	for r := 0; r < b.runs; r++ {
-		type step struct {
-			name string
-			v    *variant
-			into *[]sample
-		}
 		var steps []step
 		if ref != nil {
-			o, rf := step{"ours", ours, &oursS}, step{"ref", ref, &refS}
-			if r%2 == 0 {
-				steps = append(steps, o, rf)
-			} else {
-				steps = append(steps, rf, o)
-			}
+			steps = alternate(r, step{"ours", ours, &oursS}, step{"ref", ref, &refS})
 		}
-		a, bb := step{"aa-A", aa, &aS}, step{"aa-B", aa, &bS}
-		if r%2 == 0 {
-			steps = append(steps, a, bb)
-		} else {
-			steps = append(steps, bb, a)
-		}
+		steps = append(steps, alternate(r, step{"aa-A", aa, &aS}, step{"aa-B", aa, &bS})...)
 		for _, s := range steps {
 			if err := do(s.name, s.v, r, s.into); err != nil {
 				fig.errorf("%s run %d: %v", s.name, r, firstLine(err.Error()))
@@ -174,14 +159,7 @@ func (b *bench) compare(t *benchTB, spec figSpec, ours, ref *variant, rss *figSp
 	if ref == nil {
 		oursS = append(append([]sample(nil), aS...), bS...)
 	}
-	fig.OursRuns, fig.RefRuns = values(oursS), values(refS)
-	fig.AARuns = [2][]float64{values(aS), values(bS)}
-	fig.Ours = median(fig.OursRuns)
-	if ref != nil {
-		fig.Ref = ptr(median(fig.RefRuns))
-		fig.Ratio = ptr(ratio(spec.higher, fig.Ours, *fig.Ref))
-	}
-	fig.AA = ptr(ratio(spec.higher, median(fig.AARuns[0]), median(fig.AARuns[1])))
+	summarize(fig, spec, values(oursS), values(refS), [2][]float64{values(aS), values(bS)}, ref != nil)
 	fig.Parts = medianParts(oursS, "ours")
 	for k, v := range medianParts(refS, "ref") {
 		fig.Parts[k] = v
@@ -193,26 +171,48 @@ func (b *bench) compare(t *benchTB, spec figSpec, ours, ref *variant, rss *figSp
 		fig.TargetMet = ptr(spec.targetMet(fig))
 	}
 	fig.ElapsedSec = time.Since(start).Seconds()
-
 	if rss != nil {
 		rssFig = &Figure{ID: rss.id, Name: rss.name, Unit: "MiB", Better: "lower", Runs: b.runs, Target: rss.target}
-		toMiB := func(ss []sample) []float64 {
-			var out []float64
-			for _, s := range ss {
-				out = append(out, float64(s.rssKB)/1024)
-			}
-			return out
-		}
-		rssFig.OursRuns, rssFig.RefRuns = toMiB(oursS), toMiB(refS)
-		rssFig.AARuns = [2][]float64{toMiB(aS), toMiB(bS)}
-		rssFig.Ours = median(rssFig.OursRuns)
-		if ref != nil {
-			rssFig.Ref = ptr(median(rssFig.RefRuns))
-			rssFig.Ratio = ptr(ratio(false, rssFig.Ours, *rssFig.Ref))
-		}
-		rssFig.AA = ptr(ratio(false, median(rssFig.AARuns[0]), median(rssFig.AARuns[1])))
+		summarize(rssFig, figSpec{}, rssMiB(oursS), rssMiB(refS), [2][]float64{rssMiB(aS), rssMiB(bS)}, ref != nil)
 	}
 	return fig, rssFig
+}
+
+// step is one timed run of a figure: a variant and where its sample goes.
+type step struct {
+	name string
+	v    *variant
+	into *[]sample
+}
+
+// alternate orders a pair of steps for run r: a first in even runs, b
+// first in odd ones, so neither side always has the machine's first turn.
+func alternate(r int, a, b step) []step {
+	if r%2 == 0 {
+		return []step{a, b}
+	}
+	return []step{b, a}
+}
+
+// summarize sets a figure's runs, medians, ratio (when there is a
+// reference) and A/A ratio from its samples.
+func summarize(fig *Figure, spec figSpec, ours, ref []float64, aa [2][]float64, hasRef bool) {
+	fig.OursRuns, fig.RefRuns, fig.AARuns = ours, ref, aa
+	fig.Ours = median(ours)
+	if hasRef {
+		fig.Ref = ptr(median(ref))
+		fig.Ratio = ptr(ratio(spec.higher, fig.Ours, *fig.Ref))
+	}
+	fig.AA = ptr(ratio(spec.higher, median(aa[0]), median(aa[1])))
+}
+
+// rssMiB is the peak RSS of each sample, in MiB.
+func rssMiB(ss []sample) []float64 {
+	var out []float64
+	for _, s := range ss {
+		out = append(out, float64(s.rssKB)/1024)
+	}
+	return out
 }
 
 // settle runs before every timed run: sync, and for cold figures drop the
