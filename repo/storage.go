@@ -142,33 +142,15 @@ func (l Local) Put(ctx context.Context, name string, data []byte) error {
 	if strings.HasSuffix(name, DirMarkerSuffix) && len(data) == 0 {
 		return os.MkdirAll(final, 0o700)
 	}
-	dir := filepath.Dir(final)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(final)+".tmp-")
+	w, err := l.Create(ctx, name)
 	if err != nil {
 		return err
 	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // gone already when the rename succeeded
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if _, err := w.Write(data); err != nil {
+		w.Abort()
 		return err
 	}
-	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE); err != nil {
-		if errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("%s: %w", name, fs.ErrExist)
-		}
-		return &os.LinkError{Op: "rename", Old: tmp, New: final, Err: err}
-	}
-	return dio.Sync(dir)
+	return w.Commit()
 }
 
 // Create writes a hidden temporary file beside the object; Commit fsyncs
