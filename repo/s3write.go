@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"golang.org/x/sync/semaphore"
@@ -97,9 +98,15 @@ func (w *s3Writer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// grow makes room for want more bytes, within the budget.
+// grow makes room for want more bytes, within the budget. Once a
+// multipart upload has begun every part is whole, so its buffer is taken
+// at part size at once rather than doubled up to it (copying 15 MiB and
+// leaving 15 MiB of garbage per part).
 func (w *s3Writer) grow(want int) error {
 	c := min(max(2*cap(w.buf), firstBuf, len(w.buf)+want), S3PartSize)
+	if w.uploadID != "" {
+		c = S3PartSize
+	}
 	if err := w.s.budget().Acquire(w.ctx, int64(c)-w.held); err != nil {
 		return err
 	}
@@ -125,6 +132,9 @@ func (w *s3Writer) release(buf []byte, held int64) {
 }
 
 // sendPart uploads the buffer as the next part, on a goroutine of its own.
+// The part's integrity is its CRC32C, which the store checks: its body is
+// not hashed a second time with SHA-256 for the signature (on plain HTTP
+// the SDK would, in a pass of its own before sending).
 func (w *s3Writer) sendPart() error {
 	if w.uploadID == "" {
 		res, err := w.s.Client.CreateMultipartUpload(w.ctx, &s3.CreateMultipartUploadInput{
@@ -155,7 +165,7 @@ func (w *s3Writer) sendPart() error {
 			Body:              bytes.NewReader(buf),
 			ContentLength:     aws.Int64(int64(len(buf))),
 			ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
-		})
+		}, s3.WithAPIOptions(v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware))
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		if err != nil {

@@ -9,6 +9,7 @@ package s3test
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -78,16 +79,31 @@ func StartWith(tb testing.TB, o Options) *Server {
 		}
 		tb.Skip(msg)
 	}
-	s := &Server{weed: weed, dir: tb.TempDir()}
-	if err := s.configure(cmp.Or(o.VolumeSizeLimitMB, 64), cmp.Or(o.VolumeMax, 256)); err != nil {
-		tb.Fatal(err)
+	// The ports are free when picked but another test's server may take
+	// one before ours binds it: a server that exits at start is tried
+	// again, afresh, on other ports.
+	var err error
+	for attempt := 1; attempt <= 3; attempt++ {
+		s := &Server{weed: weed, dir: tb.TempDir()}
+		if err := s.configure(cmp.Or(o.VolumeSizeLimitMB, 64), cmp.Or(o.VolumeMax, 256)); err != nil {
+			tb.Fatal(err)
+		}
+		if err = s.Start(); err == nil {
+			tb.Cleanup(s.Stop)
+			return s
+		}
+		s.Stop()
+		if !errors.Is(err, errExited) {
+			break
+		}
+		tb.Logf("S3 server, attempt %d: %v", attempt, err)
 	}
-	tb.Cleanup(s.Stop)
-	if err := s.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	return s
+	tb.Fatal(err)
+	return nil
 }
+
+// errExited is a server that exited before it answered.
+var errExited = errors.New("weed server exited at start")
 
 // configure writes the S3 identity file and picks the ports: HTTP ports
 // whose port+10000 (SeaweedFS's gRPC convention) is free as well.
@@ -159,7 +175,7 @@ func (s *Server) Start() error {
 		}
 		select {
 		case <-s.done:
-			return fmt.Errorf("weed server exited at start: %s", s.tail())
+			return fmt.Errorf("%w: %s", errExited, s.tail())
 		case <-ctx.Done():
 			s.Stop()
 			return fmt.Errorf("weed server did not answer S3 requests: %v: %s", err, s.tail())
@@ -172,7 +188,7 @@ func (s *Server) Start() error {
 func (s *Server) tail() string {
 	b, _ := os.ReadFile(filepath.Join(s.dir, "weed.log"))
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return strings.Join(lines[max(0, len(lines)-5):], " | ")
+	return strings.Join(lines[max(0, len(lines)-12):], " | ")
 }
 
 // Stop stops the server: SIGTERM to its process group, then SIGKILL if it
