@@ -41,10 +41,29 @@ func (sf *srcFile) name() string {
 	return sf.f.Name()
 }
 
+// vecReader is a remote SourceFile that reads a range straight into the
+// caller's buffers (repo's objects): the blocks go from the response into
+// the cache, with no buffer per GET beside it.
+type vecReader interface {
+	ReadAtInto(bufs [][]byte, off int64) (int, error)
+}
+
 // readRemote fills b from off, up to the end of the object, with one
 // ranged read.
 func (sf *srcFile) readRemote(b []byte, off int64) (int, error) {
-	n, err := sf.remote.ReadAt(b, off)
+	return sf.readRemoteInto([][]byte{b}, off)
+}
+
+// readRemoteInto is the one ranged read of the buffers of iov, in order;
+// fewer bytes only at the object's end.
+func (sf *srcFile) readRemoteInto(iov [][]byte, off int64) (int, error) {
+	var n int
+	var err error
+	if v, ok := sf.remote.(vecReader); ok {
+		n, err = v.ReadAtInto(iov, off)
+	} else {
+		n, err = readAtInto(sf.remote, iov, off)
+	}
 	if err == io.EOF {
 		err = nil
 	}
@@ -54,21 +73,39 @@ func (sf *srcFile) readRemote(b []byte, off int64) (int, error) {
 	return n, err
 }
 
-// preadRemote is pread's one ranged read into the buffers of iov.
+// readAtInto reads iov with ReadAt, buffer by buffer, up to the end.
+func readAtInto(r io.ReaderAt, iov [][]byte, off int64) (int, error) {
+	n := 0
+	for _, v := range iov {
+		k, err := r.ReadAt(v, off+int64(n))
+		n += k
+		if err != nil || k < len(v) {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// preadRemote is pread's one ranged read into the buffers of iov. The
+// object's last block is partial when a file is not a whole number of
+// blocks (a whole file of the point): the rest of it reads as zeros, as
+// past the end of a local file, and the read counts as whole.
 func (sf *srcFile) preadRemote(iov [][]byte, off int64) (int, error) {
 	total := 0
 	for _, v := range iov {
 		total += len(v)
 	}
-	buf := make([]byte, total)
-	n, err := sf.readRemote(buf, off)
-	rest := buf[:n]
-	for _, v := range iov {
-		k := copy(v, rest)
-		clear(v[k:]) // past the end of the object
-		rest = rest[k:]
+	n, err := sf.readRemoteInto(iov, off)
+	if err != nil || n == total || off+int64(n) != sf.remote.Size() {
+		return n, err
 	}
-	return n, err
+	rest := n
+	for _, v := range iov {
+		k := min(rest, len(v))
+		clear(v[k:])
+		rest -= k
+	}
+	return total, nil
 }
 
 // fetchRemote reads the spans of a request, remoteJobs at a time, then
