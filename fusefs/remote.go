@@ -20,7 +20,7 @@ import (
 
 const (
 	remoteJobs     = 8
-	readAheadBytes = 16 << 20
+	readAheadBytes = 32 << 20
 	readAheadChunk = 2 << 20
 	readAheadJobs  = 8
 )
@@ -202,6 +202,7 @@ type readAheadState struct {
 	mu    sync.Mutex
 	files map[*resolver.Plan]*readAhead
 	g     errgroup.Group
+	next  errgroup.Group // the prefetches of the next files (prefetchNext)
 	once  sync.Once
 }
 
@@ -255,6 +256,7 @@ func (s *sources) readAheadInit() {
 	s.ra.once.Do(func() {
 		s.ra.files = map[*resolver.Plan]*readAhead{}
 		s.ra.g.SetLimit(readAheadJobs)
+		s.ra.next.SetLimit(prefetchJobs)
 	})
 }
 
@@ -269,17 +271,29 @@ func planSize(p *resolver.Plan) int64 {
 
 // waitReadAhead waits for the background fetches (at unmount, before the
 // sources close).
-func (s *sources) waitReadAhead() { s.ra.g.Wait() }
+func (s *sources) waitReadAhead() {
+	s.ra.g.Wait()
+	s.ra.next.Wait()
+}
 
 // prefetchFiles is how many of the files after one opened in its directory
 // an open on a remote chain fetches the start of: a reader that takes a
 // directory's files in order (a copy, a backup tool, a checksum pass) finds
 // them in the cache instead of paying a round trip for each small file.
-const prefetchFiles = 8
+// Most files of a point are small (at pgbench scale 100, 800 of 983 are
+// under a chunk), so it takes many GETs at once to keep up with a reader:
+// prefetchJobs, apart from the read-ahead's jobs, which a large file being
+// read keeps busy. What they fetch is in the block cache's buffers, pinned
+// only while a GET fills them: at most prefetchJobs chunks.
+const (
+	prefetchFiles = 32
+	prefetchJobs  = 16
+)
 
 // prefetchNext fetches the first read-ahead chunk of the prefetchFiles
-// files after f in its directory, each once per mount, through the
-// read-ahead's jobs (dropped when they are all busy).
+// files after f in its directory, each once per mount, prefetchJobs at a
+// time (dropped when they are all busy, to be asked for again at the next
+// open).
 func (f *roFile) prefetchNext() {
 	s := f.m.src
 	for n, i := f.next, 0; n != nil && i < prefetchFiles; n, i = n.next, i+1 {
@@ -287,7 +301,7 @@ func (f *roFile) prefetchNext() {
 			continue
 		}
 		s.readAheadInit()
-		ok := s.ra.g.TryGo(func() error {
+		ok := s.ra.next.TryGo(func() error {
 			if plan, err := n.f.Plan(); err == nil {
 				if r, err := s.readBlocks(plan, 0, min(n.f.Size(), readAheadChunk)); err == nil {
 					r.release()
