@@ -123,6 +123,43 @@ func (ch *s3Chain) mount(t *testing.T, k int, mp string, flags ...string) int {
 	return st.PID
 }
 
+// checkOpenRequests checks the requests the mount of point k (process pid
+// at mp) sent before it served: three listings of the repository (its
+// probe, its markers, their check once the chain is held) and one of each
+// point of the chain; one GET of each point's four small files (PG_VERSION,
+// pg_control, backup_label, backup_manifest) and one or two (a header
+// longer than 8 KiB) of each INCREMENTAL file's header (the older
+// backups' may be read by now, in the background); nothing else. None of
+// it grows with the size of the relation files.
+func (ch *s3Chain) checkOpenRequests(t *testing.T, k, pid int, mp string) {
+	t.Helper()
+	var s struct{ S3 *repo.RequestCounts }
+	if err := mountctl.RequestStats(pid, ch.e.Host(mountctl.StatsPath(mp)), time.Minute, &s); err != nil {
+		t.Fatal(err)
+	}
+	points, headers := uint64(k+1), uint64(0)
+	for _, n := range ch.names[1 : k+1] {
+		objs, err := ch.store.List(context.Background(), n+"/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range objs {
+			if strings.HasPrefix(path.Base(o.Name), "INCREMENTAL.") {
+				headers++
+			}
+		}
+	}
+	got := s.S3
+	if got == nil {
+		t.Fatalf("the stats of the mount of %s from %s count no S3 requests", ch.names[k], ch.url)
+	}
+	minGet, maxGet := 4*points, 4*points+2*headers
+	if got.List != 3+points || got.Get < minGet || got.Get > maxGet || got.Put+got.Delete+got.Other != 0 {
+		t.Errorf("the mount of %s (%d points, %d INCREMENTAL files) sent before serving %s; want %d LIST, %d to %d GET, nothing else\n--- log ---\n%s",
+			ch.names[k], points, headers, got, 3+points, minGet, maxGet, readFrom(ch.e.Host(mp+".log"), 0))
+	}
+}
+
 func (ch *s3Chain) umount(t *testing.T, mp string) {
 	t.Helper()
 	if out, code := runCombinefs(t, ch.e, "umount", mp); code != 0 {
@@ -173,7 +210,7 @@ func TestS3Read(t *testing.T) {
 	t.Run("mount", func(t *testing.T) {
 		for k := range ch.names {
 			mp := cowMountPoint(t, e, e.TempDir(t), "mnt")
-			ch.mount(t, k, mp)
+			ch.checkOpenRequests(t, k, ch.mount(t, k, mp), mp)
 			if d := TreeDiff(e.Host(ch.refs[k]), e.Host(mp), nil, "backup_manifest"); d != "" {
 				t.Errorf("mount of %s from %s differs from pg_combinebackup of the local chain:\n%s", ch.names[k], ch.url, d)
 			}

@@ -148,7 +148,10 @@ func openPoint(dirs []string, warn func(string)) (*resolver.Chain, *resolver.Tre
 	return openPointWith(dirs, resolver.ChainOptions{RequireV2Manifests: true}, warn)
 }
 
-// openPointWith is openPoint with the chain's options (its source).
+// openPointWith is openPoint with the chain's options (its source). On an
+// object store it reads the final backup's INCREMENTAL headers only (they
+// give the files' sizes) and leaves the older backups' to resolveLater:
+// each is a round trip, and waiting for them doubled a mount's time.
 func openPointWith(dirs []string, opts resolver.ChainOptions, warn func(string)) (*resolver.Chain, *resolver.Tree, error) {
 	chain, err := resolver.OpenChain(dirs, opts)
 	if err != nil {
@@ -161,10 +164,29 @@ func openPointWith(dirs []string, opts resolver.ChainOptions, warn func(string))
 	if err != nil {
 		return nil, nil, err
 	}
+	if !resolver.IsLocal(opts.Source) {
+		return chain, tree, nil
+	}
 	if err := tree.ResolveAll(resolver.ReadJobs(opts.Source)); err != nil {
 		return nil, nil, err
 	}
 	return chain, tree, nil
+}
+
+// resolveLater reads, once a mount from an object store serves, the
+// INCREMENTAL headers of its older backups (ResolveAll, in the tree's
+// order, so that a reader taking the files in order finds most resolved):
+// a file opened first resolves itself on open. A damaged header fails the
+// reads of its file with EIO and is logged here, where a local mount would
+// have refused to mount.
+func (o *mountOptions) resolveLater(point *resolver.Tree, lg *logWriter) {
+	if err := point.ResolveAll(resolver.ReadJobs(point.Chain.Source)); err != nil {
+		lg.Printf("reading the older backups' INCREMENTAL headers: %v (that file's reads fail)", err)
+		return
+	}
+	if line := o.remote.phase("read the older backups' INCREMENTAL headers while serving (reads' GETs included)"); line != "" {
+		lg.Printf("opening the chain from %s: %s", o.repo, line)
+	}
 }
 
 func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
@@ -257,6 +279,9 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	defer st.Remove()
 	lg.Printf("mounted %s (%d backups, PostgreSQL %d) at %s, %s, in %.0f ms", chain.Final().Dir, len(dirs), chain.Major, mp, mode, float64(time.Since(start).Microseconds())/1000)
 	notifyReady("")
+	if o.remote != nil {
+		go o.resolveLater(point, lg)
+	}
 	if !child {
 		fmt.Fprintf(stderr, "combinefs mount: %s mounted at %s (%s); Ctrl-C or combinefs umount %s to stop\n", chain.Final().Dir, mp, mode, mp)
 	}
@@ -270,7 +295,7 @@ func (o *mountOptions) logRemoteOpen(lg *logWriter) {
 	if o.remote == nil {
 		return
 	}
-	o.remote.phase("read the INCREMENTAL headers and check the chain")
+	o.remote.phase("check the chain, read the final backup's INCREMENTAL headers")
 	for _, p := range o.remote.phases {
 		lg.Printf("opening the chain from %s: %s", o.repo, p)
 	}

@@ -50,8 +50,9 @@ type repoChainOpen struct {
 	// phases say, for an object store, how long each step took and the
 	// requests it sent (a mount logs them).
 	phases []string
-	// phase records the step since its previous call as what.
-	phase func(what string)
+	// phase records the step since its previous call as what, and returns
+	// its line ("" for a local repository).
+	phase func(what string) string
 }
 
 // openRepoChain opens the repository at loc (once per process, see
@@ -83,18 +84,20 @@ func openRepoChain(ctx context.Context, cmd, loc, point string, s3o repo.S3Optio
 
 // timer returns a function that records, on an object store, the time and
 // the requests since its previous call as the phase what.
-func (c *repoChainOpen) timer() func(what string) {
+func (c *repoChainOpen) timer() func(what string) string {
 	last := time.Now()
 	var before repo.RequestCounts
-	return func(what string) {
+	return func(what string) string {
 		s, ok := c.repo.Store.(*repo.S3)
 		if !ok {
-			return
+			return ""
 		}
 		now, counts := time.Now(), s.Requests()
-		c.phases = append(c.phases, fmt.Sprintf("%s: %.0f ms, %s", what, float64(now.Sub(last).Microseconds())/1000, counts.Sub(before)))
+		line := fmt.Sprintf("%s: %.0f ms, %s", what, float64(now.Sub(last).Microseconds())/1000, counts.Sub(before))
+		c.phases = append(c.phases, line)
 		last, before = now, counts
 		s.ResetPeak()
+		return line
 	}
 }
 
