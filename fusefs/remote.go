@@ -88,15 +88,16 @@ func readAtInto(r io.ReaderAt, iov [][]byte, off int64) (int, error) {
 
 // preadRemote is pread's one ranged read into the buffers of iov. The
 // object's last block is partial when a file is not a whole number of
-// blocks (a whole file of the point): the rest of it reads as zeros, as
-// past the end of a local file, and the read counts as whole.
+// blocks (a whole file of the point): when the object ends inside the last
+// buffer, the rest of it reads as zeros, as past the end of a local file,
+// and the read counts as whole. Ending anywhere before is a short read.
 func (sf *srcFile) preadRemote(iov [][]byte, off int64) (int, error) {
 	total := 0
 	for _, v := range iov {
 		total += len(v)
 	}
 	n, err := sf.readRemoteInto(iov, off)
-	if err != nil || n == total || off+int64(n) != sf.remote.Size() {
+	if err != nil || n == total || n <= total-len(iov[len(iov)-1]) || off+int64(n) != sf.remote.Size() {
 		return n, err
 	}
 	rest := n
