@@ -177,11 +177,15 @@ func openPointWith(dirs []string, opts resolver.ChainOptions, warn func(string))
 // INCREMENTAL headers of its older backups (ResolveAll, in the tree's
 // order, so that a reader taking the files in order finds most resolved):
 // a file opened first resolves itself on open. A damaged header fails the
-// reads of its file with EIO and is logged here, where a local mount would
-// have refused to mount.
+// opens of its file with EIO and is logged here, where a local mount would
+// have refused to mount; a header the store failed to send is read again
+// at the file's next open.
 func (o *mountOptions) resolveLater(point *resolver.Tree, lg *logWriter) {
 	if err := point.ResolveAll(resolver.ReadJobs(point.Chain.Source)); err != nil {
-		lg.Printf("reading the older backups' INCREMENTAL headers: %v (that file's reads fail)", err)
+		lg.Printf("reading the older backups' INCREMENTAL headers: %v (the files not resolved yet are resolved when opened)", err)
+		return
+	}
+	if o.remote == nil {
 		return
 	}
 	if line := o.remote.phase("read the older backups' INCREMENTAL headers while serving (reads' GETs included)"); line != "" {
@@ -279,7 +283,7 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	defer st.Remove()
 	lg.Printf("mounted %s (%d backups, PostgreSQL %d) at %s, %s, in %.0f ms", chain.Final().Dir, len(dirs), chain.Major, mp, mode, float64(time.Since(start).Microseconds())/1000)
 	notifyReady("")
-	if o.remote != nil {
+	if !resolver.IsLocal(chain.Source) {
 		go o.resolveLater(point, lg)
 	}
 	if !child {
