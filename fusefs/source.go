@@ -386,9 +386,6 @@ func (s *sources) readSpan(src *source, idx []int) ([]cache.Ref, error) {
 	}
 	s.readCalls.Add(1)
 	s.readBytes.Add(uint64(max(m, 0)))
-	if m < want && err == nil && src.f.remote != nil && first*format.BlockSize+int64(m) == src.f.remote.Size() {
-		m = want // the object's last block, partial: a whole file's end
-	}
 	if m < want {
 		if err == nil {
 			err = fmt.Errorf("%s: short read at offset %d: %d of %d bytes", src.f.name(), first*format.BlockSize, m, want)

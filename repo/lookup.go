@@ -28,6 +28,13 @@ func (r *Repo) Find(ctx context.Context, ref string) (*Point, error) {
 	for q := byName[p.Parent]; q != nil; q = byName[q.Parent] {
 		ancestors = append([]*Point{q}, ancestors...)
 	}
+	var chain []string
+	for _, q := range ancestors {
+		chain = append(chain, q.Name)
+	}
+	if err := r.prefetchChain(ctx, chain); err != nil {
+		return nil, err
+	}
 	r.checkChains(ctx, ancestors)
 	return p, nil
 }

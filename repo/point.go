@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/combinefs/combinefs/format"
 	"github.com/combinefs/combinefs/resolver"
 )
@@ -81,23 +83,34 @@ func (r *Repo) scan(ctx context.Context, full bool) ([]*Point, error) {
 		if err != nil {
 			continue
 		}
-		p := &Point{Name: name, Dir: r.pointDir(name), Kind: Kind(m[2]), Time: t}
-		points = append(points, p)
-		if r.readLabel(ctx, p); p.Problem != "" {
-			continue
-		}
-		if !full {
-			r.readControl(ctx, p)
-			continue
-		}
-		objs, err := r.Store.List(ctx, p.Name+"/")
-		if err != nil {
-			return nil, err
-		}
-		for _, o := range objs {
-			p.Size += o.Size
-		}
-		r.readManifest(ctx, p)
+		points = append(points, &Point{Name: name, Dir: r.pointDir(name), Kind: Kind(m[2]), Time: t})
+	}
+	// Each point's reads are independent: on an object store each is a
+	// round trip, so the points are read in parallel.
+	var g errgroup.Group
+	g.SetLimit(remoteSmallJobs)
+	for _, p := range points {
+		g.Go(func() error {
+			if r.readLabel(ctx, p); p.Problem != "" {
+				return nil
+			}
+			if !full {
+				r.readControl(ctx, p)
+				return nil
+			}
+			objs, err := r.Store.List(ctx, p.Name+"/")
+			if err != nil {
+				return err
+			}
+			for _, o := range objs {
+				p.Size += o.Size
+			}
+			r.readManifest(ctx, p)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
 	}
 	sort.Slice(points, func(i, j int) bool { return points[i].Name < points[j].Name })
 	return points, nil
@@ -106,7 +119,7 @@ func (r *Repo) scan(ctx context.Context, full bool) ([]*Point, error) {
 // readLabel fills in what p's backup_label says, or sets p.Problem.
 func (r *Repo) readLabel(ctx context.Context, p *Point) {
 	labelPath := p.Dir + "/backup_label"
-	data, err := r.Store.ReadRange(ctx, p.Name+"/backup_label", 0, -1)
+	data, err := r.readSmall(ctx, p.Name+"/backup_label")
 	if err != nil {
 		p.Problem = fmt.Sprintf("not a complete backup: %v", pathErr(err))
 		return
@@ -129,7 +142,7 @@ func (r *Repo) readLabel(ctx context.Context, p *Point) {
 // one is left for the chain check to report.
 func (r *Repo) readControl(ctx context.Context, p *Point) {
 	name := p.Name + "/global/pg_control"
-	data, err := r.Store.ReadRange(ctx, name, 0, format.ControlFileSize)
+	data, err := r.readSmall(ctx, name)
 	if err != nil {
 		return
 	}
@@ -141,7 +154,7 @@ func (r *Repo) readControl(ctx context.Context, p *Point) {
 // readManifest fills in what p's backup_manifest says, or sets p.Problem.
 func (r *Repo) readManifest(ctx context.Context, p *Point) {
 	manPath := p.Dir + "/backup_manifest"
-	data, err := r.Store.ReadRange(ctx, p.Name+"/backup_manifest", 0, -1)
+	data, err := r.readSmall(ctx, p.Name+"/backup_manifest")
 	if err != nil {
 		p.Problem = fmt.Sprintf("not a complete backup: %v", pathErr(err))
 		return

@@ -10,8 +10,11 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/combinefs/combinefs/resolver"
 )
@@ -155,7 +158,7 @@ func (r *Repo) chainOptions(ctx context.Context) resolver.ChainOptions {
 			if !ok {
 				return nil, fmt.Errorf("%s is not in repository %s", p, r.Dir)
 			}
-			data, err := r.Store.ReadRange(ctx, name, 0, -1)
+			data, err := r.readSmall(ctx, name)
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrNotExist}
 			}
@@ -167,14 +170,25 @@ func (r *Repo) chainOptions(ctx context.Context) resolver.ChainOptions {
 
 // checkRemoteRepository fails unless the prefix holds a point, a point's
 // marker or files a capture left: what CheckIsRepository asks of a
-// directory.
+// directory. It lists only the prefix's top level where the store can.
 func (r *Repo) checkRemoteRepository(ctx context.Context) error {
-	objs, err := r.Store.List(ctx, "")
-	if err != nil {
-		return err
+	var tops []string
+	if s, ok := r.Store.(*S3); ok {
+		var err error
+		if tops, err = s.TopNames(ctx); err != nil {
+			return err
+		}
+	} else {
+		objs, err := r.Store.List(ctx, "")
+		if err != nil {
+			return err
+		}
+		for _, o := range objs {
+			top, _, _ := strings.Cut(o.Name, "/")
+			tops = append(tops, top)
+		}
 	}
-	for _, o := range objs {
-		top, _, _ := strings.Cut(o.Name, "/")
+	for _, top := range tops {
 		if IsPointName(top) || top == markerDir {
 			return nil
 		}
@@ -238,15 +252,16 @@ func (r *Repo) lockObject(ctx context.Context, name, what, holder string, wait W
 }
 
 // shareRemote stands for the shared point locks on an object store, which
-// has none yet: it only reports whether each point is still one.
+// has none yet: it only reports whether each point is still one, from one
+// listing of the markers.
 func (r *Repo) shareRemote(ctx context.Context, names []string) (h *Hold, gone bool, err error) {
+	points, err := r.pointNames(ctx)
+	if err != nil {
+		return nil, false, err
+	}
 	for _, n := range names {
-		_, err := r.Store.ReadRange(ctx, MarkerName(n), 0, -1)
-		if errors.Is(err, fs.ErrNotExist) {
+		if _, ok := slices.BinarySearch(points, n); !ok {
 			return nil, true, nil
-		}
-		if err != nil {
-			return nil, false, err
 		}
 	}
 	return &Hold{}, false, nil
@@ -314,4 +329,106 @@ func deadHolder(lock, host string) bool {
 		return false
 	}
 	return strings.TrimSuffix(on, ",") == host && errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+}
+
+// readSmall reads the object name (a label, a control file, a manifest)
+// whole. On S3 it is fetched once: the chain check of a lookup, the
+// source that mount and flatten read through and a scan all want the same
+// few objects, and each GET is a round trip. ChainOptions takes them out
+// of the store's memo again, so that it does not grow for the life of a
+// mount.
+func (r *Repo) readSmall(ctx context.Context, name string) ([]byte, error) {
+	s, ok := r.Store.(*S3)
+	if !ok {
+		return r.Store.ReadRange(ctx, name, 0, -1)
+	}
+	return s.memo.get(name, func() ([]byte, error) { return s.ReadRange(ctx, name, 0, -1) })
+}
+
+// smallMemo holds the small objects an S3 Storage fetched for a chain
+// (readSmall) and the listings of points fetched ahead of their use
+// (prefetchChain), until they are taken.
+type smallMemo struct {
+	mu    sync.Mutex
+	data  map[string][]byte
+	lists map[string][]Object
+}
+
+// get returns the object name, fetched by fetch unless held.
+func (m *smallMemo) get(name string, fetch func() ([]byte, error)) ([]byte, error) {
+	m.mu.Lock()
+	data, ok := m.data[name]
+	m.mu.Unlock()
+	if ok {
+		return data, nil
+	}
+	data, err := fetch()
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	if m.data == nil {
+		m.data = map[string][]byte{}
+	}
+	m.data[name] = data
+	m.mu.Unlock()
+	return data, nil
+}
+
+// putList holds the listing of prefix.
+func (m *smallMemo) putList(prefix string, objs []Object) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.lists == nil {
+		m.lists = map[string][]Object{}
+	}
+	m.lists[prefix] = objs
+}
+
+// takeList returns and forgets the held listing of prefix.
+func (m *smallMemo) takeList(prefix string) ([]Object, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	objs, ok := m.lists[prefix]
+	delete(m.lists, prefix)
+	return objs, ok
+}
+
+// forget drops everything held.
+func (m *smallMemo) forget() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.data, m.lists = nil, nil
+}
+
+// prefetchChain fetches, on S3, what opening the chain of points reads,
+// all in parallel: each point's listing, its small files (chainFiles)
+// that no scan fetched yet. The chain check and ChainOptions then find
+// them in the memo instead of fetching them one after another.
+func (r *Repo) prefetchChain(ctx context.Context, points []string) error {
+	s, ok := r.Store.(*S3)
+	if !ok {
+		return nil
+	}
+	var g errgroup.Group
+	g.SetLimit(remoteSmallJobs)
+	for _, p := range points {
+		g.Go(func() error {
+			objs, err := s.List(ctx, p+"/")
+			if err == nil {
+				s.memo.putList(p+"/", objs)
+			}
+			return err
+		})
+		for _, f := range chainFiles {
+			g.Go(func() error {
+				_, err := r.readSmall(ctx, p+"/"+f)
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil // the chain check says so, with its own message
+				}
+				return err
+			})
+		}
+	}
+	return g.Wait()
 }

@@ -12,11 +12,13 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/middleware"
 	"golang.org/x/sync/semaphore"
 )
 
@@ -35,6 +37,77 @@ type S3 struct {
 
 	memOnce sync.Once
 	mem     *semaphore.Weighted // the writers' memory budget (s3write.go)
+
+	counts requestCounts
+	memo   smallMemo // small objects fetched once (remote.go)
+}
+
+// RequestCounts are the requests an S3 Storage sent, by kind (each call
+// once, however often the SDK retried it), and the most that were in
+// flight at once: what a mount's log and stats report of its start, and
+// what tests assert it sends.
+type RequestCounts struct {
+	List, Get, Put, Delete, Other uint64
+	// GetBytes is what the GETs returned.
+	GetBytes uint64
+	// MaxInFlight is the most requests that were under way together.
+	MaxInFlight int64
+}
+
+// Total is the number of requests.
+func (c RequestCounts) Total() uint64 { return c.List + c.Get + c.Put + c.Delete + c.Other }
+
+// Sub is what was sent since the counts before were taken.
+func (c RequestCounts) Sub(before RequestCounts) RequestCounts {
+	return RequestCounts{List: c.List - before.List, Get: c.Get - before.Get, Put: c.Put - before.Put,
+		Delete: c.Delete - before.Delete, Other: c.Other - before.Other, GetBytes: c.GetBytes - before.GetBytes,
+		MaxInFlight: c.MaxInFlight}
+}
+
+func (c RequestCounts) String() string {
+	return fmt.Sprintf("%d requests (%d LIST, %d GET of %d bytes, %d PUT, %d DELETE, %d other; at most %d at once)",
+		c.Total(), c.List, c.Get, c.GetBytes, c.Put, c.Delete, c.Other, c.MaxInFlight)
+}
+
+type requestCounts struct {
+	list, get, put, del, other, getBytes atomic.Uint64
+	inFlight, maxInFlight                atomic.Int64
+}
+
+// Requests returns the requests sent so far.
+func (s *S3) Requests() RequestCounts {
+	c := &s.counts
+	return RequestCounts{List: c.list.Load(), Get: c.get.Load(), Put: c.put.Load(), Delete: c.del.Load(),
+		Other: c.other.Load(), GetBytes: c.getBytes.Load(), MaxInFlight: c.maxInFlight.Load()}
+}
+
+// ResetPeak starts MaxInFlight over from the requests under way now, so
+// that the next Requests reports the peak of what follows.
+func (s *S3) ResetPeak() { s.counts.maxInFlight.Store(s.counts.inFlight.Load()) }
+
+// countRequests is the client's middleware that counts every operation
+// (not each retry of it) and the requests in flight.
+func (c *requestCounts) countRequests(stack *middleware.Stack) error {
+	return stack.Initialize.Add(middleware.InitializeMiddlewareFunc("combinefsCount",
+		func(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+			switch in.Parameters.(type) {
+			case *s3.ListObjectsV2Input:
+				c.list.Add(1)
+			case *s3.GetObjectInput:
+				c.get.Add(1)
+			case *s3.PutObjectInput, *s3.UploadPartInput:
+				c.put.Add(1)
+			case *s3.DeleteObjectInput:
+				c.del.Add(1)
+			default:
+				c.other.Add(1)
+			}
+			n := c.inFlight.Add(1)
+			for m := c.maxInFlight.Load(); n > m && !c.maxInFlight.CompareAndSwap(m, n); m = c.maxInFlight.Load() {
+			}
+			defer c.inFlight.Add(-1)
+			return next.HandleInitialize(ctx, in)
+		}), middleware.After)
 }
 
 // S3Options are the choices of an S3 repository beyond its URL.
@@ -89,13 +162,15 @@ func NewS3(ctx context.Context, bucket, prefix string, o S3Options) (*S3, error)
 		}
 		cfg.BaseEndpoint = aws.String(o.Endpoint)
 	}
-	client := s3.NewFromConfig(cfg, func(so *s3.Options) {
+	st := &S3{Bucket: bucket, Prefix: prefix}
+	st.Client = s3.NewFromConfig(cfg, func(so *s3.Options) {
 		so.UsePathStyle = cfg.BaseEndpoint != nil
 		// Stores that send no checksum would otherwise get a log line on
 		// stderr per GET; TLS and the manifests' checksums cover the data.
 		so.DisableLogOutputChecksumValidationSkipped = true
+		so.APIOptions = append(so.APIOptions, st.counts.countRequests)
 	})
-	return &S3{Client: client, Bucket: bucket, Prefix: prefix}, nil
+	return st, nil
 }
 
 // String is the repository's URL.
@@ -127,6 +202,65 @@ func (s *S3) ReadRange(ctx context.Context, name string, off, n int64) ([]byte, 
 	if n == 0 {
 		return []byte{}, nil
 	}
+	body, size, err := s.get(ctx, name, off, n)
+	if err != nil {
+		return nil, err
+	}
+	if body == nil {
+		return []byte{}, nil
+	}
+	defer body.Close()
+	var buf bytes.Buffer
+	buf.Grow(int(size))
+	m, err := io.Copy(&buf, body)
+	s.counts.getBytes.Add(uint64(m))
+	if err != nil {
+		return nil, s.err("read", name, err)
+	}
+	return buf.Bytes(), nil
+}
+
+// ReadRangeInto is one ranged GET of the bytes from off on into bufs, in
+// order, without a buffer of its own: the body goes straight into them (a
+// mount's block cache). It returns how many bytes it filled, fewer only at
+// the object's end.
+func (s *S3) ReadRangeInto(ctx context.Context, name string, off int64, bufs [][]byte) (int, error) {
+	var n int64
+	for _, b := range bufs {
+		n += int64(len(b))
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	body, _, err := s.get(ctx, name, off, n)
+	if err != nil || body == nil {
+		return 0, err
+	}
+	defer body.Close()
+	got := 0
+	for _, b := range bufs {
+		k, err := io.ReadFull(body, b)
+		got += k
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break // the object's end
+		}
+		if err != nil {
+			s.counts.getBytes.Add(uint64(got))
+			return got, s.err("read", name, err)
+		}
+	}
+	s.counts.getBytes.Add(uint64(got))
+	if k, _ := body.Read(make([]byte, 1)); k > 0 {
+		// A store that ignored the Range header sends more than asked.
+		return got, fmt.Errorf("read %s%s: the store answered a read of %d bytes at %d with more", s.String(), name, n, off)
+	}
+	return got, nil
+}
+
+// get sends the GET of n bytes at off (n < 0: to the end) and returns its
+// body and announced length; no body and no error when off is at or past
+// the end.
+func (s *S3) get(ctx context.Context, name string, off, n int64) (io.ReadCloser, int64, error) {
 	rng := fmt.Sprintf("bytes=%d-", off)
 	if n > 0 {
 		rng = fmt.Sprintf("bytes=%d-%d", off, off+n-1)
@@ -138,19 +272,11 @@ func (s *S3) ReadRange(ctx context.Context, name string, off, n int64) ([]byte, 
 	})
 	if err != nil {
 		if code(err) == "InvalidRange" {
-			return []byte{}, nil // off is at or past the end
+			return nil, 0, nil // off is at or past the end
 		}
-		return nil, s.err("read", name, err)
+		return nil, 0, s.err("read", name, err)
 	}
-	defer res.Body.Close()
-	var buf bytes.Buffer
-	if res.ContentLength != nil {
-		buf.Grow(int(*res.ContentLength))
-	}
-	if _, err := io.Copy(&buf, res.Body); err != nil {
-		return nil, s.err("read", name, err)
-	}
-	return buf.Bytes(), nil
+	return res.Body, aws.ToInt64(res.ContentLength), nil
 }
 
 // Put is a single PUT with If-None-Match: *, so the store itself refuses
@@ -179,6 +305,30 @@ func (s *S3) Delete(ctx context.Context, name string) error {
 		return s.err("delete", name, err)
 	}
 	return nil
+}
+
+// TopNames lists the names at the top of the prefix (objects and
+// "directories"), one page of a delimited listing instead of every key.
+func (s *S3) TopNames(ctx context.Context) ([]string, error) {
+	var out []string
+	p := s3.NewListObjectsV2Paginator(s.Client, &s3.ListObjectsV2Input{
+		Bucket:    aws.String(s.Bucket),
+		Prefix:    aws.String(s.Prefix),
+		Delimiter: aws.String("/"),
+	})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, s.err("list", "", err)
+		}
+		for _, cp := range page.CommonPrefixes {
+			out = append(out, strings.TrimSuffix(strings.TrimPrefix(aws.ToString(cp.Prefix), s.Prefix), "/"))
+		}
+		for _, o := range page.Contents {
+			out = append(out, strings.TrimPrefix(aws.ToString(o.Key), s.Prefix))
+		}
+	}
+	return out, nil
 }
 
 // Probe reports whether anything is stored under the prefix, with one

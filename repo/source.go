@@ -3,13 +3,12 @@ package repo
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"path"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -52,32 +51,25 @@ func (r *Repo) ChainOptions(ctx context.Context, dirs []string) (resolver.ChainO
 		}
 		names = append(names, name)
 	}
-	// One listing per point, then the small files every chain check reads,
-	// all in parallel: each is a round trip.
+	// One listing per point and the small files every chain check reads,
+	// all in parallel (each is a round trip), unless a lookup of the point
+	// fetched them already (prefetchChain).
 	fss := make([]*StorageFS, len(names))
+	data := make([][][]byte, len(names))
 	var g errgroup.Group
 	g.SetLimit(remoteSmallJobs)
 	for i, name := range names {
 		g.Go(func() (err error) {
-			fss[i], err = NewStorageFS(ctx, r.Store, name)
+			fss[i], err = r.pointFS(ctx, name)
 			return err
 		})
-	}
-	if err := g.Wait(); err != nil {
-		return o, err
-	}
-	var mu sync.Mutex
-	for i, name := range names {
-		s.points[name] = fss[i]
-		for _, f := range chainFiles {
-			if _, ok := fss[i].files[f]; !ok {
-				continue
-			}
-			g.Go(func() error {
-				data, err := r.Store.ReadRange(ctx, name+"/"+f, 0, -1)
-				mu.Lock()
-				s.small[name+"/"+f] = data
-				mu.Unlock()
+		data[i] = make([][]byte, len(chainFiles))
+		for j, f := range chainFiles {
+			g.Go(func() (err error) {
+				data[i][j], err = r.readSmall(ctx, name+"/"+f)
+				if errors.Is(err, fs.ErrNotExist) {
+					err = nil // OpenChain names what is missing
+				}
 				return err
 			})
 		}
@@ -85,8 +77,30 @@ func (r *Repo) ChainOptions(ctx context.Context, dirs []string) (resolver.ChainO
 	if err := g.Wait(); err != nil {
 		return o, err
 	}
+	for i, name := range names {
+		s.points[name] = fss[i]
+		for j, f := range chainFiles {
+			if _, ok := fss[i].files[f]; ok && data[i][j] != nil {
+				s.small[name+"/"+f] = data[i][j]
+			}
+		}
+	}
+	if st, ok := r.Store.(*S3); ok {
+		st.memo.forget() // s.small holds the chain's now; the rest is not needed
+	}
 	o.Source = s
 	return o, nil
+}
+
+// pointFS is the StorageFS of point name, from the listing a lookup
+// fetched ahead (prefetchChain) if there is one.
+func (r *Repo) pointFS(ctx context.Context, name string) (*StorageFS, error) {
+	if st, ok := r.Store.(*S3); ok {
+		if objs, ok := st.memo.takeList(name + "/"); ok {
+			return newStorageFS(ctx, r.Store, name, objs), nil
+		}
+	}
+	return NewStorageFS(ctx, r.Store, name)
 }
 
 // remoteSource is a resolver.Source over the listed points of a repository
@@ -197,7 +211,8 @@ func (s *remoteSource) Open(p string) (resolver.SourceFile, error) {
 }
 
 // remoteFile is an object of a point, read by ranged reads (the store
-// retries each as it does).
+// retries each as it does): storageFile's ReadAt, and ReadAtInto, which a
+// mount reads blocks with straight into its cache.
 type remoteFile struct {
 	storageFile
 	path string
@@ -205,29 +220,6 @@ type remoteFile struct {
 
 func (f *remoteFile) Name() string { return f.path }
 func (f *remoteFile) Size() int64  { return f.size }
-
-// ReadAt is one ranged read of the object. A short object is an error
-// naming it rather than an early EOF, and so is an answer longer than the
-// range asked for (a store that ignored the Range header and sent the
-// object from its start), which would otherwise pass for the range's bytes.
-func (f *remoteFile) ReadAt(p []byte, off int64) (int, error) {
-	if off >= f.size {
-		return 0, io.EOF
-	}
-	want := min(int64(len(p)), f.size-off)
-	data, err := f.fs.store.ReadRange(f.fs.ctx, f.fs.key(f.name), off, want)
-	if err != nil {
-		return 0, err
-	}
-	if int64(len(data)) != want {
-		return 0, fmt.Errorf("%s: a read of %d bytes at %d got %d (the object is listed with %d)", f.path, want, off, len(data), f.size)
-	}
-	n := copy(p, data)
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
-}
 
 // memFile is a small file fetched when the source was made.
 type memFile struct {

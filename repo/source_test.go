@@ -114,15 +114,7 @@ func TestS3Chain(t *testing.T) {
 	}
 	counter := &countingStore{Storage: r.Store}
 	r.Store = counter
-	dirs, hold, err := r.ShareChain(ctx, "2025-03-01_02", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hold.Release()
-	opts, err := r.ChainOptions(ctx, dirs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dirs, opts := shareTestChain(t, r)
 	remote := openTestTree(t, dirs, opts)
 	var localDirs []string
 	for _, n := range s3ChainNames {

@@ -3,6 +3,7 @@ package repo
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"path"
@@ -33,6 +34,11 @@ func NewStorageFS(ctx context.Context, store Storage, root string) (*StorageFS, 
 	if err != nil {
 		return nil, err
 	}
+	return newStorageFS(ctx, store, root, objs), nil
+}
+
+// newStorageFS makes the fs.FS of objs, the listing of root.
+func newStorageFS(ctx context.Context, store Storage, root string, objs []Object) *StorageFS {
 	s := &StorageFS{ctx: ctx, store: store, root: root, files: map[string]int64{}, dirs: map[string][]string{".": nil}}
 	for _, o := range objs {
 		s.add(strings.TrimPrefix(o.Name, root+"/"), o.Size)
@@ -40,7 +46,7 @@ func NewStorageFS(ctx context.Context, store Storage, root string) (*StorageFS, 
 	for d := range s.dirs {
 		sort.Strings(s.dirs[d])
 	}
-	return s, nil
+	return s
 }
 
 // add records the object name (below root), and its directory and every
@@ -65,6 +71,14 @@ func (s *StorageFS) add(name string, size int64) {
 		}
 		child = dir
 	}
+}
+
+// pathOf is the file name as messages name it: its URL on S3.
+func (s *StorageFS) pathOf(name string) string {
+	if st, ok := s.store.(fmt.Stringer); ok {
+		return st.String() + s.key(name)
+	}
+	return s.key(name)
 }
 
 // key is the Storage's name of the file name.
@@ -147,16 +161,63 @@ type storageFile struct {
 func (f *storageFile) Stat() (fs.FileInfo, error) { return f.fs.info(f.name), nil }
 func (f *storageFile) Close() error               { return nil }
 
+// ReadAt is one ranged read. A short object is an error naming it rather
+// than an early EOF, and so is an answer longer than the range asked for
+// (a store that ignored the Range header and sent the object from its
+// start), which would otherwise pass for the range's bytes.
 func (f *storageFile) ReadAt(p []byte, off int64) (int, error) {
 	if off >= f.size {
 		return 0, io.EOF
 	}
-	data, err := f.fs.store.ReadRange(f.fs.ctx, f.fs.key(f.name), off, int64(len(p)))
-	n := copy(p, data)
+	n, err := f.ReadAtInto([][]byte{p}, off)
 	if err == nil && n < len(p) {
 		err = io.EOF
 	}
 	return n, err
+}
+
+// rangeIntoReader is a Storage that reads a range straight into the
+// caller's buffers (S3).
+type rangeIntoReader interface {
+	ReadRangeInto(ctx context.Context, name string, off int64, bufs [][]byte) (int, error)
+}
+
+// ReadAtInto fills bufs in order from off with one ranged read, up to the
+// object's end as listed: fewer bytes only there, and an error naming the
+// object when the store answers with fewer or more.
+func (f *storageFile) ReadAtInto(bufs [][]byte, off int64) (int, error) {
+	var total int64
+	for _, b := range bufs {
+		total += int64(len(b))
+	}
+	want := max(min(total, f.size-off), 0)
+	if want == 0 {
+		return 0, nil
+	}
+	key := f.fs.key(f.name)
+	var n int
+	var err error
+	if r, ok := f.fs.store.(rangeIntoReader); ok {
+		n, err = r.ReadRangeInto(f.fs.ctx, key, off, bufs)
+	} else {
+		var data []byte
+		data, err = f.fs.store.ReadRange(f.fs.ctx, key, off, want)
+		rest := data
+		for _, b := range bufs {
+			k := copy(b, rest)
+			rest, n = rest[k:], n+k
+		}
+		if len(data) > int(want) {
+			n = len(data)
+		}
+	}
+	if err != nil {
+		return n, err
+	}
+	if int64(n) != want {
+		return n, fmt.Errorf("%s: a read of %d bytes at %d got %d (the object is listed with %d)", f.fs.pathOf(f.name), want, off, n, f.size)
+	}
+	return n, nil
 }
 
 func (f *storageFile) Read(p []byte) (int, error) {

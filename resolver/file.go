@@ -23,9 +23,8 @@ type File struct {
 	size  int64               // of the output file
 	inc   *format.Incremental // set when the final backup has it as INCREMENTAL
 
-	once sync.Once
+	mu   sync.Mutex // held while the plan is resolved
 	plan *Plan
-	err  error
 }
 
 // Size of the output file, known without reading any block data.
@@ -64,10 +63,21 @@ type Plan struct {
 }
 
 // Plan resolves the file once (reading headers of older INCREMENTAL files,
-// never block data) and returns its extent map.
+// never block data) and returns its extent map. A failure is not kept: the
+// next call tries again, so that a file whose headers could not be read
+// while an object store was down reads once it is back.
 func (f *File) Plan() (*Plan, error) {
-	f.once.Do(func() { f.plan, f.err = f.resolve() })
-	return f.plan, f.err
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.plan != nil {
+		return f.plan, nil
+	}
+	p, err := f.resolve()
+	if err != nil {
+		return nil, err
+	}
+	f.plan = p
+	return p, nil
 }
 
 // Resolve is Plan without keeping the result, for a reader that needs each

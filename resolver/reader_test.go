@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/combinefs/combinefs/format"
 	"github.com/combinefs/combinefs/resolver"
 	"github.com/combinefs/combinefs/resolver/resolvertest"
 )
@@ -228,4 +229,42 @@ func TestRealChains(t *testing.T) {
 		}
 		expect(t, pt, "base/5/16384", readFixture(t, "pg18/16384.comb1"), -1)
 	})
+}
+
+// TestPlanRetry: a plan that failed (an older backup's INCREMENTAL header
+// unreadable for a while: on an object store, the store down) is resolved
+// again on the next call, and then kept.
+func TestPlanRetry(t *testing.T) {
+	c := resolvertest.NewChain(t)
+	c.Full().File(rel, blocks("full", 0, 8))
+	c.Incremental().Incremental(rel, 8, blk("inc1", 1))
+	c.Incremental().Incremental(rel, 8, blk("inc2", 2))
+	dirs := c.Dirs()
+	pt := openPoint(t, c)
+	f := fileOf(t, pt, rel)
+	older := filepath.Join(dirs[1], resolvertest.IncrementalPath(rel))
+	good, err := os.ReadFile(older)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(older, []byte("not a header"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Plan(); err == nil {
+		t.Fatal("a plan over a damaged header succeeded")
+	}
+	if err := os.WriteFile(older, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := f.Plan()
+	if err != nil {
+		t.Fatalf("the plan once the header reads again: %v", err)
+	}
+	if p2, _ := f.Plan(); p2 != p {
+		t.Error("a resolved plan is not kept")
+	}
+	got := readFile(t, f)
+	if !bytes.Equal(got[format.BlockSize:2*format.BlockSize], resolvertest.FillBlock("inc1", 1)) {
+		t.Error("block 1 is not inc1's")
+	}
 }

@@ -221,18 +221,25 @@ func (b *treeBuilder) readHeader(file *File, path string) error {
 	return nil
 }
 
-// remoteHeaderJobs is how many INCREMENTAL headers of an object store are
-// read at once: each is a round trip, and a point has one per changed
-// relation segment (about a thousand at pgbench scale 100). Read one by
-// one they were most of the time of a mount from S3.
-const remoteHeaderJobs = 32
+// ReadJobs is how many INCREMENTAL headers of src are read at once (the
+// final backup's as the tree is built, the older backups' by ResolveAll):
+// a few on local disks, many on an object store, where each is a round
+// trip and a point has one per changed relation segment (about a thousand
+// at pgbench scale 100; read one by one they were most of the time of a
+// mount from S3).
+func ReadJobs(src Source) int {
+	if IsLocal(src) {
+		return 8
+	}
+	return 32
+}
 
 // readHeaders reads the pending headers in parallel; an error is the first
 // one in walk order, as a sequential walk would have met it.
 func (b *treeBuilder) readHeaders() error {
 	errs := make([]error, len(b.headers))
 	var g errgroup.Group
-	g.SetLimit(remoteHeaderJobs)
+	g.SetLimit(ReadJobs(b.src))
 	for i, h := range b.headers {
 		g.Go(func() error {
 			errs[i] = b.readHeader(h.file, h.path)

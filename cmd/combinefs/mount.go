@@ -45,6 +45,19 @@ type mountOptions struct {
 	hydrateRate   string
 	s3            *repo.S3Options
 	chainOpts     resolver.ChainOptions // set by chainDirs
+	// remote is the chain opened from an object store (set by chainDirs),
+	// for the log and the stats; daemonParent: this process only starts
+	// the daemon (set by runMount).
+	remote       *repoChainOpen
+	daemonParent bool
+}
+
+// openInDaemon reports whether this process leaves opening the repository
+// to the daemon it starts: one in an object store, whose every open costs
+// round trips that the daemon pays again (it reports what fails).
+func (o *mountOptions) openInDaemon() bool {
+	_, _, s3, _ := repo.ParseS3URL(o.repo)
+	return o.daemonParent && s3
 }
 
 func (o *mountOptions) addFlags(f *pflag.FlagSet) {
@@ -91,6 +104,9 @@ func (o *mountOptions) chainDirs(ctx context.Context, args []string) ([]string, 
 		if ents, err := os.ReadDir(o.cow); err == nil && len(ents) > 0 {
 			return nil, "", nil, fmt.Errorf("upper directory %s is not empty: recovering to a target needs a new one (it holds a server's changes already)", o.cow)
 		}
+		if o.openInDaemon() && len(args) == 1 {
+			return nil, args[0], nil, nil
+		}
 		o.pitr.s3 = *o.s3
 		name, err := o.pitr.choosePoint(ctx, o.repo)
 		if err != nil {
@@ -105,9 +121,18 @@ func (o *mountOptions) chainDirs(ctx context.Context, args []string) ([]string, 
 		if len(args) != 1 {
 			return nil, "", nil, usageError{"with --repo, give only the mount point"}
 		}
-		dirs, copts, hold, err := repoChainWith(ctx, "mount", o.repo, o.point, *o.s3)
-		o.chainOpts = copts
-		return dirs, args[0], hold, err
+		if o.openInDaemon() {
+			return nil, args[0], nil, nil
+		}
+		c, err := openRepoChain(ctx, "mount", o.repo, o.point, *o.s3)
+		if err != nil {
+			return nil, "", nil, err
+		}
+		if c.repo.Remote() {
+			o.remote = c
+		}
+		o.chainOpts = c.opts
+		return c.dirs, args[0], c.hold, nil
 	}
 	o.chainOpts = resolver.ChainOptions{RequireV2Manifests: true}
 	if len(args) < 2 {
@@ -123,16 +148,10 @@ func openPoint(dirs []string, warn func(string)) (*resolver.Chain, *resolver.Tre
 	return openPointWith(dirs, resolver.ChainOptions{RequireV2Manifests: true}, warn)
 }
 
-// resolveJobs is how many INCREMENTAL headers a mount reads at once: a few
-// for local disks, many for an object store, where each is a round trip.
-func resolveJobs(o resolver.ChainOptions) int {
-	if resolver.IsLocal(o.Source) {
-		return 8
-	}
-	return 32
-}
-
-// openPointWith is openPoint with the chain's options (its source).
+// openPointWith is openPoint with the chain's options (its source). On an
+// object store it reads the final backup's INCREMENTAL headers only (they
+// give the files' sizes) and leaves the older backups' to resolveLater:
+// each is a round trip, and waiting for them doubled a mount's time.
 func openPointWith(dirs []string, opts resolver.ChainOptions, warn func(string)) (*resolver.Chain, *resolver.Tree, error) {
 	chain, err := resolver.OpenChain(dirs, opts)
 	if err != nil {
@@ -145,10 +164,33 @@ func openPointWith(dirs []string, opts resolver.ChainOptions, warn func(string))
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := tree.ResolveAll(resolveJobs(opts)); err != nil {
+	if !resolver.IsLocal(opts.Source) {
+		return chain, tree, nil
+	}
+	if err := tree.ResolveAll(resolver.ReadJobs(opts.Source)); err != nil {
 		return nil, nil, err
 	}
 	return chain, tree, nil
+}
+
+// resolveLater reads, once a mount from an object store serves, the
+// INCREMENTAL headers of its older backups (ResolveAll, in the tree's
+// order, so that a reader taking the files in order finds most resolved):
+// a file opened first resolves itself on open. A damaged header fails the
+// opens of its file with EIO and is logged here, where a local mount would
+// have refused to mount; a header the store failed to send is read again
+// at the file's next open.
+func (o *mountOptions) resolveLater(point *resolver.Tree, lg *logWriter) {
+	if err := point.ResolveAll(resolver.ReadJobs(point.Chain.Source)); err != nil {
+		lg.Printf("reading the older backups' INCREMENTAL headers: %v (the files not resolved yet are resolved when opened)", err)
+		return
+	}
+	if o.remote == nil {
+		return
+	}
+	if line := o.remote.phase("read the older backups' INCREMENTAL headers while serving (reads' GETs included)"); line != "" {
+		lg.Printf("opening the chain from %s: %s", o.repo, line)
+	}
 }
 
 func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
@@ -161,6 +203,7 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 			}
 		}()
 	}
+	o.daemonParent = o.daemon && !child
 	dirs, mp, hold, err := o.chainDirs(ctx, args)
 	if err != nil {
 		return err
@@ -206,6 +249,7 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	if err != nil {
 		return err
 	}
+	o.logRemoteOpen(lg)
 	uid, gid, err := mountOwner(o.owner, chain)
 	if err != nil {
 		return err
@@ -239,20 +283,54 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	defer st.Remove()
 	lg.Printf("mounted %s (%d backups, PostgreSQL %d) at %s, %s, in %.0f ms", chain.Final().Dir, len(dirs), chain.Major, mp, mode, float64(time.Since(start).Microseconds())/1000)
 	notifyReady("")
+	if !resolver.IsLocal(chain.Source) {
+		go o.resolveLater(point, lg)
+	}
 	if !child {
 		fmt.Fprintf(stderr, "combinefs mount: %s mounted at %s (%s); Ctrl-C or combinefs umount %s to stop\n", chain.Final().Dir, mp, mode, mp)
 	}
-	return serveUntilDone(ctx, m, st, usr1, lg)
+	return serveUntilDone(ctx, o, m, st, usr1, lg)
+}
+
+// logRemoteOpen logs, for a chain in an object store, the time and the
+// requests of each step of opening it: the repository's, then the
+// resolver's (headers) since.
+func (o *mountOptions) logRemoteOpen(lg *logWriter) {
+	if o.remote == nil {
+		return
+	}
+	o.remote.phase("check the chain, read the final backup's INCREMENTAL headers")
+	for _, p := range o.remote.phases {
+		lg.Printf("opening the chain from %s: %s", o.repo, p)
+	}
+}
+
+// mountStats are the mount's counters and, from an object store, the
+// requests sent to it.
+type mountStats struct {
+	fusefs.Stats
+	S3 *repo.RequestCounts `json:",omitempty"`
+}
+
+func (o *mountOptions) stats(s fusefs.Stats) mountStats {
+	ms := mountStats{Stats: s}
+	if o.remote != nil {
+		if st, ok := o.remote.repo.Store.(*repo.S3); ok {
+			c := st.Requests()
+			ms.S3 = &c
+		}
+	}
+	return ms
 }
 
 // serveUntilDone serves until the mount goes away (combinefs umount,
 // umount(8)) or a signal asks for a clean unmount. SIGUSR1 writes stats.
-func serveUntilDone(ctx context.Context, m *fusefs.Mount, st *mountctl.State, usr1 <-chan os.Signal, lg *logWriter) error {
+func serveUntilDone(ctx context.Context, o *mountOptions, m *fusefs.Mount, st *mountctl.State, usr1 <-chan os.Signal, lg *logWriter) error {
 	done := make(chan struct{})
 	go func() { m.Wait(); close(done) }()
 	writeStats := func() {
 		s := m.Stats()
-		if err := mountctl.WriteJSON(st.Stats, s); err != nil {
+		if err := mountctl.WriteJSON(st.Stats, o.stats(s)); err != nil {
 			lg.Printf("writing stats: %v", err)
 		}
 		lg.Printf("stats: cache %d hits, %d misses (%.1f%% hits), %d evictions, %s cached; %d reconstructed and %d whole-file opens; %s served, %d read errors",

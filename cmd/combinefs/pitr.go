@@ -107,7 +107,7 @@ func parseTargetTime(s string) (time.Time, error) {
 // timeline; it fails, naming the recoverable windows, for a target the
 // archive cannot reach.
 func (o *pitrOptions) choosePoint(ctx context.Context, dir string) (string, error) {
-	r, err := repo.OpenWith(ctx, dir, false, o.s3)
+	r, err := openRepo(ctx, dir, o.s3)
 	if err != nil {
 		return "", err
 	}

@@ -1,0 +1,212 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/combinefs/combinefs/format"
+	"github.com/combinefs/combinefs/internal/s3test"
+	"github.com/combinefs/combinefs/resolver"
+	"github.com/combinefs/combinefs/resolver/resolvertest"
+)
+
+// pushSizedChain puts into s3://bucket/prefix a chain of a full backup and
+// two incrementals whose relation files are blocks*k blocks long, and
+// returns the number of INCREMENTAL files in its incrementals.
+func pushSizedChain(t *testing.T, srv *s3test.Server, bucket, prefix string, k int) int {
+	t.Helper()
+	c := resolvertest.NewChain(t)
+	full := c.Full()
+	rels := []string{"base/5/16384", "base/5/16385", "base/5/16386"}
+	for _, rel := range rels {
+		var data []byte
+		for b := uint32(0); b < uint32(40*k); b++ {
+			data = append(data, resolvertest.FillBlock(rel, b)...)
+		}
+		full.File(rel, data)
+	}
+	full.File("base/5/PG_VERSION", []byte("17\n"))
+	full.Mkdir("pg_notify")
+	incs := 0
+	for i := range 2 {
+		inc := c.Incremental()
+		for _, rel := range rels[:2] {
+			var blocks []resolvertest.Block
+			for b := uint32(i); b < uint32(40*k); b += 3 {
+				blocks = append(blocks, resolvertest.Block{Num: b, Data: resolvertest.FillBlock(rel+"inc", b)})
+			}
+			inc.Incremental(rel, uint32(40*k), blocks...)
+			incs++
+		}
+		inc.Incremental(rels[2], uint32(40*k))
+		incs++
+		inc.File("base/5/PG_VERSION", []byte("17\n"))
+		inc.Mkdir("pg_notify")
+	}
+	st := newTestS3(t, srv, bucket, prefix)
+	for i, d := range c.Dirs() {
+		if err := CopyPoint(context.Background(), st, d, s3ChainNames[i], true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return incs
+}
+
+// openS3Chain does what mount does before it serves: open the repository,
+// look the point up and hold its chain, make its source, open the chain
+// and read every INCREMENTAL header. It returns the requests sent, the
+// tree and the store.
+func openS3Chain(t *testing.T, srv *s3test.Server, loc string) (RequestCounts, *resolver.Tree, *S3) {
+	t.Helper()
+	ctx := context.Background()
+	r, err := OpenWith(ctx, loc, false, S3Options{Endpoint: srv.Endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := r.Store.(*S3)
+	dirs, opts := shareTestChain(t, r)
+	tree := openTestTree(t, dirs, opts)
+	return st.Requests(), tree, st
+}
+
+// shareTestChain holds the chain of the last of s3ChainNames for the
+// test and returns its directories and options.
+func shareTestChain(t *testing.T, r *Repo) ([]string, resolver.ChainOptions) {
+	t.Helper()
+	ctx := context.Background()
+	dirs, hold, err := r.ShareChain(ctx, s3ChainNames[2], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(hold.Release)
+	opts, err := r.ChainOptions(ctx, dirs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dirs, opts
+}
+
+// TestS3OpenRequests: the requests opening a chain from S3 sends (a
+// mount's, before it serves) do not grow with the size of the relation
+// files, and are each small object once: per point one listing and one GET
+// of each of its four small files, one ranged GET per INCREMENTAL header,
+// and three listings for the repository (its probe, its markers, and
+// their check once the chain is held). Nothing else: no whole-prefix
+// listing, no block data. The memo of small objects is empty afterwards.
+func TestS3OpenRequests(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	var counts []RequestCounts
+	for _, k := range []int{1, 8} {
+		prefix := "k" + strings.Repeat("x", k)
+		incs := pushSizedChain(t, srv, bucket, prefix+"/", k)
+		got, tree, st := openS3Chain(t, srv, "s3://"+bucket+"/"+prefix)
+		points := len(s3ChainNames)
+		want := RequestCounts{List: 3 + uint64(points), Get: uint64(len(chainFiles)*points + incs)}
+		if got.List != want.List || got.Get != want.Get || got.Put+got.Delete+got.Other != 0 {
+			t.Errorf("relation files of %d blocks: opening the chain sent %s; want %d LIST and %d GET, nothing else", 40*k, got, want.List, want.Get)
+		}
+		if got.GetBytes > uint64(points*64<<10+incs*format.BlockSize) {
+			t.Errorf("relation files of %d blocks: opening the chain read %d bytes: more than small files and headers", 40*k, got.GetBytes)
+		}
+		if len(st.memo.data)+len(st.memo.lists) != 0 {
+			t.Errorf("after the source is made the store still holds %d small objects and %d listings", len(st.memo.data), len(st.memo.lists))
+		}
+		// The tree is whole: a file reconstructed from three backups
+		// reads back as the last backup's blocks where it has them.
+		f := tree.Root.Child("base").Child("5").Child("16384").File
+		rd, err := f.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, format.BlockSize)
+		if _, err := rd.ReadAt(buf, 1*format.BlockSize); err != nil || !bytes.Equal(buf, resolvertest.FillBlock("base/5/16384inc", 1)) {
+			t.Errorf("block 1 of base/5/16384 from S3: %v, or not the last incremental's", err)
+		}
+		rd.Close()
+		got.GetBytes, got.MaxInFlight = 0, 0
+		counts = append(counts, got)
+	}
+	if counts[0] != counts[1] {
+		t.Errorf("opening a chain sent %s with relation files of 40 blocks, %s with 320", counts[0], counts[1])
+	}
+}
+
+// TestS3ReadRangeInto: a ranged read straight into buffers fills them in
+// order, stops at the object's end, and refuses to read past a listed
+// size's end through a StorageFS file.
+func TestS3ReadRangeInto(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	st := newTestS3(t, srv, bucket, "p/")
+	ctx := context.Background()
+	data := make([]byte, 3*format.BlockSize+100)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	if err := st.Put(ctx, "pt/obj", data); err != nil {
+		t.Fatal(err)
+	}
+	a, b := make([]byte, 5000), make([]byte, format.BlockSize)
+	n, err := st.ReadRangeInto(ctx, "pt/obj", 1000, [][]byte{a, b})
+	if err != nil || n != len(a)+len(b) || !bytes.Equal(a, data[1000:6000]) || !bytes.Equal(b, data[6000:6000+format.BlockSize]) {
+		t.Errorf("ReadRangeInto at 1000: %d, %v, or other bytes", n, err)
+	}
+	b = make([]byte, 2*format.BlockSize)
+	n, err = st.ReadRangeInto(ctx, "pt/obj", 2*format.BlockSize, [][]byte{b})
+	if err != nil || n != format.BlockSize+100 || !bytes.Equal(b[:n], data[2*format.BlockSize:]) {
+		t.Errorf("ReadRangeInto across the end: %d, %v, want %d bytes", n, err, format.BlockSize+100)
+	}
+	if n, err := st.ReadRangeInto(ctx, "pt/obj", int64(len(data)), [][]byte{b}); n != 0 || err != nil {
+		t.Errorf("ReadRangeInto at the end: %d, %v", n, err)
+	}
+
+	// Through a StorageFS whose listing says more than the object holds:
+	// an error naming it, not zeros or an early EOF.
+	fsys := newStorageFS(ctx, st, "pt", []Object{{Name: "pt/obj", Size: int64(len(data)) + 5000}})
+	f, err := fsys.Open("obj")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sf := f.(*storageFile)
+	buf := make([]byte, 8000)
+	if _, err := sf.ReadAtInto([][]byte{buf}, int64(len(data))-100); err == nil || !strings.Contains(err.Error(), "s3://"+bucket+"/p/pt/obj") {
+		t.Errorf("a read past the object's end as listed: %v, want an error naming the object", err)
+	}
+	if n, err := sf.ReadAt(buf[:100], int64(len(data))-100); n != 100 || err != nil || !bytes.Equal(buf[:100], data[len(data)-100:]) {
+		t.Errorf("ReadAt of the object's last 100 bytes: %d, %v", n, err)
+	}
+}
+
+// TestS3TopNames: the repository check lists the top of the prefix only,
+// objects and "directories".
+func TestS3TopNames(t *testing.T) {
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	st := newTestS3(t, srv, bucket, "r/")
+	ctx := context.Background()
+	for _, n := range []string{"a/b/c", "a/d", ".points/x", "top", "z/"} {
+		if err := st.Put(ctx, n, []byte("1")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := st.TopNames(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	if want := []string{".points", "a", "top", "z"}; !slices.Equal(got, want) {
+		t.Errorf("TopNames: %q, want %q", got, want)
+	}
+	r := &Repo{Dir: "s3://" + bucket + "/r", Store: st}
+	if err := r.checkRemoteRepository(ctx); err != nil {
+		t.Errorf("a prefix with markers: %v", err)
+	}
+	r.Store = newTestS3(t, srv, bucket, "r/a/")
+	if err := r.checkRemoteRepository(ctx); err == nil {
+		t.Error("a prefix without points or markers passed as a repository")
+	}
+}
