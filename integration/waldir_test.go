@@ -12,18 +12,25 @@ import (
 // server's pg_wal is a symlink to the WAL directory, which holds the
 // point's pg_wal byte for byte and then the server's WAL.
 func TestWALDir(t *testing.T) {
-	e := Provision(t)
-	RequireFUSE(t)
-	e.CombinefsPath(t)
-	ch := BuildChain(t, e, ChainSpec{})
-	last := len(ch.Backups) - 1
-	ref := path.Join(e.TempDir(t), "combined")
-	ch.Combine(t, last, ref)
+	ch, last, ref := smallChainAndReference(t)
 
 	t.Run("server", func(t *testing.T) { walDirServer(t, ch, last, ref) })
 	t.Run("detach", func(t *testing.T) { walDirDetach(t, ch, last) })
 	t.Run("kill9", func(t *testing.T) { walDirKill9(t, ch, last, ref) })
 	t.Run("refused", func(t *testing.T) { walDirRefused(t, ch, last) })
+}
+
+// smallChainAndReference builds a small chain (pgbench scale 5) for tests
+// of copy-on-write mounts and pg_combinebackup's output of its last point.
+func smallChainAndReference(t *testing.T) (ch *Chain, last int, ref string) {
+	e := Provision(t)
+	RequireFUSE(t)
+	e.CombinefsPath(t)
+	ch = BuildChain(t, e, ChainSpec{})
+	last = len(ch.Backups) - 1
+	ref = path.Join(e.TempDir(t), "combined")
+	ch.Combine(t, last, ref)
+	return ch, last, ref
 }
 
 // walDirMount mounts point last on a new upper with a new --waldir and
