@@ -212,10 +212,6 @@ func (m *Mount) mountOptions(readOnly bool) fuse.MountOptions {
 		MaxReadAhead:  maxIO,
 		MaxBackground: maxBackground(readOnly),
 		DisableXAttrs: true,
-		// Symlinks never change in place (a new one gets a new inode), so
-		// the kernel may keep their targets: a walk through pg_wal, a
-		// symlink with --waldir, then costs no round trip to us.
-		EnableSymlinkCaching: true,
 		// Every change to a file reaches the kernel through this mount, so
 		// its page cache is never stale: without this go-fuse asks for
 		// FUSE_AUTO_INVAL_DATA, and the kernel drops a file's whole page

@@ -284,37 +284,3 @@ func TestWALDirDetach(t *testing.T) {
 		t.Errorf("the WAL directory changed: %v", keys(walFiles(t, walDir)))
 	}
 }
-
-// TestSymlinkReplaced: with the kernel caching symlink targets, a symlink
-// removed and made again, or renamed over, at the same path shows its new
-// target.
-func TestSymlinkReplaced(t *testing.T) {
-	p := walPoint(t)
-	mt := mountCoW(t, "", p, filepath.Join(t.TempDir(), "upper"), fusefs.Options{UID: testUID, GID: testGID, WritebackCache: true})
-	link := filepath.Join(mt.dir, "link")
-	readlink := func(want string) {
-		t.Helper()
-		if got, err := os.Readlink(link); err != nil || got != want {
-			t.Errorf("readlink: %q, %v; want %q", got, err, want)
-		}
-	}
-	if err := os.Symlink("first", link); err != nil {
-		t.Fatal(err)
-	}
-	readlink("first")
-	os.Remove(link)
-	if err := os.Symlink("second", link); err != nil {
-		t.Fatal(err)
-	}
-	readlink("second")
-	if err := os.Symlink("third", link+".new"); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(link+".new", link); err != nil {
-		t.Fatal(err)
-	}
-	readlink("third")
-	// A lower symlink (a tablespace's) is shown as before.
-	link = filepath.Join(mt.dir, "pg_tblspc", "16385")
-	readlink("../combinefs_tablespaces/16385")
-}
