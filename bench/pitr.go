@@ -23,8 +23,8 @@ const pitrLoadSec = 60
 var redoElapsedRe = regexp.MustCompile(`redo done at .*elapsed: ([0-9.]+) s`)
 
 // 8. Time to a promoted server at a target time one minute of pgbench WAL
-// after the backup: combinefs mount --cow --repo --target-time (promote) +
-// start + replay, vs pg_combinebackup + the same recovery settings with a
+// after the backup: combinefs mount --cow --waldir --repo --target-time
+// (promote) + start + replay, the WAL in a local directory as the copy's, vs pg_combinebackup + the same recovery settings with a
 // cp restore_command + start + replay. Setup (untimed, once): combinefs
 // archive runs on the source while capture --repo takes a full backup and
 // pgbench runs for a minute; the target is then, and a few seconds more of
@@ -90,7 +90,7 @@ func (b *bench) figPITR(t *benchTB) {
 	settings := map[string]string{"recovery_init_sync_method": "syncfs"}
 	var srv *server
 	var m *mnt
-	var out, upper string
+	var out, upper, walDir string
 	var rows [2]string // pgbench_history rows after recovery, per side
 	promoted := func(t *benchTB) {
 		srv.waitReady(t, 30*time.Minute)
@@ -129,13 +129,14 @@ func (b *bench) figPITR(t *benchTB) {
 	ours := &variant{
 		setup: func(t *benchTB, run int) {
 			n := b.seq()
-			out, upper = path.Join(dir, fmt.Sprintf("mnt-%d", n)), path.Join(b.e.PrivateDir(t), fmt.Sprintf("upper-%d", n))
+			private := b.e.PrivateDir(t)
+			out, upper, walDir = path.Join(dir, fmt.Sprintf("mnt-%d", n)), path.Join(private, fmt.Sprintf("upper-%d", n)), path.Join(private, fmt.Sprintf("wal-%d", n))
 			b.e.MkdirAll(t, out)
 			srv, m = nil, nil
 		},
 		timed: func(t *benchTB, run int) sample {
 			t0 := time.Now()
-			runCmd(t, b.cfs(true, "mount", "--daemon", "--log", out+".mount.log", "--cow", upper, "--repo", repoDir,
+			runCmd(t, b.cfs(true, "mount", "--daemon", "--log", out+".mount.log", "--cow", upper, "--waldir", walDir, "--repo", repoDir,
 				"--target-time", target, "--target-action", "promote", out))
 			t1 := time.Now()
 			m = b.attach(t, out)
@@ -155,6 +156,7 @@ func (b *bench) figPITR(t *benchTB) {
 				m.umount(t)
 			}
 			b.rm(t, upper)
+			b.rm(t, walDir)
 			os.Remove(b.e.Host(out + ".log"))
 			os.Remove(b.e.Host(out + ".mount.log"))
 		},
@@ -201,7 +203,7 @@ func (b *bench) figPITR(t *benchTB) {
 	b.progressf(t, "time to a promoted server at a target %d s of pgbench after the backup: mount --target-time vs pg_combinebackup + cp restore_command", pitrLoadSec)
 	fig, _ := b.compare(t, figSpec{id: "pitr", name: "time to a promoted server at a target time (PITR)", unit: "s", cold: true,
 		target: ">= 1.7x at 1.5 GB, >= 4x at 6 GB; replay on the mount >= 0.9x of replay on the copy", targetMet: ratioAtLeast(1.7)}, ours, ref, nil)
-	fig.OursLabel = "combinefs mount --daemon --cow UPPER --repo REPO --target-time T --target-action promote MP; postgres -D MP until promoted"
+	fig.OursLabel = "combinefs mount --daemon --cow UPPER --waldir WALDIR --repo REPO --target-time T --target-action promote MP; postgres -D MP until promoted"
 	fig.RefLabel = "pg_combinebackup -o DIR REPO/FULL; recovery.signal and the same settings with restore_command 'cp REPO/wal/TLI/%f %p'; postgres -D DIR until promoted"
 	fig.Note = "one full point (the chain's points were taken without an archive); the parts show each side's replay (the server's redo elapsed), the same work on both sides"
 	b.add(t, fig)

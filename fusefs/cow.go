@@ -261,7 +261,8 @@ func (c *cowFS) ensureUpperDirOne(r string) error {
 // MountCoW mounts point p at dir as a writable view whose changes go to
 // upperDir.
 func MountCoW(dir string, p *resolver.Tree, upperDir string, opts Options) (*Mount, error) {
-	up, err := openUpper(upperDir, p)
+	// The server's pg_wal moves out of the mount before it serves.
+	up, err := openUpperWAL(upperDir, dir, p, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -59,6 +59,9 @@ type Options struct {
 	Hydrate     bool
 	HydrateRate int64
 	HydrateJobs int
+	// WALDir (copy-on-write mounts), an absolute path, holds the server's
+	// WAL outside the mount: pg_wal becomes a symlink to it (waldir.go).
+	WALDir string
 }
 
 // Mount is a running mount.

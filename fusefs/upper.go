@@ -44,7 +44,11 @@ import (
 //     at or above limit that it does not hold are zeros. A write to a block
 //     first copies that one block up; a truncation lowers limit before the
 //     file shrinks, so a crash between the two can hide data that was
-//     being cut off but never resurrects it.
+//     being cut off but never resurrects it;
+//   - a symlink is the mount's symlink, never followed by us; tree/pg_wal
+//     may be one to a directory outside UPPER that holds the server's WAL
+//     (Options.WALDir, see waldir.go), made before the mount serves, which
+//     hides the lower pg_wal as any upper entry hides a lower one.
 //
 // Every change is made with syscalls on those files before the kernel's
 // request is answered, so killing combinefs loses nothing the server was

@@ -188,11 +188,17 @@ type pitrCase struct {
 // recoverOnMount mounts the repository at tc's target (a new upper, mount
 // point mnt<i> under dir), checks the mount chose tc.point, starts a server
 // that pauses at the target and checks it sees exactly the marks up to
-// tc.lastID.
-func recoverOnMount(t *testing.T, e *Env, repo, dir string, i int, tc pitrCase) {
-	upper := path.Join(e.PrivateDir(t), "upper")
+// tc.lastID. With walDir, restore_command's segments and the server's
+// WAL go to the WAL directory, none into the upper.
+func recoverOnMount(t *testing.T, e *Env, repo, dir string, i int, tc pitrCase, walDir bool) {
+	private := e.PrivateDir(t)
+	upper, wal := path.Join(private, "upper"), path.Join(private, "wal")
 	mp := cowMountPoint(t, e, dir, fmt.Sprintf("mnt%d", i))
-	m := mountCoWFlags(t, e, append([]string{"--repo", repo}, tc.flags...), upper, mp)
+	flags := append([]string{"--repo", repo}, tc.flags...)
+	if walDir {
+		flags = append(flags, "--waldir", wal)
+	}
+	m := mountCoWFlags(t, e, flags, upper, mp)
 	logText, _ := os.ReadFile(e.Host(m.log))
 	if !strings.Contains(string(logText), path.Join(repo, tc.point)+" ") {
 		t.Errorf("mount picked another point than %s:\n%s", tc.point, logText)
@@ -201,6 +207,15 @@ func recoverOnMount(t *testing.T, e *Env, repo, dir string, i int, tc pitrCase) 
 	waitPaused(t, srv)
 	if got, want := srv.Psql(t, "postgres", "SELECT coalesce(max(id), 0), count(*) FROM marks"), fmt.Sprintf("%d|%d", tc.lastID, tc.lastID); got != want {
 		t.Errorf("recovered to %v: marks max|count %s, want %s", tc.flags, got, want)
+	}
+	if walDir {
+		checkWALLink(t, e, mp, wal)
+		if fi, err := os.Lstat(e.Host(path.Join(upper, "tree", "pg_wal"))); err != nil || fi.Mode().IsDir() {
+			t.Errorf("upper tree/pg_wal is not the symlink (%v)", err)
+		}
+		if ents, err := os.ReadDir(e.Host(wal)); err != nil || len(ents) < 2 {
+			t.Errorf("the WAL directory holds %d entries (%v)", len(ents), err)
+		}
 	}
 	srv.Stop(t, "fast")
 	mustCombinefs(t, e, "umount", mp)
@@ -303,7 +318,13 @@ func TestArchivePITR(t *testing.T) {
 		{"lsn", []string{"--target-lsn", lsn}, b3, idLSN},
 	}
 	for i, tc := range cases {
-		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) { recoverOnMount(t, e, repo, dir, i, tc) })
+		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) { recoverOnMount(t, e, repo, dir, i, tc, false) })
+	}
+	// Targets on each point again, with the WAL outside the mount
+	// (--waldir): the same rows.
+	for _, i := range []int{0, 2, 4} {
+		tc := cases[i]
+		t.Run(strings.ReplaceAll(tc.name, " ", "_")+"_waldir", func(t *testing.T) { recoverOnMount(t, e, repo, dir, len(cases)+i, tc, true) })
 	}
 
 	// exec --target-*: the command sees the rows committed before the
@@ -637,6 +658,6 @@ func TestArchiveTimelines(t *testing.T) {
 		{"timeline 1", []string{"--target-time", ts(t1), "--target-timeline", "1"}, b1, id1},
 		{"timeline 2", []string{"--target-time", ts(t2)}, b2, id2},
 	} {
-		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) { recoverOnMount(t, e, repo, dir, i, tc) })
+		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) { recoverOnMount(t, e, repo, dir, i, tc, false) })
 	}
 }

@@ -23,13 +23,8 @@ import (
 // small chain (pgbench scale 5), against pg_combinebackup's output of the
 // same point.
 func TestHydrate(t *testing.T) {
-	e := Provision(t)
-	RequireFUSE(t)
-	e.CombinefsPath(t)
-	ch := BuildChain(t, e, ChainSpec{})
-	last := len(ch.Backups) - 1
-	ref := path.Join(e.TempDir(t), "combined")
-	ch.Combine(t, last, ref)
+	ch, last, ref := smallChainAndReference(t)
+	e := ch.Env
 
 	t.Run("no-server", func(t *testing.T) { hydrateNoServer(t, ch, last, ref) })
 	t.Run("kill9", func(t *testing.T) { hydrateKill9(t, ch, last, ref) })

@@ -43,6 +43,7 @@ type mountOptions struct {
 	pitr          pitrOptions
 	hydrate       bool
 	hydrateRate   string
+	walDir        string
 	s3            *repo.S3Options
 	chainOpts     resolver.ChainOptions // set by chainDirs
 	// remote is the chain opened from an object store (set by chainDirs),
@@ -78,6 +79,7 @@ func (o *mountOptions) addFlags(f *pflag.FlagSet) {
 	f.BoolVar(&o.noPassthrough, "no-passthrough", false, "serve whole files through combinefs instead of FUSE passthrough")
 	f.BoolVar(&o.hydrate, "hydrate", false, "with --cow: copy every block UPPERDIR lacks from the backups into it in the background, so it becomes a complete data directory (see combinefs status, combinefs detach)")
 	f.StringVar(&o.hydrateRate, "hydrate-rate", "0", "with --hydrate: read at most `BYTES` per second from the backups (e.g. 100MiB; 0: no limit)")
+	f.StringVar(&o.walDir, "waldir", "", "with --cow: keep the server's WAL in local `DIR` (new or empty), pg_wal being a symlink to it, so that WAL never passes through the mount")
 	f.BoolVar(&o.writeback, "writeback-cache", true, "with --cow: let the kernel cache writes and send them in batches (no passthrough then)")
 	o.pitr.addFlags(f, "with --cow --repo", "pause", "what the server does at the target: `pause|promote|shutdown`")
 }
@@ -224,6 +226,9 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	if o.hydrate && o.cow == "" {
 		return usageError{"--hydrate needs --cow UPPERDIR"}
 	}
+	if err := o.checkWALDir(); err != nil {
+		return err
+	}
 	mp, err = checkMountpoint(mp)
 	if err != nil {
 		return err
@@ -257,7 +262,7 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	fopts := fusefs.Options{
 		UID: uid, GID: gid, AllowOther: o.allowOther, DefaultPermissions: o.defaultPerms,
 		CacheBytes: cacheBytes, NoPassthrough: o.noPassthrough, WritebackCache: o.writeback, Debug: o.debugFUSE,
-		Hydrate: o.hydrate, HydrateRate: hydrateRate,
+		Hydrate: o.hydrate, HydrateRate: hydrateRate, WALDir: o.walDir,
 		Log:    func(msg string) { lg.Print(msg) },
 		FsName: "combinefs:" + filepath.Base(chain.Final().Dir),
 	}
@@ -512,6 +517,9 @@ func (o *mountOptions) mount(mp string, point *resolver.Tree, fopts fusefs.Optio
 			return nil, "", nil, err
 		}
 		mode = "copy-on-write into " + upperDir
+		if o.walDir != "" {
+			mode += ", WAL in " + o.walDir
+		}
 		if o.hydrate {
 			mode += ", hydrating"
 		}

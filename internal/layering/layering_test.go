@@ -36,7 +36,7 @@ var allowed = map[string][]string{
 	"verify":                {"format", "internal/dio"},
 	"flatten":               {"format", "internal/crashpoint", "internal/dio", "resolver"},
 	"cachedir":              {"internal/safedir", "resolver"},
-	"fusefs":                {"cache", "cachedir", "flatten", "format", "internal/dio", "internal/safedir", "resolver"},
+	"fusefs":                {"cache", "cachedir", "flatten", "format", "internal/crashpoint", "internal/dio", "internal/safedir", "resolver"},
 	"repo":                  {"format", "internal/crashpoint", "internal/dio", "resolver", "flatten", "verify"},
 	"walarchive":            {"format", "repo"},
 	"capture":               {"format", "internal/crashpoint", "internal/dio", "repo"},
