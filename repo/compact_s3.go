@@ -74,7 +74,9 @@ func (r *Repo) compactRemote(ctx context.Context, p *Point, j *journal, o Compac
 	}
 	phase("compact-journaled")
 	var half sync.Once
-	err = UploadPoint(ctx, r.Store, staged, j.New, UploadOptions{Jobs: o.Jobs, Manifest: m, Publish: true,
+	// The uploads' own parallelism, not Jobs: a small file is one PUT,
+	// latency bound, and the store's budget bounds their memory.
+	err = UploadPoint(ctx, r.Store, staged, j.New, UploadOptions{Manifest: m, Publish: true,
 		Progress: func(done, total int64) {
 			if 2*done >= total {
 				half.Do(func() { phase(CrashCompactUploading) })
