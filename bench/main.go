@@ -237,7 +237,7 @@ func (b *bench) main(t *benchTB, mod, workdir string) {
 	}{
 		{"capture", b.figCapture}, {"flatten", b.figFlatten}, {"mount", b.figMount},
 		{"read", b.figRead}, {"cachedir", b.figCacheDir}, {"ttfq", b.figTTFQ}, {"tps", b.figTPS},
-		{"compact", b.figCompact}, {"pitr", b.figPITR}, {"wallag", b.figWALLag}, {"exec", b.figExec}, {"hydrate", b.figHydrate},
+		{"compact", b.figCompact}, {"compact", b.figS3Compact}, {"pitr", b.figPITR}, {"wallag", b.figWALLag}, {"exec", b.figExec}, {"hydrate", b.figHydrate},
 		{"bigmem", b.figBigMem}, {"s3read", b.figS3}, {"s3capture", b.figS3Capture}, {"s3client", b.figS3Client},
 	} {
 		if !b.want(f.name) {

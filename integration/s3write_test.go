@@ -96,13 +96,7 @@ func s3PointNames(t *testing.T, e *Env, srv *s3test.Server, url string) []string
 func TestS3WriteCapture(t *testing.T) {
 	e := Provision(t)
 	srv, url, st := s3Bucket(t)
-	c := e.InitCluster(t, ClusterOptions{})
-	c.Pgbench(t, "-i", "-q", "-s", "3", "postgres") // pgbench_accounts > repo.S3PartSize
-	c.Psql(t, "postgres", "CREATE TABLE marker (point int)")
-	var names []string
-	for i := 0; i < 3; i++ {
-		names = append(names, repoCapturePointEnv(t, e, c, url, srv.Env(), i, i == 0))
-	}
+	names := s3CaptureChain(t, e, srv, url)
 	if got := s3PointNames(t, e, srv, url); strings.Join(got, " ") != strings.Join(names, " ") {
 		t.Fatalf("list shows %q, want %q", got, names)
 	}

@@ -41,7 +41,8 @@ import (
 // The next command that takes the repository's lock finishes a killed
 // compaction (Recover): with the journal but no new point (killed before
 // 4) it rolls back, removing the staged directory; with the new point it
-// rolls forward through 5 and 6.
+// rolls forward through 5 and 6. On an object store the steps are those of
+// compact_s3.go.
 
 // journal is the compaction's journal file.
 type journal struct {
@@ -59,6 +60,9 @@ type CompactOptions struct {
 	SkipWAL bool
 	// Progress, if set, hears the flatten's bytes written and total.
 	Progress func(done, total int64)
+	// TmpDir is where a compaction on an object store stages the new
+	// point before it uploads it (default: os.TempDir()).
+	TmpDir string
 }
 
 // CompactResult is what a compaction did.
@@ -91,31 +95,20 @@ func (r *Repo) Compact(ctx context.Context, ref string, o CompactOptions, wait W
 		return nil, err
 	}
 	j := journal{New: PointName(KindFull, p.Time), Replaces: p.Chain}
-	if _, err := os.Lstat(filepath.Join(r.Dir, j.New)); err == nil {
-		return nil, fmt.Errorf("cannot compact %s: the name of its full point, %s, is taken", p.Name, j.New)
+	if taken, err := r.hasPoint(ctx, j.New); err != nil || taken {
+		if err == nil {
+			err = fmt.Errorf("cannot compact %s: the name of its full point, %s, is taken", p.Name, j.New)
+		}
+		return nil, err
 	}
-	staged, err := r.Stage(j.New)
+	var bytes int64
+	if r.remote() {
+		bytes, err = r.compactRemote(ctx, p, &j, o)
+	} else {
+		bytes, err = r.compactLocal(ctx, p, &j, o)
+	}
 	if err != nil {
 		return nil, err
-	}
-	j.Staged = filepath.Base(staged)
-	bytes, err := r.writeCompacted(ctx, p, staged, o)
-	if err != nil {
-		os.RemoveAll(staged)
-		return nil, err
-	}
-	phase("compact-verified")
-	data, err := json.Marshal(j)
-	if err != nil {
-		return nil, err
-	}
-	if err := r.Store.Put(ctx, journalName, data); err != nil {
-		os.RemoveAll(staged)
-		return nil, err
-	}
-	phase("compact-journaled")
-	if _, err := r.Publish(staged, j.New); err != nil {
-		return nil, err // the journal rolls it back
 	}
 	phase("compact-published")
 	inUse, err := r.finishCompaction(ctx, j)
@@ -127,6 +120,56 @@ func (r *Repo) Compact(ctx context.Context, ref string, o CompactOptions, wait W
 		return nil, err
 	}
 	return &CompactResult{New: np, Replaced: j.Replaces, InUse: inUse, Bytes: bytes}, nil
+}
+
+// compactLocal writes the compacted point in a staged directory of the
+// repository, verifies it, journals the compaction and publishes the point
+// by renaming the directory (steps 1 to 4).
+func (r *Repo) compactLocal(ctx context.Context, p *Point, j *journal, o CompactOptions) (int64, error) {
+	staged, err := r.Stage(j.New)
+	if err != nil {
+		return 0, err
+	}
+	j.Staged = filepath.Base(staged)
+	bytes, err := r.writeCompacted(ctx, p, staged, o)
+	if err != nil {
+		os.RemoveAll(staged)
+		return 0, err
+	}
+	phase("compact-verified")
+	if err := r.putJournal(ctx, *j); err != nil {
+		os.RemoveAll(staged)
+		return 0, err
+	}
+	phase("compact-journaled")
+	if _, err := r.Publish(staged, j.New); err != nil {
+		return 0, err // the journal rolls it back
+	}
+	return bytes, nil
+}
+
+// putJournal writes the compaction's journal.
+func (r *Repo) putJournal(ctx context.Context, j journal) error {
+	data, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	return r.Store.Put(ctx, journalName, data)
+}
+
+// hasPoint reports whether the point name exists: its directory, or on an
+// object store its marker.
+func (r *Repo) hasPoint(ctx context.Context, name string) (bool, error) {
+	var err error
+	if r.remote() {
+		_, err = r.Store.ReadRange(ctx, MarkerName(name), 0, 1)
+	} else {
+		_, err = os.Lstat(filepath.Join(r.Dir, name))
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // compactable finds the point ref and checks that it can be compacted.
@@ -152,9 +195,13 @@ var testAfterWrite func(file string)
 func (r *Repo) writeCompacted(ctx context.Context, p *Point, dir string, o CompactOptions) (int64, error) {
 	dirs := make([]string, len(p.Chain))
 	for i, n := range p.Chain {
-		dirs[i] = filepath.Join(r.Dir, n)
+		dirs[i] = r.pointDir(n)
 	}
-	chain, err := resolver.OpenChain(dirs, resolver.ChainOptions{RequireV2Manifests: true})
+	copts, err := r.ChainOptions(ctx, dirs)
+	if err != nil {
+		return 0, err
+	}
+	chain, err := resolver.OpenChain(dirs, copts)
 	if err != nil {
 		return 0, err
 	}
@@ -201,7 +248,9 @@ func (r *Repo) writeCompacted(ctx context.Context, p *Point, dir string, o Compa
 func (r *Repo) finishCompaction(ctx context.Context, j journal) (inUse []string, err error) {
 	for i := len(j.Replaces) - 1; i >= 0; i-- {
 		name := j.Replaces[i]
-		if _, err := os.Lstat(filepath.Join(r.Dir, name)); errors.Is(err, fs.ErrNotExist) {
+		if ok, err := r.hasPoint(ctx, name); err != nil {
+			return nil, err
+		} else if !ok {
 			continue // retired before a kill
 		}
 		unlockPoint, held, err := r.TryExclusive(name)
@@ -223,7 +272,7 @@ func (r *Repo) finishCompaction(ctx context.Context, j journal) (inUse []string,
 		return nil, err
 	}
 	phase("compact-unjournaled")
-	return inUse, r.emptyTrash()
+	return inUse, r.emptyTrashOrRemote(ctx)
 }
 
 // recoverCompaction rolls a killed compaction back (its new point was not
@@ -238,11 +287,19 @@ func (r *Repo) recoverCompaction(ctx context.Context) error {
 	}
 	var j journal
 	if err := json.Unmarshal(data, &j); err != nil || !IsPointName(j.New) || j.Staged == "" || filepath.Base(j.Staged) != j.Staged {
-		return fmt.Errorf("the journal of an interrupted compaction, %s, is damaged: remove it after checking the repository with combinefs list", filepath.Join(r.Dir, journalName))
+		return fmt.Errorf("the journal of an interrupted compaction, %s, is damaged: remove it after checking the repository with combinefs list", r.Dir+"/"+journalName)
 	}
-	if _, err := os.Lstat(filepath.Join(r.Dir, j.New)); errors.Is(err, fs.ErrNotExist) {
-		if err := os.RemoveAll(filepath.Join(r.Dir, j.Staged)); err != nil {
-			return err
+	published, err := r.hasPoint(ctx, j.New)
+	if err != nil {
+		return err
+	}
+	if !published {
+		// On an object store the staged point is the new point's objects
+		// without a marker: a leftover that Recover removes next.
+		if !r.remote() {
+			if err := os.RemoveAll(filepath.Join(r.Dir, j.Staged)); err != nil {
+				return err
+			}
 		}
 		return r.Store.Delete(ctx, journalName)
 	}

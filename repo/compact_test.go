@@ -24,7 +24,11 @@ func flattened(t *testing.T, r *Repo, ref string) map[string]string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	chain, err := resolver.OpenChain(dirs, resolver.ChainOptions{RequireV2Manifests: true})
+	copts, err := r.ChainOptions(ctx, dirs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := resolver.OpenChain(dirs, copts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,15 +208,7 @@ func TestCompactKilled(t *testing.T) {
 				t.Error("a killed compaction left nothing to finish")
 			}
 			checkFlattens(t, r, want)
-			unlock, err := r.Lock(ctx, "test", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = r.Recover(ctx)
-			unlock()
-			if err != nil {
-				t.Fatal(err)
-			}
+			recoverLocked(t, r)
 			names := checkFlattens(t, r, want)
 			wantNames := original
 			if tt.forward {
@@ -259,5 +255,20 @@ func TestCompactHeldPointThenExpire(t *testing.T) {
 	names := checkFlattens(t, r, want)
 	if wantNames := append([]string{"2025-01-01_010000-FULL", testPoints[0][2]}, testPoints[1]...); fmt.Sprint(names) != fmt.Sprint(wantNames) {
 		t.Errorf("points %q, want %q", names, wantNames)
+	}
+}
+
+// recoverLocked runs Recover holding the repository's lock, as the next
+// command that takes it does (a killed holder's lock object is void).
+func recoverLocked(t *testing.T, r *Repo) {
+	t.Helper()
+	unlock, err := r.Lock(ctx, "test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.Recover(ctx)
+	unlock()
+	if err != nil {
+		t.Fatal(err)
 	}
 }

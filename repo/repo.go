@@ -48,7 +48,7 @@ type Repo struct {
 // and refuse an s3:// URL in one line.
 func Open(dir string, create bool) (*Repo, error) {
 	if _, _, ok, _ := ParseS3URL(dir); ok {
-		return nil, fmt.Errorf("repository %s: this command does not work on an S3 repository yet (capture, archive, wal-get, list, verify, expire, mount and flatten do)", dir)
+		return nil, fmt.Errorf("repository %s: this command does not work on an S3 repository yet (capture, archive, wal-get, list, verify, expire, compact, mount, flatten and exec do)", dir)
 	}
 	return openLocal(dir, create)
 }

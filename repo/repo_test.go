@@ -239,7 +239,8 @@ func TestLocalStorage(t *testing.T) {
 // COMBINEFS_LOCK_TEST, says "locked" and holds it until its stdin closes.
 func TestMain(m *testing.M) {
 	if what := os.Getenv("COMBINEFS_LOCK_TEST"); what != "" {
-		r, err := Open(os.Getenv("COMBINEFS_LOCK_REPO"), false)
+		// An s3:// repository's endpoint comes from AWS_ENDPOINT_URL.
+		r, err := OpenWith(ctx, os.Getenv("COMBINEFS_LOCK_REPO"), false, S3Options{})
 		if err != nil {
 			fmt.Println(err)
 			os.Exit(1)

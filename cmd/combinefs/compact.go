@@ -15,7 +15,9 @@ func setupCompact(f *pflag.FlagSet) func(ctx context.Context, args []string) err
 	var dir, point string
 	var progress bool
 	o := repo.CompactOptions{}
-	f.StringVar(&dir, "repo", "", "the repository `DIR`")
+	f.StringVar(&dir, "repo", "", "the repository `DIR` or s3://BUCKET/PREFIX")
+	s3o := s3Flags(f)
+	f.StringVar(&o.TmpDir, "tmp-dir", "", "for an s3:// repository: the `DIR` the new point is staged in before its upload, removed afterwards (default: the system's temporary directory)")
 	f.StringVar(&point, "point", "", "the incremental point `NAME` (or a unique prefix) to roll its chain up to")
 	f.IntVarP(&o.Jobs, "jobs", "j", 2*runtime.NumCPU(), "files written at once")
 	f.BoolVarP(&progress, "progress", "P", false, "show a progress bar (default: when stderr is a terminal)")
@@ -26,7 +28,7 @@ func setupCompact(f *pflag.FlagSet) func(ctx context.Context, args []string) err
 		if dir == "" || point == "" {
 			return usageError{"give the repository and the point (--repo DIR --point NAME)"}
 		}
-		r, err := repo.Open(dir, false)
+		r, err := repo.OpenWith(ctx, dir, false, *s3o)
 		if err != nil {
 			return err
 		}

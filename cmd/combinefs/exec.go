@@ -29,13 +29,15 @@ type execOptions struct {
 	keep        bool
 	cacheSize   string
 	pitr        pitrOptions
+	s3          *repo.S3Options
 }
 
 func setupExec(f *pflag.FlagSet) func(ctx context.Context, args []string) error {
 	var o execOptions
 	// Everything after the chain is the command's, flags included.
 	f.SetInterspersed(false)
-	f.StringVar(&o.repo, "repo", "", "backup repository `DIR` (with --point)")
+	f.StringVar(&o.repo, "repo", "", "backup repository `DIR` or s3://BUCKET/PREFIX (with --point)")
+	o.s3 = s3Flags(f)
 	f.StringVar(&o.point, "point", "", "`NAME` of the repository point to run on")
 	f.StringVar(&o.owner, "owner", "", "`USER[:GROUP]` the server runs as (default: owner of the final backup; root only)")
 	f.BoolVar(&o.keep, "keep", false, "leave the server and the mount running after CMD (CMD optional) and print how to reach and stop them")
@@ -126,7 +128,9 @@ func runExec(ctx context.Context, o *execOptions, args []string, dash int) (err 
 		}()
 	}
 	dirs, hold := chainArgs, (*repo.Hold)(nil)
+	copts := resolver.ChainOptions{RequireV2Manifests: true}
 	if o.pitr.set() {
+		o.pitr.s3 = *o.s3
 		// A target outside the archive's windows is refused here,
 		// before anything is made.
 		if o.point, err = o.pitr.choosePoint(ctx, o.repo); err != nil {
@@ -135,12 +139,12 @@ func runExec(ctx context.Context, o *execOptions, args []string, dash int) (err 
 	}
 	if o.repo != "" {
 		// The chain's points stay locked (shared) while exec runs.
-		if dirs, hold, err = repoChain(ctx, "exec", o.repo, o.point); err != nil {
+		if dirs, copts, hold, err = repoChainWith(ctx, "exec", o.repo, o.point, *o.s3); err != nil {
 			return err
 		}
 		defer hold.Release()
 	}
-	s, err := planExec(o, dirs, cmdArgs)
+	s, err := planExec(o, dirs, copts, cmdArgs)
 	if err != nil {
 		return err
 	}
@@ -162,9 +166,10 @@ func runExec(ctx context.Context, o *execOptions, args []string, dash int) (err 
 }
 
 // planExec checks everything that can be checked before anything is
-// created: the chain, the PostgreSQL binaries, the server's user, the
+// created: the chain (read with copts: a repository's in an object store
+// through its source), the PostgreSQL binaries, the server's user, the
 // command.
-func planExec(o *execOptions, dirs, cmd []string) (*execSession, error) {
+func planExec(o *execOptions, dirs []string, copts resolver.ChainOptions, cmd []string) (*execSession, error) {
 	var err error
 	s := &execSession{cmd: cmd}
 	if o.pitr.set() {
@@ -173,11 +178,14 @@ func planExec(o *execOptions, dirs, cmd []string) (*execSession, error) {
 	if s.cache, err = parseSize(o.cacheSize); err != nil {
 		return nil, usageError{fmt.Sprintf("--cache-size: %v", err)}
 	}
-	if s.chain, s.point, err = openPoint(dirs, execLog); err != nil {
+	if s.chain, s.point, err = openPointWith(dirs, copts, execLog); err != nil {
 		return nil, err
 	}
 	if s.bin, err = findPgBin(s.chain.Major); err != nil {
 		return nil, err
+	}
+	if !resolver.IsLocal(s.chain.Source) && o.owner == "" && os.Geteuid() == 0 {
+		return nil, fmt.Errorf("%s is in an object store, whose files have no owner, and PostgreSQL does not run as root: give --owner USER", s.chain.Final().Dir)
 	}
 	if s.uid, s.gid, s.user, err = serverOwner(o.owner, s.chain.Final().Dir); err != nil {
 		return nil, err
