@@ -43,12 +43,12 @@ type Repo struct {
 }
 
 // Open opens the repository in the local directory dir; with create, it
-// makes the directory when it does not exist. The commands that work on an
-// object store open their repository with OpenWith; the others come here
-// and refuse an s3:// URL in one line.
+// makes the directory when it does not exist. Every command opens its
+// repository with OpenWith, which also takes s3://BUCKET/PREFIX; Open
+// refuses such a URL rather than make a directory named after it.
 func Open(dir string, create bool) (*Repo, error) {
 	if _, _, ok, _ := ParseS3URL(dir); ok {
-		return nil, fmt.Errorf("repository %s: this command does not work on an S3 repository yet (capture, archive, wal-get, list, verify, expire, compact, mount, flatten and exec do)", dir)
+		return nil, fmt.Errorf("repository %s: an S3 repository is opened with OpenWith", dir)
 	}
 	return openLocal(dir, create)
 }

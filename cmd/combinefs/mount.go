@@ -143,14 +143,9 @@ func (o *mountOptions) chainDirs(ctx context.Context, args []string) ([]string, 
 	return args[:len(args)-1], args[len(args)-1], nil, nil
 }
 
-// openPoint validates a whole chain (every INCREMENTAL header of every
-// backup too, so a damaged backup is refused now, not at the first read)
-// and returns it with the tree of its final point.
-func openPoint(dirs []string, warn func(string)) (*resolver.Chain, *resolver.Tree, error) {
-	return openPointWith(dirs, resolver.ChainOptions{RequireV2Manifests: true}, warn)
-}
-
-// openPointWith is openPoint with the chain's options (its source). On an
+// openPointWith validates a whole chain opened with opts (every INCREMENTAL
+// header of every backup too, so a damaged backup is refused now, not at
+// the first read) and returns it with the tree of its final point. On an
 // object store it reads the final backup's INCREMENTAL headers only (they
 // give the files' sizes) and leaves the older backups' to resolveLater:
 // each is a round trip, and waiting for them doubled a mount's time.

@@ -16,22 +16,11 @@ func waitNotice(cmd string) repo.Waiter {
 	return func(what string) { fmt.Fprintf(stderr, "combinefs %s: waiting for %s\n", cmd, what) }
 }
 
-// repoChain turns --repo DIR --point P (a name or a unique prefix) into the
-// point's chain, full backup first, and holds a shared lock on each of its
-// points until the caller releases it, so that expire and compact leave
-// them alone. exec comes through here.
-func repoChain(ctx context.Context, cmd, dir, point string) ([]string, *repo.Hold, error) {
-	r, err := repo.Open(dir, false)
-	if err != nil {
-		return nil, nil, err
-	}
-	return r.ShareChain(ctx, point, waitNotice(cmd))
-}
-
-// repoChainWith is repoChain for the commands that also read a repository
-// in an object store (mount, flatten): loc may be s3://BUCKET/PREFIX, and
-// it returns the options to open the chain with (for an object store, a
-// source over one listing per point).
+// repoChainWith turns --repo LOC --point P (a name or a unique prefix) into
+// the point's chain, full backup first, and holds a shared lock on each of
+// its points until the caller releases it, so that expire and compact leave
+// them alone. LOC may be s3://BUCKET/PREFIX; it returns the options to open
+// the chain with (for an object store, a source over one listing per point).
 func repoChainWith(ctx context.Context, cmd, loc, point string, s3o repo.S3Options) ([]string, resolver.ChainOptions, *repo.Hold, error) {
 	c, err := openRepoChain(ctx, cmd, loc, point, s3o)
 	if err != nil {
