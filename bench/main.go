@@ -85,7 +85,7 @@ func parseFlags(b *bench) (o cliOptions, code int) {
 	flag.IntVar(&o.major, "pg-major", 0, "PostgreSQL major to provision, 17 or 18 (default: $PG_MAJOR, else 17)")
 	flag.StringVar(&o.jsonPath, "json", "", "write the results as JSON to `PATH` (default bench/results.json in the module)")
 	flag.StringVar(&o.workdir, "workdir", "", "keep the chain in this in-root `DIR` and reuse it on the next run with the same settings (default: a fresh directory, removed at the end)")
-	flag.StringVar(&o.only, "only", "", "comma-separated subset of figures: capture,flatten,mount,read,cachedir,ttfq,tps,compact,pitr,wallag,exec,hydrate,bigmem,s3 (= s3read,s3capture),s3client")
+	flag.StringVar(&o.only, "only", "", "comma-separated subset of figures: capture,flatten,mount,read,cachedir,ttfq,tps,compact,pitr,wallag,exec,hydrate,wbpt,bigmem,s3 (= s3read,s3capture),s3client")
 	flag.StringVar(&o.logPath, "log", "", "detailed log `FILE`: every run's figure, command failures (default: combinefs-bench-PID.log in the temp directory)")
 	flag.BoolVar(&b.verbose, "v", false, "copy the detailed log to stderr")
 	flag.StringVar(&b.binSrc, "bin", "", "measure this (static) combinefs `BINARY` instead of building one from the working tree")
@@ -237,7 +237,7 @@ func (b *bench) main(t *benchTB, mod, workdir string) {
 	}{
 		{"capture", b.figCapture}, {"flatten", b.figFlatten}, {"mount", b.figMount},
 		{"read", b.figRead}, {"cachedir", b.figCacheDir}, {"ttfq", b.figTTFQ}, {"tps", b.figTPS},
-		{"compact", b.figCompact}, {"compact", b.figS3Compact}, {"pitr", b.figPITR}, {"wallag", b.figWALLag}, {"exec", b.figExec}, {"hydrate", b.figHydrate},
+		{"compact", b.figCompact}, {"compact", b.figS3Compact}, {"pitr", b.figPITR}, {"wallag", b.figWALLag}, {"exec", b.figExec}, {"hydrate", b.figHydrate}, {"wbpt", b.figWBPT},
 		{"bigmem", b.figBigMem}, {"s3read", b.figS3}, {"s3capture", b.figS3Capture}, {"s3client", b.figS3Client},
 	} {
 		if !b.want(f.name) {
