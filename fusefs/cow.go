@@ -266,6 +266,9 @@ func MountCoW(dir string, p *resolver.Tree, upperDir string, opts Options) (*Mou
 	if err != nil {
 		return nil, err
 	}
+	if opts.WritebackAuto {
+		opts.WritebackCache = chooseWriteback(up.hydrated())
+	}
 	if opts.WritebackCache {
 		// The kernel offers no passthrough alongside the writeback cache.
 		opts.NoPassthrough = true

@@ -43,6 +43,31 @@ type fileState struct {
 	// file with some is not offered for passthrough (the kernel refuses to
 	// mix the two on one inode).
 	cachedOpens int
+	// whole (kindOverlay): hydration filled every block and removed the
+	// overlay's xattrs while cached opens were open; pending (kindLower):
+	// the whole upper copy hydration installed meanwhile, and
+	// pendingDirSync its dirSync. promote applies them.
+	whole          bool
+	pending        *os.File
+	pendingDirSync string
+}
+
+// promote makes a file hydration completed while it was open through the
+// page cache a whole upper file, served natively (by passthrough where the
+// mount has it) from its next open on: the kernel refuses a passthrough
+// open of an inode with cached opens, so it waits until none is left.
+// Caller holds the node's mu (or the state is the caller's alone).
+func (s *fileState) promote() bool {
+	switch {
+	case s.kind == kindOverlay && s.whole:
+		s.kind, s.lower, s.present, s.torn, s.whole = kindWhole, nil, nil, nil, false
+	case s.kind == kindLower && s.pending != nil:
+		s.kind, s.fd, s.lower, s.dirSync, s.dirSyncDue = kindWhole, s.pending, nil, s.pendingDirSync, true
+		s.pending = nil
+	default:
+		return false
+	}
+	return true
 }
 
 func (s *fileState) has(b int64) bool {
@@ -214,6 +239,11 @@ func (n *cowNode) ensureUpperLocked() syscall.Errno {
 	defer n.mu.Unlock()
 	st := n.st
 	if st.kind != kindLower {
+		return 0
+	}
+	if st.pending != nil {
+		// Hydration copied it whole already.
+		st.promote()
 		return 0
 	}
 	c := n.c
@@ -804,7 +834,11 @@ func (h *cowHandle) Flush(ctx context.Context) syscall.Errno { return 0 }
 func (h *cowHandle) Release(ctx context.Context) syscall.Errno {
 	if !h.passthrough {
 		h.n.mu.Lock()
-		h.n.st.cachedOpens--
+		st := h.n.st
+		st.cachedOpens--
+		if st.cachedOpens == 0 && st.promote() {
+			h.n.c.m.stats.promoted.Add(1)
+		}
 		h.n.mu.Unlock()
 	}
 	return 0

@@ -50,6 +50,23 @@ import (
 // files, so a remount resumes where a kill stopped it.
 const hydratedName = "combinefs-hydrated"
 
+// hydrated: the upper's hydration completed (every file of the point is
+// whole in it; the server's later writes keep them whole).
+func (u *upper) hydrated() bool {
+	_, err := os.Stat(filepath.Join(u.dir, hydratedName))
+	return err == nil
+}
+
+// chooseWriteback is Options.WritebackAuto's choice, made once per mount
+// (the kernel fixes it at FUSE init). On a hydrated upper every file is
+// served by passthrough, at native speed for reads and writes alike, which
+// beat the writeback cache there in every window measured (BENCHMARKS.md,
+// "writeback cache against passthrough"). While files remain that only
+// the daemon can serve (overlays, the chain's), the writeback cache spares
+// the server a round trip per written page on those, and passthrough would
+// serve only the files already whole.
+func chooseWriteback(hydrated bool) bool { return !hydrated }
+
 // hydrateChunk is the most blocks read from the chain in one go;
 // hydrateRange the blocks of a relation file one worker fills, so that the
 // workers share a large file.
@@ -189,7 +206,7 @@ func (h *hydrator) run() {
 		}
 	}
 	h.total.Store(total)
-	if _, err := os.Stat(filepath.Join(c.up.dir, hydratedName)); err == nil {
+	if c.up.hydrated() {
 		h.done.Store(total)
 		h.doneAtStart.Store(total)
 		h.complete.Store(true)
@@ -462,8 +479,13 @@ func (h *hydrator) copyWhole(ctx context.Context, it *hydItem) error {
 	}
 	if n := c.nodeAt(it.rel); n != nil {
 		n.mu.Lock()
-		if st := n.st; st != nil && st.kind == kindLower && st.cachedOpens == 0 {
-			st.kind, st.fd, st.dirSync, st.dirSyncDue = kindWhole, f, dirSync, true
+		if st := n.st; st != nil && st.kind == kindLower && st.pending == nil {
+			// Open through the page cache: the copy takes over when
+			// the last such open is closed (promote).
+			st.pending, st.pendingDirSync = f, dirSync
+			if st.cachedOpens == 0 {
+				st.promote()
+			}
 			f = nil
 		}
 		n.mu.Unlock()
@@ -677,8 +699,9 @@ func (h *hydrator) makeWhole(rel string) error {
 		if err := st.fd.Sync(); err != nil {
 			return err
 		}
+		st.whole = true
 		if st.cachedOpens == 0 {
-			st.kind = kindWhole
+			st.promote()
 		}
 		return nil
 	})

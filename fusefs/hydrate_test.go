@@ -276,3 +276,98 @@ func mountNewUpper(t *testing.T, opts fusefs.Options) (*resolver.Tree, model, st
 	upper := filepath.Join(t.TempDir(), "upper")
 	return p, pointModel(t, p), upper, mountCoW(t, "", p, upper, opts)
 }
+
+// TestWritebackAuto: Options.WritebackAuto takes the writeback cache on an
+// upper whose hydration is not complete (no passthrough open then), and
+// passthrough once it is; an explicit WritebackCache still overrides it.
+func TestWritebackAuto(t *testing.T) {
+	opts := fusefs.Options{UID: testUID, GID: testGID, WritebackAuto: true, Hydrate: true}
+	p, m, upper, mt := mountNewUpper(t, opts)
+	if !mt.Stats().WritebackCache {
+		t.Error("auto on a new upper: no writeback cache")
+	}
+	waitHydrated(t, mt)
+	checkView(t, mt.dir, m)
+	if st := mt.Stats(); st.PassthroughOpens != 0 {
+		t.Errorf("auto, mounted on an incomplete upper: %d passthrough opens", st.PassthroughOpens)
+	}
+	mt.unmount(t)
+
+	for _, hydrate := range []bool{false, true} {
+		opts.Hydrate = hydrate
+		mt = mountCoW(t, "", p, upper, opts)
+		checkView(t, mt.dir, m)
+		if st := mt.Stats(); st.WritebackCache || st.PassthroughOpens == 0 {
+			t.Errorf("auto on a hydrated upper (hydrate %v): writeback cache %v, %d passthrough opens", hydrate, st.WritebackCache, st.PassthroughOpens)
+		}
+		mt.unmount(t)
+	}
+
+	opts.WritebackAuto, opts.WritebackCache = false, true
+	mt = mountCoW(t, "", p, upper, opts)
+	checkView(t, mt.dir, m)
+	if st := mt.Stats(); !st.WritebackCache || st.PassthroughOpens != 0 {
+		t.Errorf("explicit writeback cache on a hydrated upper: writeback cache %v, %d passthrough opens", st.WritebackCache, st.PassthroughOpens)
+	}
+	mt.unmount(t)
+}
+
+// TestHydratePromotes: a file hydration completes while it is open through
+// the page cache keeps being served through the daemon while that open
+// lasts (a second open too), and by passthrough from the first open after
+// it is closed, for a relation file (filled overlay) and a small one
+// (copied whole).
+func TestHydratePromotes(t *testing.T) {
+	opts := fusefs.Options{UID: testUID, GID: testGID, Hydrate: true, HydrateRate: 4 << 20, HydrateJobs: 1}
+	_, m, _, mt := mountNewUpper(t, opts)
+	// Last in hydration's path order; opened, not read, so not put first.
+	rels := []string{fusefs.TablespaceDir + "/16385/" + tsVersionDir + "/5/16500", "postgresql.conf"}
+	var open []*os.File
+	for _, rel := range rels {
+		f, err := os.Open(filepath.Join(mt.dir, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		open = append(open, f)
+	}
+	if st := mt.Stats(); st.PassthroughOpens != 0 || st.Hydration.Complete {
+		t.Fatalf("before hydration: %d passthrough opens, hydration %+v", st.PassthroughOpens, st.Hydration)
+	}
+	waitHydrated(t, mt)
+	for i, rel := range rels {
+		f, err := os.Open(filepath.Join(mt.dir, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, g := range []*os.File{open[i], f} {
+			if got, err := readFull(g, len(m[rel].data), 0); err != nil || !bytes.Equal(got, m[rel].data) {
+				t.Errorf("%s, open during hydration: %v %s", rel, err, firstDiff(got, m[rel].data))
+			}
+		}
+		f.Close()
+	}
+	if st := mt.Stats(); st.PassthroughOpens != 0 || st.Promoted != 0 {
+		t.Errorf("files open since before hydration: %d passthrough opens, %d promoted", st.PassthroughOpens, st.Promoted)
+	}
+	for _, f := range open {
+		f.Close()
+	}
+	// The kernel sends a release after close returns.
+	for deadline := time.Now().Add(10 * time.Second); mt.Stats().Promoted < uint64(len(rels)) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := mt.Stats(); st.Promoted != uint64(len(rels)) {
+		t.Fatalf("after the last close: %d of %d files promoted", st.Promoted, len(rels))
+	}
+	for _, rel := range rels {
+		got, err := os.ReadFile(filepath.Join(mt.dir, rel))
+		if err != nil || !bytes.Equal(got, m[rel].data) {
+			t.Errorf("%s after promotion: %v %s", rel, err, firstDiff(got, m[rel].data))
+		}
+	}
+	if st := mt.Stats(); st.PassthroughOpens != uint64(len(rels)) {
+		t.Errorf("reopened after promotion: %d passthrough opens, want %d", st.PassthroughOpens, len(rels))
+	}
+	checkView(t, mt.dir, m)
+}

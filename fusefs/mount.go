@@ -42,7 +42,12 @@ type Options struct {
 	// instead of holding the writer for a round trip to us per write. The
 	// kernel offers no passthrough with it, so it implies NoPassthrough.
 	WritebackCache bool
-	Debug          bool
+	// WritebackAuto (copy-on-write mounts) sets WritebackCache at mount by
+	// the upper directory (see chooseWriteback): passthrough when its
+	// hydration is complete, the writeback cache while files are left
+	// that only the daemon can serve.
+	WritebackAuto bool
+	Debug         bool
 	// Log receives read errors and other events worth a line.
 	Log func(msg string)
 	// FsName is shown by mount(8) and df.
@@ -85,6 +90,7 @@ type counters struct {
 	wholeOpens, reconOpens, passthroughOpens atomic.Uint64
 	bytesServed, ioErrors                    atomic.Uint64
 	blocksWritten, writeCalls, blocksKept    atomic.Uint64
+	promoted                                 atomic.Uint64
 	cacheDirOpens                            atomic.Uint64
 }
 
@@ -104,6 +110,13 @@ type Stats struct {
 	// BlocksKept are blocks read from the chain for the server that
 	// hydration then had no need to read again (see cowNode.keep).
 	BlocksKept uint64
+	// Promoted are files hydration made whole while open through the page
+	// cache, served natively from the first open after the last such one
+	// was closed (see fileState.promote).
+	Promoted uint64
+	// WritebackCache: the kernel's writeback cache is on (copy-on-write
+	// mounts; no passthrough then).
+	WritebackCache bool
 	// CacheDirOpens are opens of reconstructed files served from the cache
 	// directory; CacheDir its own counters (zero without one).
 	CacheDirOpens uint64
@@ -128,6 +141,8 @@ func (m *Mount) Stats() Stats {
 		BlocksWritten:    m.stats.blocksWritten.Load(),
 		WriteCalls:       m.stats.writeCalls.Load(),
 		BlocksKept:       m.stats.blocksKept.Load(),
+		Promoted:         m.stats.promoted.Load(),
+		WritebackCache:   m.opts.WritebackCache,
 	}
 	if m.hyd != nil {
 		st.Hydration = m.hyd.stats()

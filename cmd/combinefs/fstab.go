@@ -119,7 +119,11 @@ func (o *mountOptions) setFstabOption(opt string) error {
 	case opt == "no_passthrough":
 		o.noPassthrough = true
 	case opt == "no_writeback_cache":
-		o.writeback = false
+		o.writeback = "false"
+	case opt == "writeback_cache":
+		o.writeback = "true"
+	case hasValue && v != "" && k == "writeback_cache":
+		o.writeback = v
 	case opt == "hydrate":
 		o.hydrate = true
 	case hasValue && v != "" && k == "hydrate_rate":
@@ -133,7 +137,7 @@ func (o *mountOptions) setFstabOption(opt string) error {
 	case hasValue && v != "" && k == "log":
 		o.logFile = v
 	default:
-		return usageError{fmt.Sprintf("unknown mount option %q (combinefs takes cow=UPPERDIR, owner=, cache_size=, log=, hydrate, hydrate_rate=, allow_other, default_permissions, no_passthrough, no_writeback_cache, ro)", opt)}
+		return usageError{fmt.Sprintf("unknown mount option %q (combinefs takes cow=UPPERDIR, owner=, cache_size=, log=, hydrate, hydrate_rate=, allow_other, default_permissions, no_passthrough, writeback_cache[=auto|true|false], no_writeback_cache, ro)", opt)}
 	}
 	return nil
 }

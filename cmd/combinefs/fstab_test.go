@@ -38,7 +38,7 @@ func TestParseFstab(t *testing.T) {
 		}
 	}
 	o, _, _ := parseFstab([]string{"/b/full", "/m", "-o", "cache_size=1GiB,owner=postgres,log=/var/log/c.log,no_writeback_cache,cow=/u,hydrate,hydrate_rate=50MiB"})
-	if o.cacheSize != "1GiB" || o.owner != "postgres" || o.logFile != "/var/log/c.log" || o.writeback || !o.hydrate || o.hydrateRate != "50MiB" {
+	if o.cacheSize != "1GiB" || o.owner != "postgres" || o.logFile != "/var/log/c.log" || o.writeback != "false" || !o.hydrate || o.hydrateRate != "50MiB" {
 		t.Errorf("options not applied: %+v", o)
 	}
 
@@ -75,5 +75,5 @@ func TestFstabDispatch(t *testing.T) {
 	}
 	args = []string{"repo=" + dir, dir, "-o", "bogus"}
 	code, out = runCLI(t, args...)
-	check(t, args, code, out, 2, "combinefs mount: unknown mount option \"bogus\" (combinefs takes cow=UPPERDIR, owner=, cache_size=, log=, hydrate, hydrate_rate=, allow_other, default_permissions, no_passthrough, no_writeback_cache, ro)\n"+usageHint("mount"))
+	check(t, args, code, out, 2, "combinefs mount: unknown mount option \"bogus\" (combinefs takes cow=UPPERDIR, owner=, cache_size=, log=, hydrate, hydrate_rate=, allow_other, default_permissions, no_passthrough, writeback_cache[=auto|true|false], no_writeback_cache, ro)\n"+usageHint("mount"))
 }

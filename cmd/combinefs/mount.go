@@ -36,7 +36,7 @@ type mountOptions struct {
 	logFile       string
 	debugFUSE     bool
 	noPassthrough bool
-	writeback     bool
+	writeback     string // auto, true or false
 	cow           string
 	cacheDir      string
 	cacheDirSize  string
@@ -80,8 +80,22 @@ func (o *mountOptions) addFlags(f *pflag.FlagSet) {
 	f.BoolVar(&o.hydrate, "hydrate", false, "with --cow: copy every block UPPERDIR lacks from the backups into it in the background, so it becomes a complete data directory (see combinefs status, combinefs detach)")
 	f.StringVar(&o.hydrateRate, "hydrate-rate", "0", "with --hydrate: read at most `BYTES` per second from the backups (e.g. 100MiB; 0: no limit)")
 	f.StringVar(&o.walDir, "waldir", "", "with --cow: keep the server's WAL in local `DIR` (new or empty), pg_wal being a symlink to it, so that WAL never passes through the mount")
-	f.BoolVar(&o.writeback, "writeback-cache", true, "with --cow: let the kernel cache writes and send them in batches (no passthrough then)")
+	f.StringVar(&o.writeback, "writeback-cache", "auto", "with --cow: `auto|true|false`: let the kernel cache writes and send them in batches (no passthrough then); auto: true unless UPPERDIR's hydration is complete")
+	f.Lookup("writeback-cache").NoOptDefVal = "true"
 	o.pitr.addFlags(f, "with --cow --repo", "pause", "what the server does at the target: `pause|promote|shutdown`")
+}
+
+// writebackMode reads --writeback-cache: on or off, or auto (the mount
+// decides by UPPERDIR).
+func (o *mountOptions) writebackMode() (on, auto bool, err error) {
+	if o.writeback == "auto" {
+		return false, true, nil
+	}
+	on, err = strconv.ParseBool(o.writeback)
+	if err != nil {
+		return false, false, usageError{fmt.Sprintf("--writeback-cache: %q is not auto, true or false", o.writeback)}
+	}
+	return on, false, nil
 }
 
 func setupMount(f *pflag.FlagSet) func(ctx context.Context, args []string) error {
@@ -218,6 +232,10 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	if err != nil {
 		return usageError{fmt.Sprintf("--hydrate-rate: %v", err)}
 	}
+	writeback, writebackAuto, err := o.writebackMode()
+	if err != nil {
+		return err
+	}
 	if o.hydrate && o.cow == "" {
 		return usageError{"--hydrate needs --cow UPPERDIR"}
 	}
@@ -256,7 +274,7 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	}
 	fopts := fusefs.Options{
 		UID: uid, GID: gid, AllowOther: o.allowOther, DefaultPermissions: o.defaultPerms,
-		CacheBytes: cacheBytes, NoPassthrough: o.noPassthrough, WritebackCache: o.writeback, Debug: o.debugFUSE,
+		CacheBytes: cacheBytes, NoPassthrough: o.noPassthrough, WritebackCache: writeback, WritebackAuto: writebackAuto, Debug: o.debugFUSE,
 		Hydrate: o.hydrate, HydrateRate: hydrateRate, WALDir: o.walDir,
 		Log:    func(msg string) { lg.Print(msg) },
 		FsName: "combinefs:" + filepath.Base(chain.Final().Dir),
