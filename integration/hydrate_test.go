@@ -225,6 +225,20 @@ func hydrateServer(t *testing.T, ch *Chain, last int) {
 	dump := pgDump(t, srv)
 	srv.Stop(t, "fast")
 	m.Umount(t)
+
+	// Remounted on the complete upper, the default --writeback-cache=auto
+	// serves it by passthrough, with the same database.
+	m = mountCoW(t, e, upper, mp, ch.Upto(last)...)
+	srv = startOnMount(t, e, mp)
+	if d := want.Diff(srv.Snapshot(t)); d != "" {
+		t.Errorf("server on the remounted hydrated upper differs from the one before:\n%s", d)
+	}
+	srv.Pgbench(t, "-n", "-S", "-T", "2", "-c", "2", "-j", "2", "postgres")
+	if st := m.Stats(t); st.WritebackCache || st.PassthroughOpens == 0 {
+		t.Errorf("default mount of a hydrated upper: writeback cache %v, %d passthrough opens", st.WritebackCache, st.PassthroughOpens)
+	}
+	srv.Stop(t, "fast")
+	m.Umount(t)
 	mustCombinefs(t, e, "detach", upper)
 	noBookkeeping(t, e.Host(upper))
 	srv2 := e.StartServer(t, upper, ServerOptions{Settings: cowServerSettings})

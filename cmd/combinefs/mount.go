@@ -536,6 +536,11 @@ func (o *mountOptions) mount(mp string, point *resolver.Tree, fopts fusefs.Optio
 		if o.hydrate {
 			mode += ", hydrating"
 		}
+		if m.Stats().WritebackCache {
+			mode += ", writeback cache"
+		} else {
+			mode += ", no writeback cache"
+		}
 		if o.pitr.set() {
 			if err := o.pitr.writeRecovery(mp, o.repo); err != nil {
 				m.Unmount()
