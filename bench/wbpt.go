@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"path"
@@ -97,6 +98,7 @@ func (b *bench) wbptState(t *benchTB, dir, state string, refSrv *server, setting
 		}
 		note := fmt.Sprintf("upper %s (%s); every window (round, temperature, side, TPS): %s; passthrough opens of the --writeback-cache=false mount during these windows: %d",
 			state, held, strings.Join(windows, "; "), mnts["pt"].Stats(t).PassthroughOpens-pt0)
+		first := ""
 		for _, temp := range []string{"cold", "warm"} {
 			refRuns := tps[temp+"/ref"]
 			var even, odd []float64
@@ -113,7 +115,12 @@ func (b *bench) wbptState(t *benchTB, dir, state string, refSrv *server, setting
 				if mode == "pt" {
 					label = "server on mount --cow --writeback-cache=false (passthrough of whole upper files)"
 				}
-				f := &Figure{ID: fmt.Sprintf("wbpt-%s-%s-%s-%s", state, wl.id, temp, mode),
+				id := fmt.Sprintf("wbpt-%s-%s-%s-%s", state, wl.id, temp, mode)
+				if first != "" {
+					note = "windows: see " + first
+				}
+				first = cmp.Or(first, id)
+				f := &Figure{ID: id,
 					Name: fmt.Sprintf("%s upper, %s, %s clients, %d s, %s, %s (TPS)", state, wl.name, c, b.tpsSec, temp, map[string]string{"wb": "writeback cache", "pt": "passthrough"}[mode]),
 					Unit: "TPS", Better: "higher", Runs: len(ours), Cold: temp == "cold" && b.canDrop,
 					Ours: median(ours), OursRuns: ours, Ref: ptr(median(refRuns)), RefRuns: refRuns,
