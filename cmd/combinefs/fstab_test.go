@@ -1,6 +1,7 @@
 package main
 
 import (
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -76,4 +77,20 @@ func TestFstabDispatch(t *testing.T) {
 	args = []string{"repo=" + dir, dir, "-o", "bogus"}
 	code, out = runCLI(t, args...)
 	check(t, args, code, out, 2, "combinefs mount: unknown mount option \"bogus\" (combinefs takes cow=UPPERDIR, owner=, cache_size=, log=, hydrate, hydrate_rate=, allow_other, default_permissions, no_passthrough, writeback_cache[=auto|true|false], no_writeback_cache, ro)\n"+usageHint("mount"))
+}
+
+// TestWritebackCacheOption: --writeback-cache and its fstab spellings; a
+// value other than auto, true or false is refused before anything else.
+func TestWritebackCacheOption(t *testing.T) {
+	for opts, want := range map[string]string{"cow=/u": "auto", "cow=/u,writeback_cache": "true", "cow=/u,writeback_cache=false": "false",
+		"cow=/u,writeback_cache=auto": "auto", "cow=/u,no_writeback_cache": "false"} {
+		o, _, err := parseFstab([]string{"/b/full", "/m", "-o", opts})
+		if err != nil || o.writeback != want {
+			t.Errorf("-o %s: writeback %q, %v; want %q", opts, o.writeback, err, want)
+		}
+	}
+	dir := t.TempDir()
+	args := []string{"mount", "--cow", filepath.Join(dir, "u"), "--writeback-cache=maybe", "/b/full", dir}
+	code, out := runCtx(t, t.Context(), args...)
+	check(t, args, code, out, 2, "combinefs mount: --writeback-cache: \"maybe\" is not auto, true or false\n"+usageHint("mount"))
 }
