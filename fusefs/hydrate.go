@@ -60,11 +60,12 @@ func (u *upper) hydrated() bool {
 // chooseWriteback is Options.WritebackAuto's choice, made once per mount
 // (the kernel fixes it at FUSE init). On a hydrated upper every file is
 // served by passthrough, at native speed for reads and writes alike, which
-// beat the writeback cache there in every window measured (BENCHMARKS.md,
-// "writeback cache against passthrough"). While files remain that only
-// the daemon can serve (overlays, the chain's), the writeback cache spares
-// the server a round trip per written page on those, and passthrough would
-// serve only the files already whole.
+// beat the writeback cache there by 1.1x to 1.4x in pgbench -S and TPC-B,
+// cold and warm (BENCHMARKS.md, "writeback cache against passthrough").
+// While files remain that only the daemon can serve (overlays, the
+// chain's), the writeback cache spares the server a round trip per page
+// it writes to those (warm TPC-B half way through hydration: 1.2x), and
+// passthrough would serve only the files already whole.
 func chooseWriteback(hydrated bool) bool { return !hydrated }
 
 // hydrateChunk is the most blocks read from the chain in one go;
