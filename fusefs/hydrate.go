@@ -37,8 +37,9 @@ import (
 //     its origin and limit xattrs removed: from then on it is a whole
 //     upper file, served natively (passthrough where the mount allows it).
 //     A file open through the page cache keeps being served by the daemon
-//     (from the upper file alone) until the kernel forgets it: the kernel
-//     refuses passthrough opens of an inode with cached opens (EIO).
+//     (from the upper file alone) until the last such open is closed
+//     (fileState.promote): the kernel refuses passthrough opens of an
+//     inode with cached opens (EIO).
 //     A crash between the fsync and the removal leaves a complete overlay,
 //     which the next hydration makes whole.
 //
