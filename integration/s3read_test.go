@@ -130,8 +130,9 @@ func (ch *s3Chain) mount(t *testing.T, k int, mp string, flags ...string) int {
 // of the repository (the lookup links parents through them), one of
 // PG_VERSION and backup_manifest of each point of the chain, and one or two (a header
 // longer than 8 KiB) of each INCREMENTAL file's header (the older
-// backups' may be read by now, in the background); nothing else. None of
-// it grows with the size of the relation files.
+// backups' may be read by now, in the background); a lease PUT on each
+// point of the chain; nothing else. None of it grows with the size of the
+// relation files.
 func (ch *s3Chain) checkOpenRequests(t *testing.T, k, pid int, mp string) {
 	t.Helper()
 	var s struct{ S3 *repo.RequestCounts }
@@ -156,9 +157,9 @@ func (ch *s3Chain) checkOpenRequests(t *testing.T, k, pid int, mp string) {
 	}
 	minGet := 2*uint64(len(ch.names)) + 2*points
 	maxGet := minGet + 2*headers
-	if got.List != 3+points || got.Get < minGet || got.Get > maxGet || got.Put+got.Delete+got.Other != 0 {
-		t.Errorf("the mount of %s (%d points, %d INCREMENTAL files) sent before serving %s; want %d LIST, %d to %d GET, nothing else\n--- log ---\n%s",
-			ch.names[k], points, headers, got, 3+points, minGet, maxGet, readFrom(ch.e.Host(mp+".log"), 0))
+	if got.List != 3+points || got.Get < minGet || got.Get > maxGet || got.Put != points || got.Delete+got.Other != 0 {
+		t.Errorf("the mount of %s (%d points, %d INCREMENTAL files) sent before serving %s; want %d LIST, %d to %d GET, %d PUT (the leases), nothing else\n--- log ---\n%s",
+			ch.names[k], points, headers, got, 3+points, minGet, maxGet, points, readFrom(ch.e.Host(mp+".log"), 0))
 	}
 }
 

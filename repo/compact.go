@@ -253,7 +253,7 @@ func (r *Repo) finishCompaction(ctx context.Context, j journal) (inUse []string,
 		} else if !ok {
 			continue // retired before a kill
 		}
-		unlockPoint, held, err := r.TryExclusive(name)
+		unlockPoint, held, err := r.TryExclusive(ctx, name)
 		if err != nil {
 			return nil, err
 		}

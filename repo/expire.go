@@ -75,7 +75,7 @@ func (r *Repo) Expire(ctx context.Context, o ExpireOptions, wait Waiter) (*Expir
 			res.KeptForInUse = append(res.KeptForInUse, p)
 			continue
 		}
-		unlockPoint, held, err := r.TryExclusive(p.Name)
+		unlockPoint, held, err := r.TryExclusive(ctx, p.Name)
 		if err != nil {
 			return res, err
 		}

@@ -140,8 +140,12 @@ func (r *Repo) makeLockDir() error {
 	return os.Chmod(dir, 0o777|fs.ModeSticky)
 }
 
-// Hold is a set of point locks.
-type Hold struct{ files []*os.File }
+// Hold is a set of point locks: flocks, or leases on an object store.
+type Hold struct {
+	files  []*os.File
+	store  Storage
+	leases []string
+}
 
 // Release drops the locks.
 func (h *Hold) Release() {
@@ -151,7 +155,10 @@ func (h *Hold) Release() {
 	for _, f := range h.files {
 		f.Close()
 	}
-	h.files = nil
+	for _, l := range h.leases {
+		h.store.Delete(context.Background(), l)
+	}
+	h.files, h.leases = nil, nil
 }
 
 // ShareChain takes a shared lock on every point of the point ref's chain
@@ -204,9 +211,10 @@ func (r *Repo) Share(ctx context.Context, names []string, wait Waiter) (h *Hold,
 
 // TryExclusive takes the exclusive lock of a point without waiting; held
 // is true when a reader holds it.
-func (r *Repo) TryExclusive(name string) (unlock func(), held bool, err error) {
+func (r *Repo) TryExclusive(ctx context.Context, name string) (unlock func(), held bool, err error) {
 	if r.remote() {
-		return func() {}, false, nil // no point locks on an object store yet
+		held, err := r.readRemote(ctx, name)
+		return func() {}, held, err
 	}
 	f, err := r.lockPoint(context.Background(), name, unix.LOCK_EX, nil)
 	if errors.Is(err, ErrLocked) {

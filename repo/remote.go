@@ -251,20 +251,70 @@ func (r *Repo) lockObject(ctx context.Context, name, what, holder string, wait W
 	}
 }
 
-// shareRemote stands for the shared point locks on an object store, which
-// has none yet: it only reports whether each point is still one, from one
-// listing of the markers.
+// On an object store a reader's shared lock of a point is a lease object,
+// .readers/POINT/HOST-PID-NANOS, naming its holder as a lock object does;
+// Release deletes it. A reader puts its leases before it checks that the
+// points are still points, and retiring a point deletes its marker before
+// it looks for leases, so one of the two always sees the other (the
+// store's listings are strongly consistent). A lease whose process is gone
+// from this machine is void; one from another machine is kept until it is
+// deleted, by its reader or by hand.
+const readerDir = ".readers"
+
+func leasePrefix(point string) string { return readerDir + "/" + point + "/" }
+
+// shareRemote puts a lease on each of the named points; gone is true (and
+// nothing is held) when one of them is no longer a point.
 func (r *Repo) shareRemote(ctx context.Context, names []string) (h *Hold, gone bool, err error) {
+	host, _ := os.Hostname()
+	me := fmt.Sprintf("reader, pid %d on %s, since %s\n", os.Getpid(), host, time.Now().UTC().Format(time.RFC3339))
+	id := fmt.Sprintf("%s-%d-%d", host, os.Getpid(), time.Now().UnixNano())
+	h = &Hold{store: r.Store}
+	for _, n := range names {
+		if err := r.Store.Put(ctx, leasePrefix(n)+id, []byte(me)); err != nil {
+			h.Release()
+			return nil, false, err
+		}
+		h.leases = append(h.leases, leasePrefix(n)+id)
+	}
 	points, err := r.pointNames(ctx)
 	if err != nil {
+		h.Release()
 		return nil, false, err
 	}
 	for _, n := range names {
 		if _, ok := slices.BinarySearch(points, n); !ok {
+			h.Release()
 			return nil, true, nil
 		}
 	}
-	return &Hold{}, false, nil
+	return h, false, nil
+}
+
+// readRemote reports whether a live reader holds a lease on point; the
+// leases of readers gone from this machine are deleted on the way.
+func (r *Repo) readRemote(ctx context.Context, point string) (bool, error) {
+	objs, err := r.Store.List(ctx, leasePrefix(point))
+	if err != nil {
+		return false, err
+	}
+	host, _ := os.Hostname()
+	for _, o := range objs {
+		who, err := r.Store.ReadRange(ctx, o.Name, 0, 4096)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // released meanwhile
+		}
+		if err != nil {
+			return false, err
+		}
+		if !deadHolder(string(who), host) {
+			return true, nil
+		}
+		if err := r.Store.Delete(ctx, o.Name); err != nil {
+			return false, err
+		}
+	}
+	return false, nil
 }
 
 // removeRemoteLeftovers deletes the files of every point without a marker
@@ -276,6 +326,15 @@ func (r *Repo) removeRemoteLeftovers(ctx context.Context) error {
 		return err
 	}
 	for _, l := range leftovers {
+		// A retired point's files stay while a reader that took its lease
+		// before the retirement still reads them; a later command removes
+		// them.
+		if read, err := r.readRemote(ctx, l); err != nil || read {
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		objs, err := r.Store.List(ctx, l+"/")
 		if err != nil {
 			return err

@@ -93,8 +93,9 @@ func shareTestChain(t *testing.T, r *Repo) ([]string, resolver.ChainOptions) {
 // mount's, before it serves) do not grow with the size of the relation
 // files, and are each small object once: per point one listing and one GET
 // of each of its four small files, one ranged GET per INCREMENTAL header,
-// and three listings for the repository (its probe, its markers, and
-// their check once the chain is held). Nothing else: no whole-prefix
+// three listings for the repository (its probe, its markers, and
+// their check once the chain is held) and a lease PUT per point. Nothing
+// else: no whole-prefix
 // listing, no block data. The memo of small objects is empty afterwards.
 func TestS3OpenRequests(t *testing.T) {
 	srv := s3test.Start(t)
@@ -105,9 +106,9 @@ func TestS3OpenRequests(t *testing.T) {
 		incs := pushSizedChain(t, srv, bucket, prefix+"/", k)
 		got, tree, st := openS3Chain(t, srv, "s3://"+bucket+"/"+prefix)
 		points := len(s3ChainNames)
-		want := RequestCounts{List: 3 + uint64(points), Get: uint64(len(chainFiles)*points + incs)}
-		if got.List != want.List || got.Get != want.Get || got.Put+got.Delete+got.Other != 0 {
-			t.Errorf("relation files of %d blocks: opening the chain sent %s; want %d LIST and %d GET, nothing else", 40*k, got, want.List, want.Get)
+		want := RequestCounts{List: 3 + uint64(points), Get: uint64(len(chainFiles)*points + incs), Put: uint64(points)}
+		if got.List != want.List || got.Get != want.Get || got.Put != want.Put || got.Delete+got.Other != 0 {
+			t.Errorf("relation files of %d blocks: opening the chain sent %s; want %d LIST, %d GET and %d PUT (the leases), nothing else", 40*k, got, want.List, want.Get, want.Put)
 		}
 		if got.GetBytes > uint64(points*64<<10+incs*format.BlockSize) {
 			t.Errorf("relation files of %d blocks: opening the chain read %d bytes: more than small files and headers", 40*k, got.GetBytes)

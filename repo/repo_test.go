@@ -340,7 +340,7 @@ func TestPointLocksTwoProcesses(t *testing.T) {
 	r := newTestRepo(t, testPoints...)
 	release := holdLock(t, r, "2025-01-01_01") // shares the full and the first incremental
 	for _, name := range append(testPoints[0], testPoints[1]...) {
-		unlock, held, err := r.TryExclusive(name)
+		unlock, held, err := r.TryExclusive(context.Background(), name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -359,7 +359,7 @@ func TestPointLocksTwoProcesses(t *testing.T) {
 	}
 	hold.Release()
 	release()
-	unlock, held, err := r.TryExclusive(testPoints[0][0])
+	unlock, held, err := r.TryExclusive(context.Background(), testPoints[0][0])
 	if err != nil || held {
 		t.Fatalf("after the reader ended: held %v, %v", held, err)
 	}
