@@ -28,7 +28,7 @@ lint:
 # the S3 server of integration/s3server.sh (they fail rather than skip when
 # COMBINEFS_REQUIRE_FUSE=1 and COMBINEFS_REQUIRE_S3=1).
 unit: lint
-	COMBINEFS_REQUIRE_FUSE=1 COMBINEFS_REQUIRE_S3=1 $(GO) test -race -count=1 $(UNIT_PKGS)
+	COMBINEFS_REQUIRE_FUSE=1 COMBINEFS_REQUIRE_S3=1 $(GO) test -race -count=1 -timeout 20m $(UNIT_PKGS)
 
 # integration: end-to-end tests against a real PostgreSQL of each major in
 # PG_MAJORS (provisioned by integration/provision.sh) and a real S3 server

@@ -89,10 +89,12 @@ func StartWith(tb testing.TB, o Options) *Server {
 			tb.Fatal(err)
 		}
 		if err = s.Start(); err == nil {
-			tb.Cleanup(s.Stop)
+			// Killed, not stopped: its data goes with the test's temporary
+			// directory, and SeaweedFS takes 10 to 20 s to stop on SIGTERM.
+			tb.Cleanup(s.Kill)
 			return s
 		}
-		s.Stop()
+		s.Kill()
 		if !errors.Is(err, errExited) {
 			break
 		}
