@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/combinefs/combinefs/internal/dio"
 	"github.com/combinefs/combinefs/internal/safedir"
 )
 
@@ -107,14 +108,14 @@ func Detach(dir string, o DetachOptions) error {
 			return fmt.Errorf("detach %s: %w", dir, err)
 		}
 	}
-	if err := syncDir(dir); err != nil {
+	if err := dio.Sync(dir); err != nil {
 		return err
 	}
 	after("removed")
 	if err := os.Remove(marker); err != nil {
 		return err
 	}
-	return syncDir(dir)
+	return dio.Sync(dir)
 }
 
 // checkDetachable refuses an upper that a mount holds, that is not
@@ -269,7 +270,7 @@ func moveTree(dir, tree string, after func(string)) error {
 			after("moving")
 		}
 	}
-	return syncDir(dir)
+	return dio.Sync(dir)
 }
 
 // detachingError is openUpper's refusal of an upper that detach left

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/combinefs/combinefs/format"
+	"github.com/combinefs/combinefs/internal/dio"
 )
 
 // Hydration (Options.Hydrate) copies into the upper directory every block
@@ -278,7 +279,7 @@ func (h *hydrator) finish() error {
 		if err != nil || !d.IsDir() {
 			return err
 		}
-		return syncDir(p)
+		return dio.Sync(p)
 	})
 	if err != nil {
 		return err

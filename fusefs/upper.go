@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/combinefs/combinefs/internal/dio"
 	"github.com/combinefs/combinefs/internal/safedir"
 	"github.com/combinefs/combinefs/resolver"
 )
@@ -314,16 +315,7 @@ func writeDurably(path string, data []byte) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
+	return dio.Sync(filepath.Dir(path))
 }
 
 // close releases the upper's lock and descriptors.

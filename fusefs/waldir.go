@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/combinefs/combinefs/internal/crashpoint"
+	"github.com/combinefs/combinefs/internal/dio"
 	"github.com/combinefs/combinefs/resolver"
 )
 
@@ -223,7 +224,7 @@ func emptyWALDir(walDir string) error {
 			}
 		}
 	}
-	if err := syncDir(walDir); err != nil {
+	if err := dio.Sync(walDir); err != nil {
 		return err
 	}
 	return removeDurably(walDir, walMarkerName)
@@ -237,7 +238,7 @@ func removeDurably(dir, name string) error {
 		}
 		return err
 	}
-	return syncDir(dir)
+	return dio.Sync(dir)
 }
 
 // makeWALDir makes walDir (and its parents) if missing, and gives it to
@@ -255,7 +256,7 @@ func makeWALDir(walDir string, uid, gid uint32) error {
 	if err := lchmod(walDir, 0o700); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(walDir))
+	return dio.Sync(filepath.Dir(walDir))
 }
 
 // fillWALDir copies p's pg_wal into walDir's staging directory, every file
@@ -284,12 +285,12 @@ func fillWALDir(p *resolver.Tree, walDir string, uid, gid uint32) error {
 				return err
 			}
 		}
-		return syncDir(to)
+		return dio.Sync(to)
 	}
 	if err := copyDir(src, filepath.Join(walDir, walStagingName)); err != nil {
 		return err
 	}
-	return syncDir(walDir)
+	return dio.Sync(walDir)
 }
 
 // copyWALFile writes a file of the chain to path, which must not exist.
@@ -335,5 +336,5 @@ func unstageWALDir(walDir string) error {
 	if err := os.Remove(staging); err != nil {
 		return err
 	}
-	return syncDir(walDir)
+	return dio.Sync(walDir)
 }
