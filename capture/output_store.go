@@ -59,8 +59,9 @@ type storeOut struct {
 
 // uploaded is what went up of one file.
 type uploaded struct {
-	size int64
-	sum  []byte
+	size   int64
+	sum    []byte
+	header []byte // an INCREMENTAL file's header, for the marker's pack
 }
 
 func newStoreOut(ctx context.Context, r *repo.Repo, name string, algo format.ChecksumType) *storeOut {
@@ -161,7 +162,7 @@ func (o *storeOut) newFile(p string, pad int64) (*storeFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &storeFile{o: o, rel: r, w: w, pad: pad}
+	f := &storeFile{o: o, rel: r, w: w, pad: pad, tap: repo.NewHeaderTap(r)}
 	if o.algo != format.ChecksumNone {
 		f.h = o.algo.New()
 	}
@@ -262,7 +263,8 @@ type storeFile struct {
 	w   repo.Writer
 	h   hash.Hash
 	n   int64
-	pad int64 // the size a WAL segment is filled up to with zeros
+	pad int64           // the size a WAL segment is filled up to with zeros
+	tap *repo.HeaderTap // an INCREMENTAL file's header as it passes
 }
 
 func (f *storeFile) WriteAt(p []byte, off int64) (int, error) {
@@ -273,6 +275,7 @@ func (f *storeFile) WriteAt(p []byte, off int64) (int, error) {
 	if f.h != nil {
 		f.h.Write(p[:n])
 	}
+	f.tap.Write(p[:n])
 	f.n += int64(n)
 	if f.n > repo.S3PartSize && f.n-int64(n) <= repo.S3PartSize {
 		crashpoint.At(CrashS3Multipart)
@@ -294,6 +297,7 @@ func (f *storeFile) close() error {
 	if f.h != nil {
 		u.sum = f.h.Sum(nil)
 	}
+	u.header, _ = f.tap.Header()
 	o := f.o
 	o.mu.Lock()
 	o.files[f.rel] = u
@@ -310,9 +314,23 @@ func (f *storeFile) abort() {
 	f.w.Abort()
 }
 
+// headerPack is the pack of the headers of the INCREMENTAL files that
+// went up, each checked against the file's size (a full backup's is
+// empty).
+func (o *storeOut) headerPack() repo.HeaderPack {
+	pack := repo.HeaderPack{}
+	for p, u := range o.files {
+		if u.header != nil {
+			pack.Add(p, u.header, u.size)
+		}
+	}
+	return pack
+}
+
 // finishStore publishes a point written to an object store once every
 // file is up: the manifest checked against what went up, then written,
-// then the point's marker, last.
+// then the point's marker, last, with the header pack that lets a mount
+// read every INCREMENTAL header in one GET.
 func (c *capturer) finishStore() error {
 	o := c.store
 	if err := o.wait(); err != nil {
@@ -331,7 +349,7 @@ func (c *capturer) finishStore() error {
 		return err
 	}
 	crashpoint.At(CrashS3Manifest)
-	if err := o.st.Put(o.parent, repo.MarkerName(o.name), []byte(o.name+"\n")); err != nil {
+	if err := o.st.Put(o.parent, repo.MarkerName(o.name), o.headerPack().Marker(o.name)); err != nil {
 		return err
 	}
 	c.final = o.where

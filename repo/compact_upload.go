@@ -42,8 +42,9 @@ const uploadJobs = 16
 // streamed, budgeted multipart uploads a capture's files go up by) with a
 // directory marker for each empty directory. It then checks the store's
 // listing against what was sent (and o.Manifest), and with o.Publish writes
-// the point's marker last: until then what went up is a leftover, never a
-// point. Symbolic links are skipped: an object store holds none.
+// the point's marker last, with the header pack of its INCREMENTAL files:
+// until then what went up is a leftover, never a point. Symbolic links are
+// skipped: an object store holds none.
 func UploadPoint(ctx context.Context, dst Storage, src, name string, o UploadOptions) error {
 	files, dirs, total, err := pointFiles(src)
 	if err != nil {
@@ -52,6 +53,7 @@ func UploadPoint(ctx context.Context, dst Storage, src, name string, o UploadOpt
 	var sent atomic.Int64
 	var mu sync.Mutex
 	sums := map[string][]byte{} // CRC-32C of each file, by path in the point
+	pack := HeaderPack{}        // the INCREMENTAL files' headers, for the marker
 	g, gctx := errgroup.WithContext(ctx)
 	jobs := o.Jobs
 	if jobs <= 0 {
@@ -63,13 +65,17 @@ func UploadPoint(ctx context.Context, dst Storage, src, name string, o UploadOpt
 	}
 	for rel := range files {
 		g.Go(func() error {
-			sum, err := uploadFile(gctx, dst, filepath.Join(src, filepath.FromSlash(rel)), name+"/"+rel, func(n int64) {
+			tap := NewHeaderTap(rel)
+			sum, err := uploadFile(gctx, dst, filepath.Join(src, filepath.FromSlash(rel)), name+"/"+rel, tap, func(n int64) {
 				if o.Progress != nil {
 					o.Progress(sent.Add(n), total)
 				}
 			})
 			mu.Lock()
 			sums[rel] = sum
+			if h, ok := tap.Header(); ok {
+				pack.Add(rel, h, files[rel])
+			}
 			mu.Unlock()
 			return err
 		})
@@ -83,7 +89,7 @@ func UploadPoint(ctx context.Context, dst Storage, src, name string, o UploadOpt
 	if !o.Publish {
 		return nil
 	}
-	return dst.Put(ctx, MarkerName(name), []byte(name+"\n"))
+	return dst.Put(ctx, MarkerName(name), pack.Marker(name))
 }
 
 // pointFiles lists a backup directory's regular files (with their sizes)
@@ -121,8 +127,8 @@ func pointFiles(src string) (files map[string]int64, dirs []string, total int64,
 }
 
 // uploadFile streams the file p up as the object obj and returns its
-// CRC-32C, computed as the bytes pass.
-func uploadFile(ctx context.Context, dst Storage, p, obj string, sent func(int64)) ([]byte, error) {
+// CRC-32C, computed as the bytes pass, which tap (if not nil) also sees.
+func uploadFile(ctx context.Context, dst Storage, p, obj string, tap *HeaderTap, sent func(int64)) ([]byte, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return nil, err
@@ -138,6 +144,7 @@ func uploadFile(ctx context.Context, dst Storage, p, obj string, sent func(int64
 		n, rerr := f.Read(buf)
 		if n > 0 {
 			h.Write(buf[:n])
+			tap.Write(buf[:n])
 			if _, err := w.Write(buf[:n]); err != nil {
 				w.Abort()
 				return nil, err

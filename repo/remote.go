@@ -462,7 +462,8 @@ func (m *smallMemo) forget() {
 
 // prefetchChain fetches, on S3, what opening the chain of points reads,
 // all in parallel: each point's listing, its small files (chainFiles)
-// that no scan fetched yet. The chain check and ChainOptions then find
+// that no scan fetched yet, and its marker, whose header pack holds its
+// INCREMENTAL headers. The chain check and ChainOptions then find
 // them in the memo instead of fetching them one after another.
 func (r *Repo) prefetchChain(ctx context.Context, points []string) error {
 	s, ok := r.Store.(*S3)
@@ -479,9 +480,9 @@ func (r *Repo) prefetchChain(ctx context.Context, points []string) error {
 			}
 			return err
 		})
-		for _, f := range chainFiles {
+		for _, obj := range chainObjects(p) {
 			g.Go(func() error {
-				_, err := r.readSmall(ctx, p+"/"+f)
+				_, err := r.readSmall(ctx, obj)
 				if errors.Is(err, fs.ErrNotExist) {
 					return nil // the chain check says so, with its own message
 				}

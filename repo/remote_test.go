@@ -3,6 +3,7 @@ package repo
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -14,13 +15,16 @@ import (
 )
 
 // pushSizedChain puts into s3://bucket/prefix a chain of a full backup and
-// two incrementals whose relation files are blocks*k blocks long, and
-// returns the number of INCREMENTAL files in its incrementals.
-func pushSizedChain(t *testing.T, srv *s3test.Server, bucket, prefix string, k int) int {
+// two incrementals of nrels (at least 2) relation files 40*k blocks long,
+// and returns the number of INCREMENTAL files in its incrementals.
+func pushSizedChain(t *testing.T, srv *s3test.Server, bucket, prefix string, k, nrels int) int {
 	t.Helper()
 	c := resolvertest.NewChain(t)
 	full := c.Full()
-	rels := []string{"base/5/16384", "base/5/16385", "base/5/16386"}
+	var rels []string
+	for i := range nrels {
+		rels = append(rels, fmt.Sprintf("base/5/%d", 16384+i))
+	}
 	for _, rel := range rels {
 		var data []byte
 		for b := uint32(0); b < uint32(40*k); b++ {
@@ -33,7 +37,7 @@ func pushSizedChain(t *testing.T, srv *s3test.Server, bucket, prefix string, k i
 	incs := 0
 	for i := range 2 {
 		inc := c.Incremental()
-		for _, rel := range rels[:2] {
+		for _, rel := range rels[:nrels-1] {
 			var blocks []resolvertest.Block
 			for b := uint32(i); b < uint32(40*k); b += 3 {
 				blocks = append(blocks, resolvertest.Block{Num: b, Data: resolvertest.FillBlock(rel+"inc", b)})
@@ -41,7 +45,7 @@ func pushSizedChain(t *testing.T, srv *s3test.Server, bucket, prefix string, k i
 			inc.Incremental(rel, uint32(40*k), blocks...)
 			incs++
 		}
-		inc.Incremental(rels[2], uint32(40*k))
+		inc.Incremental(rels[nrels-1], uint32(40*k))
 		incs++
 		inc.File("base/5/PG_VERSION", []byte("17\n"))
 		inc.Mkdir("pg_notify")
@@ -90,25 +94,29 @@ func shareTestChain(t *testing.T, r *Repo) ([]string, resolver.ChainOptions) {
 }
 
 // TestS3OpenRequests: the requests opening a chain from S3 sends (a
-// mount's, before it serves) do not grow with the size of the relation
-// files, and are each small object once: per point one listing and one GET
-// of each of its four small files, one ranged GET per INCREMENTAL header,
-// three listings for the repository (its probe, its markers, and
-// their check once the chain is held) and a lease PUT per point. Nothing
-// else: no whole-prefix
-// listing, no block data. The memo of small objects is empty afterwards.
+// mount's, before it serves) grow neither with the size of the relation
+// files nor with the number of INCREMENTAL files, and are each small object
+// once: per point one listing, one GET of each of its four small files and
+// one of its marker (whose header pack holds every INCREMENTAL header),
+// three listings for the repository (its probe, its markers, and their
+// check once the chain is held) and a lease PUT per point. Nothing else:
+// no whole-prefix listing, no header or block data. The memo of small
+// objects is empty afterwards.
 func TestS3OpenRequests(t *testing.T) {
 	srv := s3test.Start(t)
 	bucket := srv.NewBucket(t)
 	var counts []RequestCounts
-	for _, k := range []int{1, 8} {
-		prefix := "k" + strings.Repeat("x", k)
-		incs := pushSizedChain(t, srv, bucket, prefix+"/", k)
+	var allIncs []int
+	for _, c := range []struct{ k, rels int }{{1, 3}, {8, 3}, {1, 12}} {
+		k := c.k
+		prefix := fmt.Sprintf("k%d-r%d", k, c.rels)
+		incs := pushSizedChain(t, srv, bucket, prefix+"/", k, c.rels)
+		allIncs = append(allIncs, incs)
 		got, tree, st := openS3Chain(t, srv, "s3://"+bucket+"/"+prefix)
 		points := len(s3ChainNames)
-		want := RequestCounts{List: 3 + uint64(points), Get: uint64(len(chainFiles)*points + incs), Put: uint64(points)}
+		want := RequestCounts{List: 3 + uint64(points), Get: uint64((len(chainFiles) + 1) * points), Put: uint64(points)}
 		if got.List != want.List || got.Get != want.Get || got.Put != want.Put || got.Delete+got.Other != 0 {
-			t.Errorf("relation files of %d blocks: opening the chain sent %s; want %d LIST, %d GET and %d PUT (the leases), nothing else", 40*k, got, want.List, want.Get, want.Put)
+			t.Errorf("%d relation files of %d blocks (%d INCREMENTAL files): opening the chain sent %s; want %d LIST, %d GET and %d PUT (the leases), nothing else", c.rels, 40*k, incs, got, want.List, want.Get, want.Put)
 		}
 		if got.GetBytes > uint64(points*64<<10+incs*format.BlockSize) {
 			t.Errorf("relation files of %d blocks: opening the chain read %d bytes: more than small files and headers", 40*k, got.GetBytes)
@@ -131,8 +139,8 @@ func TestS3OpenRequests(t *testing.T) {
 		got.GetBytes, got.MaxInFlight = 0, 0
 		counts = append(counts, got)
 	}
-	if counts[0] != counts[1] {
-		t.Errorf("opening a chain sent %s with relation files of 40 blocks, %s with 320", counts[0], counts[1])
+	if counts[0] != counts[1] || counts[0] != counts[2] {
+		t.Errorf("opening a chain sent %s with relation files of 40 blocks, %s with 320, %s with %d INCREMENTAL files instead of %d", counts[0], counts[1], counts[2], allIncs[2], allIncs[0])
 	}
 }
 

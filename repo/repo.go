@@ -40,6 +40,17 @@ type Repo struct {
 	// Created: Open made Dir, so a first capture that fails removes it
 	// again rather than leave an empty repository behind.
 	Created bool
+	// Log, if set, hears what a reader of the repository worked around
+	// (an object store's header pack it could not use); a command sets it
+	// to its log.
+	Log func(msg string)
+}
+
+// logf reports msg through r.Log, if set.
+func (r *Repo) logf(format string, args ...any) {
+	if r.Log != nil {
+		r.Log(fmt.Sprintf(format, args...))
+	}
 }
 
 // Open opens the repository in the local directory dir; with create, it

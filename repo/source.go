@@ -9,6 +9,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -39,7 +40,8 @@ func (r *Repo) ChainOptions(ctx context.Context, dirs []string) (resolver.ChainO
 	if !r.remote() || len(dirs) == 0 {
 		return o, nil
 	}
-	s := &remoteSource{root: r.Dir, points: map[string]*StorageFS{}, small: map[string][]byte{}}
+	s := &remoteSource{repo: r, root: r.Dir, points: map[string]*StorageFS{}, small: map[string][]byte{},
+		packs: map[string]HeaderPack{}, packErrs: map[string]error{}, logged: map[string]bool{}}
 	if m := pointNameRe.FindStringSubmatch(path.Base(dirs[len(dirs)-1])); m != nil {
 		s.mtime, _ = time.Parse(nameTimeLayout, m[1])
 	}
@@ -51,9 +53,9 @@ func (r *Repo) ChainOptions(ctx context.Context, dirs []string) (resolver.ChainO
 		}
 		names = append(names, name)
 	}
-	// One listing per point and the small files every chain check reads,
-	// all in parallel (each is a round trip), unless a lookup of the point
-	// fetched them already (prefetchChain).
+	// One listing per point, the small files every chain check reads and
+	// the marker, all in parallel (each is a round trip), unless a lookup
+	// of the point fetched them already (prefetchChain).
 	fss := make([]*StorageFS, len(names))
 	data := make([][][]byte, len(names))
 	var g errgroup.Group
@@ -63,10 +65,11 @@ func (r *Repo) ChainOptions(ctx context.Context, dirs []string) (resolver.ChainO
 			fss[i], err = r.pointFS(ctx, name)
 			return err
 		})
-		data[i] = make([][]byte, len(chainFiles))
-		for j, f := range chainFiles {
+		objs := chainObjects(name)
+		data[i] = make([][]byte, len(objs))
+		for j, obj := range objs {
 			g.Go(func() (err error) {
-				data[i][j], err = r.readSmall(ctx, name+"/"+f)
+				data[i][j], err = r.readSmall(ctx, obj)
 				if errors.Is(err, fs.ErrNotExist) {
 					err = nil // OpenChain names what is missing
 				}
@@ -84,12 +87,23 @@ func (r *Repo) ChainOptions(ctx context.Context, dirs []string) (resolver.ChainO
 				s.small[name+"/"+f] = data[i][j]
 			}
 		}
+		s.setPack(name, data[i][len(chainFiles)])
 	}
 	if st, ok := r.Store.(*S3); ok {
 		st.memo.forget() // s.small holds the chain's now; the rest is not needed
 	}
 	o.Source = s
 	return o, nil
+}
+
+// chainObjects are the objects of point name that opening its chain reads
+// whole: its chainFiles, then its marker (for its header pack).
+func chainObjects(name string) []string {
+	objs := make([]string, 0, len(chainFiles)+1)
+	for _, f := range chainFiles {
+		objs = append(objs, name+"/"+f)
+	}
+	return append(objs, MarkerName(name))
 }
 
 // pointFS is the StorageFS of point name, from the listing a lookup
@@ -106,10 +120,73 @@ func (r *Repo) pointFS(ctx context.Context, name string) (*StorageFS, error) {
 // remoteSource is a resolver.Source over the listed points of a repository
 // in an object store: a StorageFS per point.
 type remoteSource struct {
+	repo   *Repo
 	root   string // the repository's URL, which the chain's Dirs start with
 	mtime  time.Time
 	points map[string]*StorageFS
 	small  map[string][]byte // the chainFiles of each point, by object name
+	// packs are the header packs of the points whose markers have one;
+	// packErrs say why a point's could not be used.
+	packs    map[string]HeaderPack
+	packErrs map[string]error
+
+	mu     sync.Mutex
+	logged map[string]bool // the points whose pack problems were logged
+}
+
+// setPack decodes the marker of point name, if fetched, for its pack.
+func (s *remoteSource) setPack(name string, marker []byte) {
+	if marker == nil {
+		return // retired meanwhile: the chain check says so
+	}
+	pack, err := ParseMarker(name, marker)
+	switch {
+	case err != nil:
+		s.packErrs[name] = err
+	case pack != nil:
+		s.packs[name] = pack
+	}
+}
+
+// HeaderOf is the header of the INCREMENTAL file p from its point's
+// header pack, if the pack holds one that fits the object's listed size.
+// Otherwise the resolver reads the header from the object; why, when the
+// pack should have had it, is logged once per point.
+func (s *remoteSource) HeaderOf(p string) ([]byte, bool) {
+	fsys, rel, err := s.lookup("open", p)
+	if err != nil {
+		return nil, false
+	}
+	name, _ := s.name(p)
+	point, _, _ := strings.Cut(name, "/")
+	pack := s.packs[point]
+	if pack == nil {
+		if err := s.packErrs[point]; err != nil {
+			s.logOnce(point, "%s: the header pack of its marker is not used (%v): INCREMENTAL headers are read from the objects", p, err)
+		}
+		return nil, false
+	}
+	h, ok := pack[rel]
+	if !ok {
+		s.logOnce(point, "%s: not in the header pack of its point's marker: its header is read from the object", p)
+		return nil, false
+	}
+	if err := checkPackedHeader(h, fsys.files[rel], p); err != nil {
+		s.logOnce(point, "%v: the header is read from the object", err)
+		return nil, false
+	}
+	return h, true
+}
+
+// logOnce logs the first pack problem of each point.
+func (s *remoteSource) logOnce(point, format string, args ...any) {
+	s.mu.Lock()
+	first := !s.logged[point]
+	s.logged[point] = true
+	s.mu.Unlock()
+	if first {
+		s.repo.logf(format, args...)
+	}
 }
 
 // chainFiles are the files of each backup that opening a chain reads

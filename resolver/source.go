@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -113,6 +114,16 @@ func (c *Chain) source() Source {
 	return c.Source
 }
 
+// HeaderSource is a Source that may hold INCREMENTAL headers already
+// (an object store's point lists them in its marker): each one is a
+// ranged GET saved.
+type HeaderSource interface {
+	// HeaderOf returns the header of the INCREMENTAL file path (its
+	// magic, block count, truncation length and block numbers, without
+	// the padding) if the source holds one that fits the file's size.
+	HeaderOf(path string) ([]byte, bool)
+}
+
 // headerPrefetch is how much of an INCREMENTAL file of an object store the
 // first read of its header takes: the header of up to 2045 blocks in one
 // ranged GET instead of two. (Locally the header is read as the format
@@ -129,6 +140,15 @@ func parseIncrementalFile(src Source, path string) (*format.Incremental, error) 
 	defer f.Close()
 	if IsLocal(src) {
 		return format.ParseIncremental(f, f.Size(), path)
+	}
+	if hs, ok := src.(HeaderSource); ok {
+		if h, ok := hs.HeaderOf(path); ok {
+			// The source checked it; a header that still does not parse,
+			// or whose blocks do not end the file, is read from the file.
+			if inc, err := format.ParseIncremental(bytes.NewReader(h), f.Size(), path); err == nil && inc.FileSize() == f.Size() {
+				return inc, nil
+			}
+		}
 	}
 	head := make([]byte, min(f.Size(), headerPrefetch))
 	if n, err := f.ReadAt(head, 0); n < len(head) {

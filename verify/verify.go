@@ -39,6 +39,11 @@ type Options struct {
 	// (a point in an object store, read through repo.StorageFS); dir then
 	// only names the backup in messages. Its files must be io.ReaderAt.
 	FS fs.FS
+	// Headers, if not nil, are the headers of the backup's INCREMENTAL
+	// files that its point's marker lists, by path (an object store's
+	// header pack, which a mount reads headers from): each INCREMENTAL
+	// file must be listed and start with its header.
+	Headers map[string][]byte
 	// ReadBack, if set, holds files of dir already read back and checked
 	// (see ReadBack): their manifest entries are compared with what was
 	// read instead of reading them again.
@@ -92,6 +97,11 @@ func Backup(ctx context.Context, dir string, opts Options) (*Result, error) {
 	onDisk := map[string]int64{}
 	if err := walk(fsys, ".", onDisk); err != nil {
 		return nil, fullPath(dir, err)
+	}
+	if opts.Headers != nil {
+		if err := checkHeaders(ctx, fsys, onDisk, opts.Headers, opts.Jobs, problem); err != nil {
+			return nil, err
+		}
 	}
 	var toSum []*format.ManifestFile
 	for i := range m.Files {

@@ -260,6 +260,9 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 		return err
 	}
 	defer closeLog()
+	if o.remote != nil {
+		o.remote.repo.Log = lg.Print
+	}
 
 	// Validate the whole chain before mounting anything.
 	start := time.Now()

@@ -55,6 +55,9 @@ func openRepoChain(ctx context.Context, cmd, loc, point string, s3o repo.S3Optio
 		return nil, err
 	}
 	c.repo = r
+	if r.Log == nil {
+		r.Log = func(msg string) { fmt.Fprintf(stderr, "combinefs %s: %s\n", cmd, msg) }
+	}
 	phase("open the repository")
 	dirs, hold, err := r.ShareChain(ctx, point, waitNotice(cmd))
 	if err != nil {

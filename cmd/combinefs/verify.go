@@ -109,6 +109,9 @@ func verifyRepo(ctx context.Context, dir string, s3o repo.S3Options, opts verify
 		var res *verify.Result
 		opts.FS, err = r.PointFS(ctx, p.Name)
 		if err == nil {
+			opts.Headers, err = r.PointHeaders(ctx, p.Name)
+		}
+		if err == nil {
 			res, err = verifyOne(ctx, p.Dir, opts, progress)
 		}
 		hold.Release()
