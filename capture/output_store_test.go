@@ -111,3 +111,41 @@ func TestRepoCaptureObjectStore(t *testing.T) {
 		})
 	}
 }
+
+// TestStoreHeaderPack: the marker's header pack of a capture into an
+// object store holds the header of each INCREMENTAL file as it streamed up
+// (in writes of any size), and nothing for other files or for an
+// INCREMENTAL file whose blocks do not end it.
+func TestStoreHeaderPack(t *testing.T) {
+	dir := t.TempDir()
+	r := &repo.Repo{Dir: dir, Store: objectStore{repo.Local{Root: dir}}}
+	o := newStoreOut(context.Background(), r, "P", format.ChecksumNone)
+	blocks := []uint32{3, 9, 4000}
+	file := format.AppendIncrementalHeader(nil, 5000, blocks)
+	file = append(file, make([]byte, len(blocks)*format.BlockSize)...)
+	put := func(rel string, data []byte, step int) {
+		f, err := o.newFile("/P/"+rel, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := 0; off < len(data); off += step {
+			if _, err := f.WriteAt(data[off:min(off+step, len(data))], int64(off)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := f.close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("base/5/INCREMENTAL.16384", file, 7)
+	put("base/5/INCREMENTAL.16385", file[:len(file)-1], 4096) // cut short
+	put("base/5/16386", file, 1<<20)
+	if err := o.wait(); err != nil {
+		t.Fatal(err)
+	}
+	pack, err := repo.ParseMarker("P", o.headerPack().Marker("P"))
+	want := file[:12+4*len(blocks)]
+	if err != nil || len(pack) != 1 || string(pack["base/5/INCREMENTAL.16384"]) != string(want) {
+		t.Errorf("the capture's pack: %v, %x; want only base/5/INCREMENTAL.16384's header %x", err, pack, want)
+	}
+}

@@ -1,8 +1,11 @@
 package integration
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -110,6 +113,7 @@ func TestS3WriteCapture(t *testing.T) {
 	for _, n := range names {
 		d := s3Download(t, e, st, dl, n)
 		e.VerifyBackup(t, d)
+		checkHeaderPack(t, e, st, d, n)
 		dirs = append(dirs, d)
 	}
 	ref := path.Join(e.TempDir(t), "ref")
@@ -122,6 +126,43 @@ func TestS3WriteCapture(t *testing.T) {
 	srvc := e.StartServer(t, ref, ServerOptions{FixOwnership: true})
 	if got := strings.TrimSpace(srvc.Psql(t, "postgres", "SELECT string_agg(point::text, ',' ORDER BY point) FROM marker")); got != "0,1,2" {
 		t.Fatalf("server on the downloaded chain: marker rows %q, want 0,1,2", got)
+	}
+}
+
+// checkHeaderPack checks that point name's marker holds a header pack with
+// exactly the header of each INCREMENTAL file of the point (downloaded to
+// dir), as the capture streamed them up: none for a full backup.
+func checkHeaderPack(t *testing.T, e *Env, st repo.Storage, dir, name string) {
+	t.Helper()
+	marker, err := st.ReadRange(context.Background(), repo.MarkerName(name), 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pack, err := repo.ParseMarker(name, marker)
+	if err != nil || pack == nil {
+		t.Fatalf("the marker of %s: %v, or no header pack", name, err)
+	}
+	want := 0
+	err = filepath.WalkDir(e.Host(dir), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !strings.HasPrefix(d.Name(), "INCREMENTAL.") {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(e.Host(dir), p)
+		want++
+		if h, ok := pack[rel]; !ok || len(h) < 12 || !bytes.Equal(h, data[:len(h)]) || len(h) != 12+4*int(binary.NativeEndian.Uint32(data[4:])) {
+			t.Errorf("the marker of %s: the header of %s is %x, the file starts %x", name, rel, h, data[:min(len(data), 64)])
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pack) != want {
+		t.Errorf("the marker of %s lists %d headers, the point has %d INCREMENTAL files", name, len(pack), want)
 	}
 }
 
