@@ -7,10 +7,12 @@ import (
 	"path"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/combinefs/combinefs/fusefs"
 	"github.com/combinefs/combinefs/internal/s3test"
 	"github.com/combinefs/combinefs/repo"
 )
@@ -155,19 +157,24 @@ func (b *bench) figS3(t *benchTB) {
 	b.add(t, mt)
 
 	rate := func(n int64, d time.Duration) float64 { return float64(n) / (1 << 20) / d.Seconds() }
+	var before coldCounters
 	cold := &variant{
-		setup: func(t *benchTB, run int) { m, _ = fx.mount(t, b, dir) },
+		setup: func(t *benchTB, run int) {
+			m, _ = fx.mount(t, b, dir)
+			before = fx.coldCounters(t, m)
+		},
 		timed: func(t *benchTB, run int) sample {
 			n, d := readFiles(t, b.e.Host(m.dir), b.pointFiles)
-			st := m.Stats(t)
-			return sample{v: rate(n, d), rssKB: m.HWM(t), parts: map[string]float64{
-				"bytes_from_s3_MiB": float64(st.SourceBytes) / (1 << 20), "gets": float64(st.SourceReads)}}
+			after := fx.coldCounters(t, m)
+			return sample{v: rate(n, d), rssKB: m.HWM(t), parts: after.parts(before, d)}
 		},
 		teardown: func(t *benchTB, run int) { m.umount(t) },
 	}
 	dl := &variant{timed: func(t *benchTB, run int) sample {
+		cpu, store := selfCPU(), fx.srv.CPUTime()
 		n, d := fx.download(t)
-		return sample{v: rate(n, d)}
+		return sample{v: rate(n, d), parts: map[string]float64{"client_cpu_s": (selfCPU() - cpu).Seconds(),
+			"store_cpu_s": (fx.srv.CPUTime() - store).Seconds(), "gets": float64(fx.gets())}}
 	}}
 	b.progressf(t, "cold sequential read through a mount from S3 vs downloading the flattened point (%s in %d objects)", human(fx.bytes), len(fx.files))
 	rd, rss := b.compare(t, figSpec{id: "s3-read-cold", name: "sequential read through a mount from S3, cold (throughput)", unit: "MiB/s", higher: true, cold: true,
@@ -176,7 +183,7 @@ func (b *bench) figS3(t *benchTB) {
 	rd.OursLabel = "read every file through a fresh read-only mount from S3, 1 MiB reads, one file at a time"
 	rd.RefLabel = fmt.Sprintf("GET every object of pg_combinebackup's output in %d MiB ranges, %d at a time (the same aws-sdk-go-v2 client)", s3DownloadChunk>>20, s3DownloadJobs)
 	if rd.Error == "" {
-		rd.Note = fmt.Sprintf("per run (median): %.0f MiB fetched from S3 in %.0f GETs", rd.Parts["ours.bytes_from_s3_MiB"], rd.Parts["ours.gets"])
+		rd.Note = coldNote(rd.Parts)
 	}
 	mountRSS(rss)
 	b.add(t, rd, rss)
@@ -192,4 +199,74 @@ func mountRSS(rss *Figure) {
 	rss.Target = rssTarget
 	rss.TargetMet = ptr(rss.Ours <= rssLimitMiB)
 	rss.Note = "VmHWM of the mount process after each cold run; no reference"
+}
+
+// coldCounters are what a cold read through a mount from S3 is measured
+// by besides its time: the mount's counters and the CPU time of the mount
+// process, of this process (the reader) and of the store.
+type coldCounters struct {
+	st                   fusefs.Stats
+	mount, reader, store time.Duration
+}
+
+func (fx *s3Fixture) coldCounters(t *benchTB, m *mnt) coldCounters {
+	st := m.Stats(t)
+	if st.Remote == nil {
+		t.Fatalf("the mount at %s reports no remote counters", m.dir)
+	}
+	return coldCounters{st: st, mount: s3test.ProcCPU(m.pid), reader: selfCPU(), store: fx.srv.CPUTime()}
+}
+
+// parts are the cold read's breakdown since before: bytes fetched per
+// byte served, the GETs (how many, their mean size, how many were in
+// flight on average and at most), where the kernel's read requests waited,
+// the read-ahead's dropped chunks, and each process's CPU.
+func (c coldCounters) parts(before coldCounters, d time.Duration) map[string]float64 {
+	r, r0 := c.st.Remote, before.st.Remote
+	served := float64(c.st.BytesServed - before.st.BytesServed)
+	gets := float64(r.Gets - r0.Gets)
+	reads := float64(max(r.Reads-r0.Reads, 1))
+	return map[string]float64{
+		"bytes_from_s3_MiB":   float64(r.GetBytes-r0.GetBytes) / (1 << 20),
+		"served_MiB":          served / (1 << 20),
+		"fetched_per_served":  float64(r.GetBytes-r0.GetBytes) / max(served, 1),
+		"gets":                gets,
+		"get_mean_KiB":        float64(r.GetBytes-r0.GetBytes) / 1024 / max(gets, 1),
+		"gets_in_flight_mean": (r.GetSeconds - r0.GetSeconds) / d.Seconds(),
+		"gets_in_flight_peak": float64(r.PeakGets),
+		"reads_fetching_pct":  100 * float64(r.ReadsFetched-r0.ReadsFetched) / reads,
+		"reads_waiting_pct":   100 * float64(r.ReadsWaited-r0.ReadsWaited) / reads,
+		"reads_wait_s":        r.WaitSeconds - r0.WaitSeconds,
+		"read_ahead_dropped":  float64(r.AheadDropped - r0.AheadDropped),
+		"mount_cpu_s":         (c.mount - before.mount).Seconds(),
+		"reader_cpu_s":        (c.reader - before.reader).Seconds(),
+		"store_cpu_s":         (c.store - before.store).Seconds(),
+		"cache_evictions":     float64(c.st.Cache.Evictions - before.st.Cache.Evictions),
+	}
+}
+
+// coldNote is the cold read figure's note from its median parts.
+func coldNote(p map[string]float64) string {
+	return fmt.Sprintf("per run (median): %.0f MiB fetched from S3 for %.0f MiB served (%.2f per byte) in %.0f GETs of %.0f KiB on average, %.1f in flight on average (peak %.0f); "+
+		"%.0f%% of the kernel's read requests sent a GET, %.0f%% waited for one under way, %.1f s waiting in all; CPU: mount %.1f s, reader %.1f s, SeaweedFS %.1f s "+
+		"(download: %.0f GETs, client %.1f s, SeaweedFS %.1f s)",
+		p["ours.bytes_from_s3_MiB"], p["ours.served_MiB"], p["ours.fetched_per_served"], p["ours.gets"], p["ours.get_mean_KiB"],
+		p["ours.gets_in_flight_mean"], p["ours.gets_in_flight_peak"], p["ours.reads_fetching_pct"], p["ours.reads_waiting_pct"], p["ours.reads_wait_s"],
+		p["ours.mount_cpu_s"], p["ours.reader_cpu_s"], p["ours.store_cpu_s"], p["ref.gets"], p["ref.client_cpu_s"], p["ref.store_cpu_s"])
+}
+
+// gets is how many ranged GETs download sends.
+func (fx *s3Fixture) gets() int {
+	n := 0
+	for _, o := range fx.files {
+		n += int((o.Size + s3DownloadChunk - 1) / s3DownloadChunk)
+	}
+	return n
+}
+
+// selfCPU is the user and system CPU time of this process so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

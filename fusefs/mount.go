@@ -123,6 +123,9 @@ type Stats struct {
 	CacheDir      cachedir.Stats
 	// CacheDirPending are the fills queued or running.
 	CacheDirPending int
+	// Remote: where reads of a chain in an object store waited (nil for a
+	// local chain).
+	Remote *RemoteStats `json:",omitempty"`
 	// Hydration is the progress of hydration (mounts with Options.Hydrate).
 	Hydration *HydrationStats `json:",omitempty"`
 }
@@ -143,6 +146,7 @@ func (m *Mount) Stats() Stats {
 		BlocksKept:       m.stats.blocksKept.Load(),
 		Promoted:         m.stats.promoted.Load(),
 		WritebackCache:   m.opts.WritebackCache,
+		Remote:           m.src.remoteStats(),
 	}
 	if m.hyd != nil {
 		st.Hydration = m.hyd.stats()

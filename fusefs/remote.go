@@ -3,6 +3,8 @@ package fusefs
 import (
 	"io"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -24,6 +26,64 @@ const (
 	readAheadChunk = 2 << 20
 	readAheadJobs  = 8
 )
+
+// RemoteStats say where a sequential reader of a remote chain waits: on
+// the GETs its own kernel requests send, on those the read-ahead sent, or
+// not at all (every block already cached); and how busy the store was kept.
+type RemoteStats struct {
+	// Reads are the kernel's read requests; ReadsFetched those that sent a
+	// GET themselves, ReadsWaited those that waited for a GET already under
+	// way (read-ahead's, or another read's). A request may do both.
+	Reads, ReadsFetched, ReadsWaited uint64
+	// WaitSeconds is the time the requests that fetched or waited took.
+	WaitSeconds float64
+	// Gets are the block GETs (each a readSpan), GetBytes what they read,
+	// GetSeconds the sum of their durations: over the elapsed time, the
+	// mean number in flight. PeakGets is the most in flight at once.
+	Gets, GetBytes uint64
+	GetSeconds     float64
+	PeakGets       int64
+	// AheadChunks are the read-ahead fetches started, AheadDropped those
+	// given back because every read-ahead job was busy; PrefetchDropped
+	// the same for the starts of the next files.
+	AheadChunks, AheadDropped, PrefetchDropped uint64
+}
+
+// remoteCounters are RemoteStats as they are counted.
+type remoteCounters struct {
+	reads, readsFetched, readsWaited     atomic.Uint64
+	waitNs, getNs                        atomic.Int64
+	gets, getBytes                       atomic.Uint64
+	inFlight, peak                       atomic.Int64
+	aheadChunks, aheadDropped, nextDrops atomic.Uint64
+}
+
+// remoteStats returns the counters; nil for a local chain.
+func (s *sources) remoteStats() *RemoteStats {
+	if s.from == nil {
+		return nil
+	}
+	c := &s.rc
+	return &RemoteStats{Reads: c.reads.Load(), ReadsFetched: c.readsFetched.Load(), ReadsWaited: c.readsWaited.Load(),
+		WaitSeconds: time.Duration(c.waitNs.Load()).Seconds(), Gets: c.gets.Load(), GetBytes: c.getBytes.Load(),
+		GetSeconds: time.Duration(c.getNs.Load()).Seconds(), PeakGets: c.peak.Load(),
+		AheadChunks: c.aheadChunks.Load(), AheadDropped: c.aheadDropped.Load(), PrefetchDropped: c.nextDrops.Load()}
+}
+
+// getStarted counts a GET under way; the returned func ends it with the
+// bytes it read.
+func (c *remoteCounters) getStarted() func(n int) {
+	t0 := time.Now()
+	k := c.inFlight.Add(1)
+	for p := c.peak.Load(); k > p && !c.peak.CompareAndSwap(p, k); p = c.peak.Load() {
+	}
+	return func(n int) {
+		c.inFlight.Add(-1)
+		c.gets.Add(1)
+		c.getBytes.Add(uint64(max(n, 0)))
+		c.getNs.Add(int64(time.Since(t0)))
+	}
+}
 
 // remoteError is a read of an object store that failed after the store
 // client's retries. It does not unwrap: whatever errno the connection's
@@ -59,6 +119,10 @@ func (sf *srcFile) readRemote(b []byte, off int64) (int, error) {
 func (sf *srcFile) readRemoteInto(iov [][]byte, off int64) (int, error) {
 	var n int
 	var err error
+	if sf.rc != nil {
+		done := sf.rc.getStarted()
+		defer func() { done(n) }()
+	}
 	if v, ok := sf.remote.(vecReader); ok {
 		n, err = v.ReadAtInto(iov, off)
 	} else {
@@ -234,6 +298,7 @@ func (s *sources) readAhead(plan *resolver.Plan, off, n int64) {
 	ra.mu.Unlock()
 	for lo := from; lo < to; lo += readAheadChunk {
 		hi := min(lo+readAheadChunk, to)
+		s.rc.aheadChunks.Add(1)
 		ok := ra.g.TryGo(func() error {
 			if r, err := s.readBlocks(plan, lo, hi-lo); err == nil {
 				r.release()
@@ -242,6 +307,8 @@ func (s *sources) readAhead(plan *resolver.Plan, off, n int64) {
 		})
 		if !ok {
 			// Every job is busy: give the rest back, to be asked for again.
+			s.rc.aheadChunks.Add(^uint64(0))
+			s.rc.aheadDropped.Add(1)
 			ra.mu.Lock()
 			if st.ahead == to {
 				st.ahead = lo
@@ -311,6 +378,7 @@ func (f *roFile) prefetchNext() {
 			return nil
 		})
 		if !ok {
+			s.rc.nextDrops.Add(1)
 			n.prefetched.Store(false)
 			return
 		}

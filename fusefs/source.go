@@ -5,6 +5,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
@@ -30,6 +31,7 @@ type sources struct {
 
 	ra      readAheadState // for a remote chain
 	flights flights        // blocks being fetched from a remote chain
+	rc      remoteCounters // for a remote chain
 }
 
 // srcFile is an open backup file. It is read with O_DIRECT where the file
@@ -41,6 +43,7 @@ type srcFile struct {
 	f      *os.File
 	direct atomic.Bool
 	remote resolver.SourceFile // instead of f, for an object store
+	rc     *remoteCounters     // the counters its GETs go to (remote)
 
 	plainOnce sync.Once
 	plain     *os.File // for reads at any offset, when f is direct
@@ -82,7 +85,7 @@ func (s *sources) open(path string) (uint32, *srcFile, error) {
 		if err != nil {
 			return 0, nil, remoteError{err}
 		}
-		sf := &srcFile{remote: f}
+		sf := &srcFile{remote: f, rc: &s.rc}
 		return s.add(path, sf), sf, nil
 	}
 	f, direct, err := dio.OpenRead(path)
@@ -152,6 +155,9 @@ type blockRead struct {
 	c    *cache.Cache
 	vecs [][]byte
 	refs []cache.Ref
+	// fetched and waited: the read sent a request itself, and waited for
+	// one under way (a remote chain's counters).
+	fetched, waited bool
 }
 
 func (r *blockRead) release() {
@@ -204,10 +210,25 @@ func (r *blockRead) Done() { r.release() }
 // On a remote chain a read that continues the file's previous one also
 // starts the read-ahead of the blocks after it.
 func (s *sources) readRange(plan *resolver.Plan, off, n int64) (*blockRead, error) {
-	r, err := s.readBlocks(plan, off, n)
-	if s.from != nil && err == nil {
-		s.readAhead(plan, off, n)
+	if s.from == nil {
+		return s.readBlocks(plan, off, n)
 	}
+	t0 := time.Now()
+	r, err := s.readBlocks(plan, off, n)
+	s.rc.reads.Add(1)
+	if err != nil {
+		return r, err
+	}
+	if r.fetched || r.waited {
+		s.rc.waitNs.Add(int64(time.Since(t0)))
+		if r.fetched {
+			s.rc.readsFetched.Add(1)
+		}
+		if r.waited {
+			s.rc.readsWaited.Add(1)
+		}
+	}
+	s.readAhead(plan, off, n)
 	return r, err
 }
 
@@ -339,6 +360,7 @@ func (s *sources) fetch(srcs []*source, r *blockRead) error {
 		}
 	}
 	if s.from != nil {
+		r.fetched, r.waited = r.fetched || len(spans) > 0, r.waited || len(waits) > 0
 		return s.fetchRemote(spans, waits, r)
 	}
 	for _, sp := range spans {
