@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/combinefs/combinefs/cache"
+	"github.com/combinefs/combinefs/format"
 	"github.com/combinefs/combinefs/resolver"
 )
 
@@ -19,12 +20,19 @@ import (
 // read in sequence has the blocks after the read fetched ahead of it
 // (readAheadBytes, in readAheadChunk requests), so that a sequential reader
 // finds them in the cache instead of waiting on a GET per kernel request.
-
+//
+// The chunks are as large as a GET may be (remoteMaxSpan blocks): a chunk's
+// blocks of one backup file are one GET, and on the store measured larger
+// GETs were the faster and cheaper ones (see remoteMaxSpan). A cold read
+// of a scale-100 point with 2 MiB chunks sent GETs of 640 KiB on average
+// and served 72 MiB/s against the download's 200. readAheadJobs chunks in
+// flight are 64 MiB, well inside the block cache (256 MiB by default), so
+// that what is fetched ahead is not evicted before the reader gets there.
 const (
 	remoteJobs     = 8
-	readAheadBytes = 32 << 20
-	readAheadChunk = 2 << 20
+	readAheadChunk = remoteMaxSpan * format.BlockSize
 	readAheadJobs  = 8
+	readAheadBytes = readAheadJobs * readAheadChunk
 )
 
 // RemoteStats say where a sequential reader of a remote chain waits: on
@@ -349,16 +357,18 @@ func (s *sources) waitReadAhead() {
 // directory's files in order (a copy, a backup tool, a checksum pass) finds
 // them in the cache instead of paying a round trip for each small file.
 // Most files of a point are small (at pgbench scale 100, 800 of 983 are
-// under a chunk), so it takes many GETs at once to keep up with a reader:
-// prefetchJobs, apart from the read-ahead's jobs, which a large file being
-// read keeps busy. What they fetch is in the block cache's buffers, pinned
-// only while a GET fills them: at most prefetchJobs chunks.
+// under prefetchBytes), so it takes many GETs at once to keep up with a
+// reader: prefetchJobs, apart from the read-ahead's jobs, which a large
+// file being read keeps busy. What they fetch is in the block cache's
+// buffers, pinned only while a GET fills them: at most prefetchJobs times
+// prefetchBytes, and prefetchFiles times that cached ahead.
 const (
 	prefetchFiles = 32
 	prefetchJobs  = 16
+	prefetchBytes = 2 << 20
 )
 
-// prefetchNext fetches the first read-ahead chunk of the prefetchFiles
+// prefetchNext fetches the first prefetchBytes of the prefetchFiles
 // files after f in its directory, each once per mount, prefetchJobs at a
 // time (dropped when they are all busy, to be asked for again at the next
 // open).
@@ -371,7 +381,7 @@ func (f *roFile) prefetchNext() {
 		s.readAheadInit()
 		ok := s.ra.next.TryGo(func() error {
 			if plan, err := n.f.Plan(); err == nil {
-				if r, err := s.readBlocks(plan, 0, min(n.f.Size(), readAheadChunk)); err == nil {
+				if r, err := s.readBlocks(plan, 0, min(n.f.Size(), prefetchBytes)); err == nil {
 					r.release()
 				}
 			}
