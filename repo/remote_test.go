@@ -173,6 +173,30 @@ func TestS3ReadRangeInto(t *testing.T) {
 		t.Errorf("ReadRangeInto at the end: %d, %v", n, err)
 	}
 
+	// A read of many blocks, longer than a body reader's buffer: each
+	// buffer gets its own bytes, across the buffer's refills.
+	big := make([]byte, 3*bodyBufSize+5*format.BlockSize+321)
+	for i := range big {
+		big[i] = byte(i*13 + i/format.BlockSize)
+	}
+	if err := st.Put(ctx, "pt/big", big); err != nil {
+		t.Fatal(err)
+	}
+	var bufs [][]byte
+	for off := 321; off+format.BlockSize <= len(big); off += format.BlockSize {
+		bufs = append(bufs, make([]byte, format.BlockSize))
+	}
+	n, err = st.ReadRangeInto(ctx, "pt/big", 321, bufs)
+	if err != nil || n != len(bufs)*format.BlockSize {
+		t.Errorf("ReadRangeInto of %d blocks: %d, %v", len(bufs), n, err)
+	}
+	for i, v := range bufs {
+		if off := 321 + i*format.BlockSize; !bytes.Equal(v, big[off:off+format.BlockSize]) {
+			t.Errorf("ReadRangeInto of %d blocks: block %d holds other bytes", len(bufs), i)
+			break
+		}
+	}
+
 	// Through a StorageFS whose listing says more than the object holds:
 	// an error naming it, not zeros or an early EOF.
 	fsys := newStorageFS(ctx, st, "pt", []Object{{Name: "pt/obj", Size: int64(len(data)) + 5000}})

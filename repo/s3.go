@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -237,9 +238,12 @@ func (s *S3) ReadRangeInto(ctx context.Context, name string, off int64, bufs [][
 		return 0, err
 	}
 	defer body.Close()
+	br := bodyReaders.Get().(*bufio.Reader)
+	br.Reset(body)
+	defer func() { br.Reset(nil); bodyReaders.Put(br) }()
 	got := 0
 	for _, b := range bufs {
-		k, err := io.ReadFull(body, b)
+		k, err := io.ReadFull(br, b)
 		got += k
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			break // the object's end
@@ -250,12 +254,20 @@ func (s *S3) ReadRangeInto(ctx context.Context, name string, off int64, bufs [][
 		}
 	}
 	s.counts.getBytes.Add(uint64(got))
-	if k, _ := body.Read(make([]byte, 1)); k > 0 {
+	if k, _ := br.Read(make([]byte, 1)); k > 0 {
 		// A store that ignored the Range header sends more than asked.
 		return got, fmt.Errorf("read %s%s: the store answered a read of %d bytes at %d with more", s.String(), name, n, off)
 	}
 	return got, nil
 }
+
+// bodyReaders read GET bodies into a mount's block buffers. The buffers are
+// 8 KiB each, and read straight from the response, each would be a read
+// of the connection of its own; through one of these, a read takes up to
+// bodyBufSize at a time and the buffers are filled by copying.
+var bodyReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, bodyBufSize) }}
+
+const bodyBufSize = 128 << 10
 
 // get sends the GET of n bytes at off (n < 0: to the end) and returns its
 // body and announced length; no body and no error when off is at or past
