@@ -181,24 +181,29 @@ func (sf *srcFile) preadRemote(iov [][]byte, off int64) (int, error) {
 	return total, nil
 }
 
-// fetchRemote reads the spans of a request, remoteJobs at a time, then
-// takes the blocks other requests were fetching (waits) from the cache
-// once they are in, reading any that did not get there itself.
-func (s *sources) fetchRemote(spans []span, waits []flightWait, r *blockRead) error {
+// fetchRemote reads the spans of a request, remoteJobs at a time, ends
+// its claims (mine: closed once they are all read or failed), then takes
+// the blocks other requests were fetching (waits) from the cache once they
+// are in, reading any that did not get there itself.
+func (s *sources) fetchRemote(spans []span, waits []flightWait, mine chan struct{}, r *blockRead) error {
 	var mu sync.Mutex
 	var g errgroup.Group
 	g.SetLimit(remoteJobs)
 	for _, sp := range spans {
 		g.Go(func() error {
 			refs, err := s.readSpan(sp.src, sp.idx)
-			s.flights.done(sp.src, sp.idx)
+			s.flights.done(sp.src, sp.idx, mine)
 			mu.Lock()
 			r.refs = append(r.refs, refs...)
 			mu.Unlock()
 			return err
 		})
 	}
-	if err := g.Wait(); err != nil {
+	err := g.Wait()
+	if mine != nil {
+		close(mine)
+	}
+	if err != nil {
 		return err
 	}
 	for _, w := range waits {
@@ -220,7 +225,10 @@ func (s *sources) fetchRemote(spans []span, waits []flightWait, r *blockRead) er
 // flights are the blocks of a remote chain being fetched, so that a read
 // needing a block another read (or the read-ahead) is fetching waits for
 // that GET instead of sending the same one: a sequential reader would
-// otherwise fetch most blocks twice, once ahead and once itself.
+// otherwise fetch most blocks twice, once ahead and once itself. Each
+// block maps to the channel of the request fetching it, one for all the
+// blocks it claimed (a read-ahead chunk's are a thousand), closed when the
+// request's GETs are all done.
 type flights struct {
 	mu sync.Mutex
 	m  map[cache.Key]chan struct{}
@@ -233,9 +241,9 @@ type flightWait struct {
 	ch  chan struct{}
 }
 
-// claim makes k this caller's to fetch (mine), or returns the channel
-// closed once the fetch under way ends.
-func (f *flights) claim(k cache.Key) (ch chan struct{}, mine bool) {
+// claim makes k the caller's to fetch (true), under its channel *mine
+// (made on its first claim), or returns the channel of the fetch under way.
+func (f *flights) claim(k cache.Key, mine *chan struct{}) (chan struct{}, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if ch, ok := f.m[k]; ok {
@@ -244,18 +252,21 @@ func (f *flights) claim(k cache.Key) (ch chan struct{}, mine bool) {
 	if f.m == nil {
 		f.m = map[cache.Key]chan struct{}{}
 	}
-	f.m[k] = make(chan struct{})
+	if *mine == nil {
+		*mine = make(chan struct{})
+	}
+	f.m[k] = *mine
 	return nil, true
 }
 
-// done ends the claims of blocks need[idx...] of src.
-func (f *flights) done(src *source, idx []int) {
+// done ends the claims under mine of blocks need[idx...] of src (the
+// caller closes mine once all of its claims are done).
+func (f *flights) done(src *source, idx []int, mine chan struct{}) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, i := range idx {
 		k := cache.Key{Source: src.id, Block: src.need[i]}
-		if ch, ok := f.m[k]; ok {
-			close(ch)
+		if ch, ok := f.m[k]; ok && ch == mine {
 			delete(f.m, k)
 		}
 	}
@@ -304,8 +315,8 @@ func (s *sources) readAhead(plan *resolver.Plan, off, n int64) {
 		}
 	}
 	ra.mu.Unlock()
-	for lo := from; lo < to; lo += readAheadChunk {
-		hi := min(lo+readAheadChunk, to)
+	for lo := from; lo < to; lo = chunkEnd(lo) {
+		hi := min(chunkEnd(lo), to)
 		s.rc.aheadChunks.Add(1)
 		ok := ra.g.TryGo(func() error {
 			if r, err := s.readBlocks(plan, lo, hi-lo); err == nil {
@@ -326,6 +337,14 @@ func (s *sources) readAhead(plan *resolver.Plan, off, n int64) {
 		}
 	}
 }
+
+// chunkEnd is where the read-ahead chunk holding off ends: chunks are
+// aligned to readAheadChunk in the file, so that the GETs of a backup
+// file's blocks that sit at the same offsets (a full backup's) start at
+// its multiples, as a store's pieces of an object uploaded in parts of a
+// power of two (16 MiB for a capture) do: no GET straddles two pieces it
+// need not.
+func chunkEnd(off int64) int64 { return (off/readAheadChunk + 1) * readAheadChunk }
 
 // readAheadInit sets the read-ahead's state up on first use.
 func (s *sources) readAheadInit() {

@@ -335,6 +335,7 @@ var scratchPool = sync.Pool{New: func() any { b := dio.AlignedBuf(maxGap * forma
 func (s *sources) fetch(srcs []*source, r *blockRead) error {
 	var spans []span
 	var waits []flightWait
+	var mine chan struct{} // closed when this read's claimed blocks are in
 	longest := int64(maxSpan)
 	if s.from != nil {
 		longest = remoteMaxSpan
@@ -350,7 +351,7 @@ func (s *sources) fetch(srcs []*source, r *blockRead) error {
 				continue
 			}
 			if s.from != nil {
-				if ch, mine := s.flights.claim(k); !mine {
+				if ch, ok := s.flights.claim(k, &mine); !ok {
 					waits = append(waits, flightWait{src, i, ch})
 					continue
 				}
@@ -372,7 +373,7 @@ func (s *sources) fetch(srcs []*source, r *blockRead) error {
 	}
 	if s.from != nil {
 		r.fetched, r.waited = r.fetched || len(spans) > 0, r.waited || len(waits) > 0
-		return s.fetchRemote(spans, waits, r)
+		return s.fetchRemote(spans, waits, mine, r)
 	}
 	for _, sp := range spans {
 		refs, err := s.readSpan(sp.src, sp.idx)
