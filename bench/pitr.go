@@ -88,6 +88,12 @@ func (b *bench) figPITR(t *benchTB) {
 	}
 
 	settings := map[string]string{"recovery_init_sync_method": "syncfs"}
+	ourGet := fmt.Sprintf("%s wal-get --repo %s %%f %%p", b.bin, repoDir)
+	refGet := fmt.Sprintf("cp %s/%%f %%p", path.Join(repoDir, "wal", tliDir))
+	withRestore := func(cmd string) map[string]string { return settings }
+	if os.Getenv("COMBINEFS_BENCH_STACKS") != "" {
+		withRestore = b.timedRestore(t, dir, settings)
+	}
 	var srv *server
 	var m *mnt
 	var out, upper, walDir string
@@ -140,7 +146,7 @@ func (b *bench) figPITR(t *benchTB) {
 				"--target-time", target, "--target-action", "promote", out))
 			t1 := time.Now()
 			m = b.attach(t, out)
-			srv = startServer(t, b.e, out, settings)
+			srv = startServer(t, b.e, out, withRestore(ourGet))
 			prof := b.profileReplay(srv, m)
 			promoted(t)
 			t2 := time.Now()
@@ -169,8 +175,8 @@ func (b *bench) figPITR(t *benchTB) {
 		timed: func(t *benchTB, run int) sample {
 			t0 := time.Now()
 			runCmd(t, b.pgTool("pg_combinebackup", "-o", out, path.Join(repoDir, point)))
-			conf := fmt.Sprintf("\nrestore_command = 'cp %s/%%f %%p'\nrecovery_target_time = '%s'\nrecovery_target_action = 'promote'\nrecovery_target_timeline = '%s'\n",
-				path.Join(repoDir, "wal", tliDir), target, tli)
+			conf := fmt.Sprintf("\nrestore_command = '%s'\nrecovery_target_time = '%s'\nrecovery_target_action = 'promote'\nrecovery_target_timeline = '%s'\n",
+				refGet, target, tli)
 			f, err := os.OpenFile(b.e.Host(path.Join(out, "postgresql.auto.conf")), os.O_WRONLY|os.O_APPEND, 0)
 			if err == nil {
 				_, err = f.WriteString(conf)
@@ -184,7 +190,7 @@ func (b *bench) figPITR(t *benchTB) {
 				t.Fatal(err)
 			}
 			t1 := time.Now()
-			srv = startServer(t, b.e, out, settings)
+			srv = startServer(t, b.e, out, withRestore(refGet))
 			prof := b.profileReplay(srv, nil)
 			promoted(t)
 			t2 := time.Now()
@@ -240,10 +246,44 @@ func (b *bench) profileReplay(srv *server, m *mnt) func(t *benchTB, name string)
 			perf = nil
 		}
 	}
+	var sched *exec.Cmd
+	schedOut := path.Join(dir, fmt.Sprintf("sched-%d.data", srv.pid))
+	if os.Getenv("COMBINEFS_BENCH_SCHED") != "" {
+		sched = exec.Command("perf", "sched", "record", "-a", "-q", "-o", schedOut)
+		if sched.Start() != nil {
+			sched = nil
+		}
+	}
+	var strace *exec.Cmd
+	straceOut := path.Join(dir, fmt.Sprintf("strace-%d.txt", srv.pid))
+	if os.Getenv("COMBINEFS_BENCH_STRACE") != "" {
+		// The startup process and its restore_command children, the
+		// replay's page reads and writes left out.
+		for deadline := time.Now().Add(time.Minute); strace == nil && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if pid := findChild(srv.pid, "postgres: startup"); pid != 0 {
+				strace = exec.Command("strace", "-f", "-tt", "-T", "-o", straceOut, "-p", strconv.Itoa(pid),
+					"-e", "trace=!pread64,pwrite64,read,write,lseek,fadvise64,kill,getppid,epoll_wait,epoll_ctl,epoll_create1")
+				if strace.Start() != nil {
+					strace = nil
+				}
+			}
+		}
+	}
 	return func(t *benchTB, name string) {
+		if strace != nil {
+			strace.Process.Signal(os.Interrupt)
+			strace.Wait()
+			os.Rename(straceOut, path.Join(dir, "strace-"+name+".txt"))
+		}
 		p := path.Join(dir, "pitr-"+name+".txt")
 		s.finish(p)
 		ckpt.finish(path.Join(dir, "pitr-"+name+"-checkpointer.txt"))
+		if sched != nil {
+			sched.Process.Signal(os.Interrupt)
+			sched.Wait()
+			os.Rename(schedOut, path.Join(dir, "sched-"+name+".data"))
+		}
+		os.WriteFile(path.Join(dir, "pitr-"+name+"-restore.txt"), []byte(b.restoreSummary()), 0o644)
 		if m == nil {
 			return
 		}

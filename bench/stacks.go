@@ -3,7 +3,9 @@ package main
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -127,4 +129,72 @@ func (s *stackSampler) finish(path string) {
 		fmt.Fprintf(&sb, "%6.2f%% %6d  %s\n", 100*float64(e.n)/float64(max(s.total, 1)), e.n, e.k)
 	}
 	os.WriteFile(path, []byte(sb.String()), 0o644)
+}
+
+// restoreLog is the in-root log the timed restore_command wrapper appends
+// to (see timedRestore), summarised and emptied after each profiled run.
+var restoreLog string
+
+// restoreWrapper runs restore_command's command and logs its start and end
+// (ns since the epoch), exit status and arguments: the wall time each
+// restore takes as the server sees it, fork and exec included.
+const restoreWrapper = `#!/bin/sh
+log=$1; shift
+s=$(date +%s%N)
+"$@"; rc=$?
+echo "$s $(date +%s%N) $rc $*" >>"$log"
+exit $rc
+`
+
+// timedRestore writes the wrapper into the in-root dir and returns the
+// server settings that make restore_command cmd run through it (a -c
+// setting overrides postgresql.auto.conf's), for both sides alike.
+func (b *bench) timedRestore(t *benchTB, dir string, settings map[string]string) func(cmd string) map[string]string {
+	wrap := path.Join(dir, "restore-wrap.sh")
+	restoreLog = path.Join(dir, "restore.log")
+	if err := os.WriteFile(b.e.Host(wrap), []byte(restoreWrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	lf, err := os.OpenFile(b.e.Host(restoreLog), os.O_CREATE|os.O_WRONLY, 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lf.Chown(b.e.UID, b.e.GID)
+	lf.Close()
+	return func(cmd string) map[string]string {
+		s := maps.Clone(settings)
+		s["restore_command"] = "/bin/sh " + wrap + " " + restoreLog + " " + cmd
+		return s
+	}
+}
+
+// restoreSummary reads and empties the wrapper's log: the restores' count,
+// total, mean and largest wall time, then each line as ms from the first.
+func (b *bench) restoreSummary() string {
+	if restoreLog == "" {
+		return ""
+	}
+	data, _ := os.ReadFile(b.e.Host(restoreLog))
+	os.Truncate(b.e.Host(restoreLog), 0)
+	var sb strings.Builder
+	var n int
+	var first, total, most float64
+	for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 3 {
+			continue
+		}
+		s, _ := strconv.ParseFloat(f[0], 64)
+		e, _ := strconv.ParseFloat(f[1], 64)
+		if n == 0 {
+			first = s
+		}
+		n++
+		d := (e - s) / 1e6
+		total += d
+		most = max(most, d)
+		fmt.Fprintf(&sb, "%9.1f %7.1f ms rc %s %s\n", (s-first)/1e6, d, f[2], f[len(f)-2])
+	}
+	return fmt.Sprintf("restore_command: %d runs, %.0f ms in all, mean %.1f ms, largest %.1f ms\n(start ms from the first, wall ms, exit status, file)\n%s",
+		n, total, total/float64(max(n, 1)), most, sb.String())
 }
