@@ -125,27 +125,17 @@ func NextSegments(repoDir, name string, size int64, n int) []string {
 
 // prefetch has the kernel read paths into the page cache in the
 // background (POSIX_FADV_WILLNEED queues the reads and returns); it is
-// only a hint, so it reports nothing. The kernel reads no more per call
-// than the larger of the device's readahead and its largest request (8
-// MiB of a 16 MiB segment on this project's machine), so the file is
-// asked for in prefetchStep pieces.
+// only a hint, so it reports nothing.
 func prefetch(paths []string) {
 	for _, p := range paths {
 		f, err := os.Open(p)
 		if err != nil {
 			return
 		}
-		if fi, err := f.Stat(); err == nil {
-			for off := int64(0); off < fi.Size(); off += prefetchStep {
-				unix.Fadvise(int(f.Fd()), off, prefetchStep, unix.FADV_WILLNEED)
-			}
-		}
+		unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_WILLNEED)
 		f.Close()
 	}
 }
-
-// prefetchStep is below the largest request of common block devices.
-const prefetchStep = 1 << 20
 
 // writeNew writes what in holds (the file src) to dest through a
 // temporary file renamed onto it.
