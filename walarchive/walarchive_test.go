@@ -249,35 +249,3 @@ func TestLock(t *testing.T) {
 	}
 	unlock2()
 }
-
-// TestNextSegments: the segments Get reads ahead follow the timeline's
-// numbering across a log file boundary and stop at the archive's first gap.
-func TestNextSegments(t *testing.T) {
-	dir := t.TempDir()
-	os.MkdirAll(repo.WALTimelineDir(dir, 3), 0o700)
-	const big = 16 << 20 // 256 segments per log file
-	for _, n := range []uint64{0xFE, 0xFF, 0x100, 0x101, 0x103} {
-		os.WriteFile(repo.WALSegmentPath(dir, 3, n, big), nil, 0o600)
-	}
-	name := format.WALSegmentName(3, 0xFE, big)
-	got := NextSegments(dir, name, big, 4)
-	var names []string
-	for _, p := range got {
-		names = append(names, filepath.Base(p))
-	}
-	want := "0000000300000000000000FF 000000030000000100000000 000000030000000100000001"
-	if strings.Join(names, " ") != want {
-		t.Errorf("NextSegments(%s) = %v, want %s (across the log boundary, to the gap)", name, names, want)
-	}
-	if got := NextSegments(dir, name, big, 1); len(got) != 1 {
-		t.Errorf("n=1: %v", got)
-	}
-	for _, bad := range []struct {
-		name string
-		size int64
-	}{{name + repo.WALPartialSuffix, big}, {"00000003.history", big}, {name, 12345}, {format.WALSegmentName(4, 0xFE, big), big}} {
-		if got := NextSegments(dir, bad.name, bad.size, 4); len(got) != 0 {
-			t.Errorf("NextSegments(%s, %d) = %v, want none", bad.name, bad.size, got)
-		}
-	}
-}
