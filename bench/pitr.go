@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/combinefs/combinefs/internal/s3test"
+	"github.com/combinefs/combinefs/walarchive"
 )
 
 // pitrLoadSec is the pgbench WAL after the backup that recovery replays:
@@ -88,7 +89,7 @@ func (b *bench) figPITR(t *benchTB) {
 	}
 
 	settings := map[string]string{"recovery_init_sync_method": "syncfs"}
-	ourGet := fmt.Sprintf("%s wal-get --repo %s %%f %%p", b.bin, repoDir)
+	ourGet := walarchive.CopyCommand(repoDir) // what the mount writes
 	refGet := fmt.Sprintf("cp %s/%%f %%p", path.Join(repoDir, "wal", tliDir))
 	withRestore := func(cmd string) map[string]string { return settings }
 	if os.Getenv("COMBINEFS_BENCH_STACKS") != "" {
