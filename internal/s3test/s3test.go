@@ -4,6 +4,9 @@
 // temporary directory, with one identity whose keys the tests pass through
 // the standard AWS environment variables. Tests that need it fail rather
 // than skip when COMBINEFS_REQUIRE_S3=1 (CI and `make test`).
+// COMBINEFS_WEED_ARGS adds arguments to weed server, e.g. "-debug
+// -debug.port=6061" to profile the store under a benchmark
+// (/debug/pprof/profile on that port).
 package s3test
 
 import (
@@ -136,6 +139,9 @@ func (s *Server) configure(volumeMB, volumes int) error {
 		"-s3", "-s3.config=" + cfgPath, "-s3.port.iceberg=0", "-s3.port.lance=0"}
 	for i, name := range []string{"master", "volume", "filer", "s3"} {
 		s.args = append(s.args, fmt.Sprintf("-%s.port=%d", name, ports[i]), fmt.Sprintf("-%s.port.grpc=%d", name, ports[i]+10000))
+	}
+	if x := os.Getenv("COMBINEFS_WEED_ARGS"); x != "" {
+		s.args = append(s.args, strings.Fields(x)...)
 	}
 	return nil
 }
