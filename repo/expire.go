@@ -240,14 +240,15 @@ func (r *Repo) expireWAL(ctx context.Context, left []*Point, dry bool, res *Expi
 	if err != nil {
 		return err
 	}
-	for _, o := range WALToRemove(objs, walSegmentSize(objs), keepFrom) {
-		if !dry {
-			if err := r.Store.Delete(ctx, o.Name); err != nil {
-				return err
-			}
-		}
-		res.WALRemoved = append(res.WALRemoved, o)
+	gone := WALToRemove(objs, walSegmentSize(objs), keepFrom)
+	var names []string
+	for _, o := range gone {
+		names = append(names, o.Name)
 		res.Freed += o.Size
 	}
-	return nil
+	res.WALRemoved = append(res.WALRemoved, gone...)
+	if dry {
+		return nil
+	}
+	return deleteAll(ctx, r.Store, names)
 }

@@ -339,10 +339,12 @@ func (r *Repo) removeRemoteLeftovers(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		for _, o := range objs {
-			if err := r.Store.Delete(ctx, o.Name); err != nil {
-				return fmt.Errorf("remove what an interrupted command left: %w", err)
-			}
+		names := make([]string, len(objs))
+		for i, o := range objs {
+			names[i] = o.Name
+		}
+		if err := deleteAll(ctx, r.Store, names); err != nil {
+			return fmt.Errorf("remove what an interrupted command left: %w", err)
 		}
 	}
 	s, ok := r.Store.(*S3)

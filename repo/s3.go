@@ -98,7 +98,7 @@ func (c *requestCounts) countRequests(stack *middleware.Stack) error {
 				c.get.Add(1)
 			case *s3.PutObjectInput, *s3.UploadPartInput:
 				c.put.Add(1)
-			case *s3.DeleteObjectInput:
+			case *s3.DeleteObjectInput, *s3.DeleteObjectsInput:
 				c.del.Add(1)
 			default:
 				c.other.Add(1)
