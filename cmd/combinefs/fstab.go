@@ -37,6 +37,9 @@ var fstabIgnored = map[string]bool{
 	"user": true, "nouser": true, "users": true, "nofail": true, "_netdev": true,
 }
 
+// fstabOptions names the options setFstabOption takes, for its error.
+const fstabOptions = "cow=UPPERDIR, owner=, cache_size=, log=, hydrate, hydrate_rate=, waldir=, cache_dir=, cache_dir_size=, s3_endpoint=, allow_other, default_permissions, no_passthrough, writeback_cache[=auto|true|false], no_writeback_cache, ro"
+
 // runFstab mounts as mount.fuse3 asks.
 func runFstab(ctx context.Context, args []string) int {
 	o, rest, err := parseFstab(args)
@@ -110,6 +113,11 @@ func parseFstab(args []string) (*mountOptions, []string, error) {
 // read-only, so ro needs nothing.
 func (o *mountOptions) setFstabOption(opt string) error {
 	k, v, hasValue := strings.Cut(opt, "=")
+	// The options that set a flag's value: mount's flag of the same name.
+	values := map[string]*string{"writeback_cache": &o.writeback, "hydrate_rate": &o.hydrateRate,
+		"cow": &o.cow, "owner": &o.owner, "cache_size": &o.cacheSize, "log": &o.logFile,
+		"waldir": &o.walDir, "cache_dir": &o.cacheDir, "cache_dir_size": &o.cacheDirSize,
+		"s3_endpoint": &o.s3.Endpoint}
 	switch {
 	case fstabIgnored[opt] || strings.HasPrefix(opt, "x-") || k == "comment":
 	case opt == "allow_other":
@@ -122,22 +130,12 @@ func (o *mountOptions) setFstabOption(opt string) error {
 		o.writeback = "false"
 	case opt == "writeback_cache":
 		o.writeback = "true"
-	case hasValue && v != "" && k == "writeback_cache":
-		o.writeback = v
 	case opt == "hydrate":
 		o.hydrate = true
-	case hasValue && v != "" && k == "hydrate_rate":
-		o.hydrateRate = v
-	case hasValue && v != "" && k == "cow":
-		o.cow = v
-	case hasValue && v != "" && k == "owner":
-		o.owner = v
-	case hasValue && v != "" && k == "cache_size":
-		o.cacheSize = v
-	case hasValue && v != "" && k == "log":
-		o.logFile = v
+	case hasValue && v != "" && values[k] != nil:
+		*values[k] = v
 	default:
-		return usageError{fmt.Sprintf("unknown mount option %q (combinefs takes cow=UPPERDIR, owner=, cache_size=, log=, hydrate, hydrate_rate=, allow_other, default_permissions, no_passthrough, writeback_cache[=auto|true|false], no_writeback_cache, ro)", opt)}
+		return usageError{fmt.Sprintf("unknown mount option %q (combinefs takes %s)", opt, fstabOptions)}
 	}
 	return nil
 }

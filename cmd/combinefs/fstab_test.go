@@ -38,9 +38,13 @@ func TestParseFstab(t *testing.T) {
 			t.Errorf("%q: allow_other not set", tt.args)
 		}
 	}
-	o, _, _ := parseFstab([]string{"/b/full", "/m", "-o", "cache_size=1GiB,owner=postgres,log=/var/log/c.log,no_writeback_cache,cow=/u,hydrate,hydrate_rate=50MiB"})
-	if o.cacheSize != "1GiB" || o.owner != "postgres" || o.logFile != "/var/log/c.log" || o.writeback != "false" || !o.hydrate || o.hydrateRate != "50MiB" {
+	o, _, _ := parseFstab([]string{"/b/full", "/m", "-o", "cache_size=1GiB,owner=postgres,log=/var/log/c.log,no_writeback_cache,cow=/u,hydrate,hydrate_rate=50MiB,waldir=/var/lib/pit-wal"})
+	if o.cacheSize != "1GiB" || o.owner != "postgres" || o.logFile != "/var/log/c.log" || o.writeback != "false" || !o.hydrate || o.hydrateRate != "50MiB" || o.walDir != "/var/lib/pit-wal" {
 		t.Errorf("options not applied: %+v", o)
+	}
+	o, operands, err := parseFstab([]string{"repo=s3://bk/db1,point=2026-01-01_000000-FULL", "/m", "-o", "ro,cache_dir=/var/cache/c,cache_dir_size=20GiB,s3_endpoint=http://127.0.0.1:8333"})
+	if err != nil || o.repo != "s3://bk/db1" || !slices.Equal(operands, []string{"/m"}) || o.cacheDir != "/var/cache/c" || o.cacheDirSize != "20GiB" || o.s3.Endpoint != "http://127.0.0.1:8333" {
+		t.Errorf("S3 source and cache_dir options not applied (%v): %+v, %+v", err, o, o.s3)
 	}
 
 	for _, tt := range []struct {
@@ -76,7 +80,7 @@ func TestFstabDispatch(t *testing.T) {
 	}
 	args = []string{"repo=" + dir, dir, "-o", "bogus"}
 	code, out = runCLI(t, args...)
-	check(t, args, code, out, 2, "combinefs mount: unknown mount option \"bogus\" (combinefs takes cow=UPPERDIR, owner=, cache_size=, log=, hydrate, hydrate_rate=, allow_other, default_permissions, no_passthrough, writeback_cache[=auto|true|false], no_writeback_cache, ro)\n"+usageHint("mount"))
+	check(t, args, code, out, 2, "combinefs mount: unknown mount option \"bogus\" (combinefs takes "+fstabOptions+")\n"+usageHint("mount"))
 }
 
 // TestWritebackCacheOption: --writeback-cache and its fstab spellings; a
