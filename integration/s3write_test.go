@@ -404,6 +404,7 @@ func TestS3WriteArchive(t *testing.T) {
 	}
 	onMount.Stop(t, "fast")
 	mustCombinefs(t, e, "umount", mp)
+	checkS3Exec(t, e, srv, url, "s3rp", 1)
 
 	// A file the archive lacks: non-zero exit, as restore_command must.
 	missing := format.WALSegmentName(1, 0xFFFFF, 1<<20)
