@@ -314,6 +314,8 @@ func TestS3Read(t *testing.T) {
 		ch.umount(t, mp)
 	})
 
+	t.Run("cachedir", func(t *testing.T) { checkS3CacheDir(t, ch) })
+
 	t.Run("server down", func(t *testing.T) {
 		rel := strings.TrimSpace(ch.server.Psql(t, "postgres", "SELECT pg_relation_filepath('pgbench_accounts')"))
 		want, err := os.ReadFile(e.Host(path.Join(ch.refs[last], rel)))
