@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/combinefs/combinefs/internal/s3test"
-	"github.com/combinefs/combinefs/walarchive"
 )
 
 // pitrLoadSec is the pgbench WAL after the backup that recovery replays:
@@ -89,7 +88,7 @@ func (b *bench) figPITR(t *benchTB) {
 	}
 
 	settings := map[string]string{"recovery_init_sync_method": "syncfs"}
-	ourGet := walarchive.CopyCommand(repoDir) // what the mount writes
+	ourGet := fmt.Sprintf("%s wal-get --repo %s %%f %%p", b.bin, repoDir)
 	refGet := fmt.Sprintf("cp %s/%%f %%p", path.Join(repoDir, "wal", tliDir))
 	withRestore := func(cmd string) map[string]string { return settings }
 	if os.Getenv("COMBINEFS_BENCH_STACKS") != "" {

@@ -109,44 +109,19 @@ func (a *Archive) stopAt(t Target, w Window) (format.LSN, bool, error) {
 	})
 }
 
-// WALGetCommand is restore_command through wal-get (bin is the combinefs
-// executable, getArgs wal-get's flags: --repo and what reaching the
-// repository takes), for a repository in an object store.
-func WALGetCommand(bin string, getArgs []string) string {
+// RecoverySettings are the lines for postgresql.auto.conf that make a
+// server recover to t on timeline tli with wal-get as restore_command
+// (bin is the combinefs executable, getArgs wal-get's flags: --repo and
+// what reaching the repository takes), then take action.
+func RecoverySettings(bin string, getArgs []string, t Target, tli uint32, action string) string {
+	q := func(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+	var b strings.Builder
+	b.WriteString("# point-in-time recovery set up by combinefs mount\n")
 	cmd := []string{shellQuote(bin), "wal-get"}
 	for _, a := range getArgs {
 		cmd = append(cmd, shellQuote(a))
 	}
-	return strings.Join(cmd, " ") + " %f %p"
-}
-
-// CopyCommand is restore_command for the local repository at repoDir (an
-// absolute path): cp of the file named %f from its timeline's directory,
-// the one whose name its first 8 characters give, which the glob finds
-// (a name no directory holds stays unexpanded: cp fails, non-zero, as
-// wal-get does for a file the archive lacks; a .partial segment is found
-// only by that name, as by wal-get). It does what wal-get does for a
-// local repository, in a lighter process: recovery runs restore_command
-// once per segment, a fork and exec the replay waits for, and on two busy
-// CPUs (the PITR figure's machine, load average 15) sh plus wal-get took
-// 33 to 36 ms where sh plus cp took 13 to 24 ms, a failed lookup of a
-// history file, no I/O, 50 runs each: the Go runtime's start with its
-// threads and the package initialisation of a 20 MB binary, against one
-// small C process. Writing %p in place, not through a temporary name,
-// is what restore_command may do: PostgreSQL reads %p only after the
-// command exits 0, which cp does only once the whole file is copied.
-func CopyCommand(repoDir string) string {
-	return "cp " + shellQuote(repo.WALArchiveDir(repoDir)) + "/*/%f %p"
-}
-
-// RecoverySettings are the lines for postgresql.auto.conf that make a
-// server recover to t on timeline tli with restore as restore_command
-// (CopyCommand or WALGetCommand), then take action.
-func RecoverySettings(restore string, t Target, tli uint32, action string) string {
-	q := func(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
-	var b strings.Builder
-	b.WriteString("# point-in-time recovery set up by combinefs mount\n")
-	fmt.Fprintf(&b, "restore_command = %s\n", q(restore))
+	fmt.Fprintf(&b, "restore_command = %s\n", q(strings.Join(cmd, " ")+" %f %p"))
 	switch {
 	case t.HasTime:
 		fmt.Fprintf(&b, "recovery_target_time = %s\n", q(t.Time.UTC().Format("2006-01-02 15:04:05.999999+00")))

@@ -3,7 +3,6 @@ package walarchive
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -217,9 +216,9 @@ func TestGapsAndContinuity(t *testing.T) {
 }
 
 func TestRecoverySettings(t *testing.T) {
-	got := RecoverySettings(CopyCommand("/srv/my repo"), Target{Time: time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC), HasTime: true}, 1, "promote")
+	got := RecoverySettings("/usr/bin/combinefs", []string{"--repo", "/srv/my repo"}, Target{Time: time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC), HasTime: true}, 1, "promote")
 	for _, want := range []string{
-		`restore_command = 'cp ''/srv/my repo/wal''/*/%f %p'`,
+		`restore_command = '/usr/bin/combinefs wal-get --repo ''/srv/my repo'' %f %p'`,
 		`recovery_target_time = '2026-01-02 03:04:05.000006+00'`,
 		`recovery_target_action = 'promote'`,
 		`recovery_target_timeline = '1'`,
@@ -228,7 +227,7 @@ func TestRecoverySettings(t *testing.T) {
 			t.Errorf("settings lack %s:\n%s", want, got)
 		}
 	}
-	s3 := RecoverySettings(WALGetCommand("/usr/bin/combinefs", []string{"--repo", "s3://b/p", "--s3-endpoint", "http://127.0.0.1:8333"}), Target{Name: "rp"}, 2, "pause")
+	s3 := RecoverySettings("/usr/bin/combinefs", []string{"--repo", "s3://b/p", "--s3-endpoint", "http://127.0.0.1:8333"}, Target{Name: "rp"}, 2, "pause")
 	if want := `restore_command = '/usr/bin/combinefs wal-get --repo ''s3://b/p'' --s3-endpoint ''http://127.0.0.1:8333'' %f %p'`; !strings.Contains(s3, want+"\n") {
 		t.Errorf("settings lack %s:\n%s", want, s3)
 	}
@@ -249,49 +248,4 @@ func TestLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	unlock2()
-}
-
-// TestCopyCommand runs the local restore_command as PostgreSQL does (sh -c
-// with %f and %p replaced) on an archive in a directory whose name needs
-// quoting: it copies a segment and another timeline's history file, serves
-// a .partial segment by that name only, and exits non-zero for a file the
-// archive lacks, leaving no %p.
-func TestCopyCommand(t *testing.T) {
-	s := newSynthetic(t, 2)
-	dir := filepath.Join(t.TempDir(), "it's a repo")
-	if err := os.Rename(s.repo, dir); err != nil {
-		t.Fatal(err)
-	}
-	os.MkdirAll(repo.WALTimelineDir(dir, 2), 0o700)
-	os.WriteFile(repo.WALHistoryPath(dir, 2), []byte("1\t0/1800000\tno recovery target specified\n"), 0o600)
-	partial := format.WALSegmentName(1, 0x12, segSize)
-	os.WriteFile(repo.WALSegmentPath(dir, 1, 0x12, segSize)+repo.WALPartialSuffix, []byte("partial"), 0o600)
-	out := t.TempDir()
-	run := func(name string) ([]byte, error) {
-		dest := filepath.Join(out, "RECOVERYXLOG")
-		os.Remove(dest)
-		cmd := strings.NewReplacer("%f", name, "%p", dest).Replace(CopyCommand(dir))
-		if err := exec.Command("sh", "-c", cmd).Run(); err != nil {
-			if _, serr := os.Stat(dest); serr == nil {
-				t.Errorf("%s: the failed restore left %s", name, dest)
-			}
-			return nil, err
-		}
-		return os.ReadFile(dest)
-	}
-	seg := format.WALSegmentName(1, 0x11, segSize)
-	if got, err := run(seg); err != nil || string(got) != string(s.b.Segment(0x11)) {
-		t.Errorf("%s: %v, or other bytes than the segment's", seg, err)
-	}
-	if got, err := run("00000002.history"); err != nil || !strings.HasPrefix(string(got), "1\t0/1800000") {
-		t.Errorf("00000002.history: %v %q", err, got)
-	}
-	if got, err := run(partial + repo.WALPartialSuffix); err != nil || string(got) != "partial" {
-		t.Errorf("%s.partial: %v %q", partial, err, got)
-	}
-	for _, missing := range []string{partial, format.WALSegmentName(1, 0x30, segSize), "00000003.history", format.WALSegmentName(2, 0x10, segSize)} {
-		if _, err := run(missing); err == nil {
-			t.Errorf("%s: the archive lacks it, but the command exited 0", missing)
-		}
-	}
 }

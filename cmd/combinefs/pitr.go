@@ -154,24 +154,17 @@ func (o *pitrOptions) writeRecovery(mp, repoDir string) error {
 	if err != nil {
 		return err
 	}
-	// A local archive is read with cp (walarchive.CopyCommand); wal-get
-	// reaches an S3 repository as the mount did, with the server's own
-	// AWS credentials and configuration.
-	var restore string
+	// wal-get reaches an S3 repository as the mount did, with the
+	// server's own AWS credentials and configuration.
+	getArgs := []string{"--repo", repoDir}
 	if _, _, remote, _ := repo.ParseS3URL(repoDir); !remote {
-		abs, err := filepath.Abs(repoDir)
-		if err != nil {
+		if getArgs[1], err = filepath.Abs(repoDir); err != nil {
 			return err
 		}
-		restore = walarchive.CopyCommand(abs)
-	} else {
-		getArgs := []string{"--repo", repoDir}
-		if o.s3.Endpoint != "" {
-			getArgs = append(getArgs, "--s3-endpoint", o.s3.Endpoint)
-		}
-		restore = walarchive.WALGetCommand(bin, getArgs)
+	} else if o.s3.Endpoint != "" {
+		getArgs = append(getArgs, "--s3-endpoint", o.s3.Endpoint)
 	}
-	conf := walarchive.RecoverySettings(restore, o.target, o.tli, o.action)
+	conf := walarchive.RecoverySettings(bin, getArgs, o.target, o.tli, o.action)
 	f, err := os.OpenFile(filepath.Join(mp, "postgresql.auto.conf"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		return err
