@@ -228,3 +228,40 @@ func (c *Cache) Stats() Stats {
 	return Stats{Hits: c.hits.Load(), Misses: c.misses.Load(), Evictions: c.evictions.Load(),
 		Entries: entries, Bytes: int64(entries) * BlockSize, MaxBytes: c.maxBytes}
 }
+
+// Trim empties the cache and, when no block is pinned, gives its arena to
+// the garbage collector; it fills again as blocks are read. A mount whose
+// files have all become local (hydration complete) reads no more blocks,
+// and an arena kept full of them would hold memory the server's page cache
+// could use. It reports whether the arena went.
+func (c *Cache) Trim() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pinned := false
+	for s := range c.slots {
+		sl := &c.slots[s]
+		if sl.pins > 0 {
+			pinned = true
+			continue
+		}
+		if sl.cached {
+			c.unlink(int32(s))
+			delete(c.index, sl.key)
+			sl.cached = false
+			c.evictions.Add(1)
+		}
+	}
+	if pinned {
+		c.free = c.free[:0]
+		for s := range c.slots {
+			if c.slots[s].pins == 0 {
+				c.free = append(c.free, int32(s))
+			}
+		}
+		return false
+	}
+	c.chunks, c.slots, c.free = nil, nil, nil
+	c.index = map[Key]int32{}
+	c.head, c.tail = -1, -1
+	return true
+}

@@ -197,3 +197,51 @@ func TestReleaseOfUnpinnedPanics(t *testing.T) {
 	}()
 	c.Release(r)
 }
+
+// TestTrim: Trim empties the cache but keeps a pinned block's buffer (and
+// entry) intact; once nothing is pinned it drops the arena, and the cache
+// fills again afterwards.
+func TestTrim(t *testing.T) {
+	c := New(4 * BlockSize)
+	for i := 0; i < 4; i++ {
+		put(c, Key{1, int64(i)}, byte(i+1))
+	}
+	r, b, ok := c.Get(Key{1, 2})
+	if !ok {
+		t.Fatal("block 2 missing")
+	}
+	if c.Trim() {
+		t.Errorf("Trim with a pinned block dropped the arena")
+	}
+	if b[0] != 3 || b[BlockSize-1] != 3 {
+		t.Errorf("pinned block changed by Trim: %d", b[0])
+	}
+	if _, ok := get(c, Key{1, 0}); ok {
+		t.Errorf("unpinned block 0 still cached after Trim")
+	}
+	// The freed slots are reused, the pinned one is not.
+	for i := 10; i < 13; i++ {
+		put(c, Key{1, int64(i)}, 9)
+	}
+	if b[0] != 3 {
+		t.Errorf("pinned block overwritten after Trim")
+	}
+	c.Release(r)
+	if !c.Trim() {
+		t.Errorf("Trim with nothing pinned kept the arena")
+	}
+	if s := c.Stats(); s.Entries != 0 || len(c.chunks) != 0 {
+		t.Errorf("after Trim: %d entries, %d chunks; want none", s.Entries, len(c.chunks))
+	}
+	for i := 0; i < 6; i++ {
+		put(c, Key{2, int64(i)}, byte(i+1))
+	}
+	for i := 2; i < 6; i++ {
+		if v, ok := get(c, Key{2, int64(i)}); !ok || v[0] != byte(i+1) {
+			t.Errorf("block %d after refilling: %v %v", i, ok, v[:1])
+		}
+	}
+	if s := c.Stats(); s.Entries != 4 {
+		t.Errorf("refilled cache holds %d blocks, want its bound 4", s.Entries)
+	}
+}

@@ -545,7 +545,7 @@ func (n *cowNode) keep(runs []keptRun) {
 				e++
 			}
 			start, stop := b*format.BlockSize, e*format.BlockSize
-			if _, err := st.fd.WriteAt(r.data[start-r.off:stop-r.off], start); err != nil {
+			if err := writeUncached(st.fd, r.data[start-r.off:stop-r.off], start); err != nil {
 				n.c.m.logf("keeping blocks %d-%d of %s read from the chain: %v", b, e-1, n.Path(nil), err)
 				return
 			}
@@ -599,8 +599,11 @@ func (n *cowNode) readLocked(st *fileState, dest []byte, off int64, keeping bool
 		}
 		return bytesResult(dest[:m]), nil, 0
 	case kindWhole:
-		m, err := st.fd.ReadAt(dest, off)
-		if err != nil && err != io.EOF {
+		// Uncached: the kernel keeps what it asked for in the mount's
+		// page cache (FOPEN_KEEP_CACHE), and a second copy in the upper
+		// file's would halve the memory the server's reads have.
+		m, err := readFull(st.fd, dest, off)
+		if err != nil {
 			return nil, nil, n.readErr(err, off)
 		}
 		return bytesResult(dest[:m]), nil, 0
@@ -621,12 +624,11 @@ func (n *cowNode) readLocked(st *fileState, dest []byte, off int64, keeping bool
 		chunk := dest[pos-off : runEnd-off]
 		switch {
 		case up:
-			if m, err := st.fd.ReadAt(chunk, pos); err != nil && !(err == io.EOF && int64(m) == int64(len(chunk))) {
-				if err != io.EOF {
-					return nil, nil, n.readErr(err, pos)
-				}
-				clear(chunk[m:])
+			m, err := readFull(st.fd, chunk, pos)
+			if err != nil {
+				return nil, nil, n.readErr(err, pos)
 			}
+			clear(chunk[m:])
 		default:
 			lowEnd := min(runEnd, max(st.limit, pos))
 			if lowEnd > pos {

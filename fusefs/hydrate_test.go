@@ -39,8 +39,8 @@ func TestHydrate(t *testing.T) {
 				sc.run(t, mt.dir, m)
 				waitHydrated(t, mt)
 				checkView(t, mt.dir, m)
-				if st := mt.Stats(); st.IOErrors != 0 || st.Hydration.Done != st.Hydration.Total {
-					t.Errorf("stats: %+v, hydration %+v", st, st.Hydration)
+				if st := mt.Stats(); st.IOErrors != 0 || st.Hydration.Done != st.Hydration.Total || st.Cache.Entries != 0 {
+					t.Errorf("stats: %+v, hydration %+v; want no errors, all done, the block cache emptied", st, st.Hydration)
 				}
 				mt.unmount(t)
 				checkTmpEmpty(t, upper)
