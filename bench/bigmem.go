@@ -54,6 +54,10 @@ func (b *bench) figBigMem(t *benchTB) {
 		args = append([]string{args[0], "--hydrate"}, args[1:]...)
 		flags += " --hydrate"
 	}
+	if b.hydrateWB != "" {
+		args = append([]string{args[0], "--writeback-cache=" + b.hydrateWB}, args[1:]...)
+		flags += " --writeback-cache=" + b.hydrateWB
+	}
 	ours.run(t, func() {
 		runCmd(t, b.cfs(true, args...))
 		m = b.attach(t, mp)

@@ -43,7 +43,7 @@ type bench struct {
 	cgroupMem  int64 // bigmem's memory limit per side; 0: a third of the point
 	// bigmemHydrate mounts bigmem's point with --hydrate
 	bigmemHydrate bool
-	// hydrateWB is --writeback-cache of the cold-start mount ("": the default)
+	// hydrateWB is --writeback-cache of the cold-start and bigmem mounts ("": the default)
 	hydrateWB string
 	only      map[string]bool
 	verbose   bool
@@ -87,7 +87,7 @@ func parseFlags(b *bench) (o cliOptions, code int) {
 	flag.IntVar(&b.tpsWarm, "tps-warm-seconds", 30, "untimed pgbench -S on each server before the timed runs")
 	flag.Int64Var(&b.cgroupMem, "cgroup-mem", 0, "memory limit in bytes of each side's cgroup in the bigmem figure (default: a third of the point's size, at least 512 MiB)")
 	flag.BoolVar(&b.bigmemHydrate, "bigmem-hydrate", true, "mount the bigmem figure's point with --hydrate")
-	flag.StringVar(&b.hydrateWB, "hydrate-writeback-cache", "", "--writeback-cache=`VALUE` for the cold-start mount of the hydrate figure (default: the mount's default)")
+	flag.StringVar(&b.hydrateWB, "hydrate-writeback-cache", "", "--writeback-cache=`VALUE` for the cold-start mount of the hydrate figure and the bigmem mount (default: the mount's default)")
 	flag.IntVar(&o.major, "pg-major", 0, "PostgreSQL major to provision, 17 or 18 (default: $PG_MAJOR, else 17)")
 	flag.StringVar(&o.jsonPath, "json", "", "write the results as JSON to `PATH` (default bench/results.json in the module)")
 	flag.StringVar(&o.workdir, "workdir", "", "keep the chain in this in-root `DIR` and reuse it on the next run with the same settings (default: a fresh directory, removed at the end)")
