@@ -350,6 +350,9 @@ func TestHydratePromotes(t *testing.T) {
 	if st := mt.Stats(); st.PassthroughOpens != 0 || st.Promoted != 0 {
 		t.Errorf("files open since before hydration: %d passthrough opens, %d promoted", st.PassthroughOpens, st.Promoted)
 	}
+	if n := cachedPages(t, open[0]); n == 0 {
+		t.Fatalf("%s read through the page cache: no page of it cached", rels[0])
+	}
 	for _, f := range open {
 		f.Close()
 	}
@@ -369,5 +372,33 @@ func TestHydratePromotes(t *testing.T) {
 	if st := mt.Stats(); st.PassthroughOpens != uint64(len(rels)) {
 		t.Errorf("reopened after promotion: %d passthrough opens, want %d", st.PassthroughOpens, len(rels))
 	}
+	// The first passthrough open dropped what the mount's inode cached of
+	// the file (opened without FOPEN_KEEP_CACHE, the kernel invalidates
+	// it), so the pages read before promotion do not linger beside the
+	// upper file's own.
+	f, err := os.Open(filepath.Join(mt.dir, rels[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n := cachedPages(t, f)
+	for deadline := time.Now().Add(10 * time.Second); n != 0 && time.Now().Before(deadline); n = cachedPages(t, f) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n != 0 {
+		t.Errorf("%s served by passthrough: %d pages still cached under the mount's inode", rels[0], n)
+	}
 	checkView(t, mt.dir, m)
+}
+
+// cachedPages is how many pages of f's own mapping (for a file of the
+// mount, the mount's inode, whether or not reads pass through) the page
+// cache holds.
+func cachedPages(t *testing.T, f *os.File) uint64 {
+	t.Helper()
+	var st unix.Cachestat_t
+	if err := unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{}, &st, 0); err != nil {
+		t.Fatalf("cachestat %s: %v", f.Name(), err)
+	}
+	return st.Cache
 }
