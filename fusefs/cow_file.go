@@ -545,7 +545,7 @@ func (n *cowNode) keep(runs []keptRun) {
 				e++
 			}
 			start, stop := b*format.BlockSize, e*format.BlockSize
-			if err := writeUncached(st.fd, r.data[start-r.off:stop-r.off], start); err != nil {
+			if _, err := st.fd.WriteAt(r.data[start-r.off:stop-r.off], start); err != nil {
 				n.c.m.logf("keeping blocks %d-%d of %s read from the chain: %v", b, e-1, n.Path(nil), err)
 				return
 			}

@@ -525,7 +525,7 @@ func (h *hydrator) copyThrottled(ctx context.Context, le *lowerEntry, f *os.File
 		if int64(m) < n {
 			return fmt.Errorf("%s: short read at %d", le.rel, off+int64(m))
 		}
-		if err := writeUncached(f, buf[:n], off); err != nil {
+		if _, err := f.WriteAt(buf[:n], off); err != nil {
 			return err
 		}
 		off += n
@@ -666,7 +666,7 @@ func (h *hydrator) fill(ctx context.Context, it *hydItem) error {
 					e++
 				}
 				start, stop := b*format.BlockSize, min(e*format.BlockSize, end)
-				if err := writeUncached(st.fd, data[start-off:stop-off], start); err != nil {
+				if _, err := st.fd.WriteAt(data[start-off:stop-off], start); err != nil {
 					return err
 				}
 				for ; b < e; b++ {

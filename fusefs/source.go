@@ -478,40 +478,6 @@ func preadUncached(f *os.File, iov [][]byte, off int64) (int, error) {
 	return unix.Preadv(int(f.Fd()), iov, off)
 }
 
-// noWriteDropBehind is set once the kernel or the upper's file system
-// refuses RWF_DONTCACHE on a write.
-var noWriteDropBehind atomic.Bool
-
-// writeUncached writes all of b to f at off and has the kernel drop the
-// pages once they are written back (RWF_DONTCACHE), where it can.
-// Hydration copies the whole point into the upper directory: buffered, the
-// copy would fill the page cache with pages no one reads through it (the
-// server reads them through the mount's own page cache), and in a bounded
-// memory cgroup push the server's out.
-func writeUncached(f *os.File, b []byte, off int64) error {
-	for len(b) > 0 {
-		var n int
-		var err error
-		if !noWriteDropBehind.Load() {
-			n, err = unix.Pwritev2(int(f.Fd()), [][]byte{b}, off, unix.RWF_DONTCACHE)
-			if err == unix.EOPNOTSUPP || err == unix.EINVAL {
-				noWriteDropBehind.Store(true)
-				continue
-			}
-		} else {
-			n, err = unix.Pwrite(int(f.Fd()), b, off)
-		}
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return &os.PathError{Op: "write", Path: f.Name(), Err: err}
-		}
-		b, off = b[n:], off+int64(n)
-	}
-	return nil
-}
-
 // readFull fills b from f at off, uncached, up to the end of the file.
 func readFull(f *os.File, b []byte, off int64) (int, error) {
 	n := 0
