@@ -43,6 +43,9 @@ type bench struct {
 	cgroupMem  int64 // bigmem's memory limit per side; 0: a third of the point
 	// bigmemHydrate mounts bigmem's point with --hydrate
 	bigmemHydrate bool
+	// bigmemRestart restarts bigmem's server on the mount once hydration
+	// is complete, before the windows
+	bigmemRestart bool
 	// hydrateWB is --writeback-cache of the cold-start and bigmem mounts ("": the default)
 	hydrateWB string
 	only      map[string]bool
@@ -87,6 +90,7 @@ func parseFlags(b *bench) (o cliOptions, code int) {
 	flag.IntVar(&b.tpsWarm, "tps-warm-seconds", 30, "untimed pgbench -S on each server before the timed runs")
 	flag.Int64Var(&b.cgroupMem, "cgroup-mem", 0, "memory limit in bytes of each side's cgroup in the bigmem figure (default: a third of the point's size, at least 512 MiB)")
 	flag.BoolVar(&b.bigmemHydrate, "bigmem-hydrate", true, "mount the bigmem figure's point with --hydrate")
+	flag.BoolVar(&b.bigmemRestart, "bigmem-restart", false, "restart bigmem's server on the mount once hydration is complete, before the timed windows (with -bigmem-hydrate)")
 	flag.StringVar(&b.hydrateWB, "hydrate-writeback-cache", "", "--writeback-cache=`VALUE` for the cold-start mount of the hydrate figure and the bigmem mount (default: the mount's default)")
 	flag.IntVar(&o.major, "pg-major", 0, "PostgreSQL major to provision, 17 or 18 (default: $PG_MAJOR, else 17)")
 	flag.StringVar(&o.jsonPath, "json", "", "write the results as JSON to `PATH` (default bench/results.json in the module)")
