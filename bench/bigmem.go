@@ -71,12 +71,7 @@ func (b *bench) figBigMem(t *benchTB) {
 		// hydration keeps the handles it opened before, served through
 		// the page cache (the kernel refuses passthrough on an inode
 		// while such an open lasts).
-		for st := m.Stats(t).Hydration; st == nil || !st.Complete; st = m.Stats(t).Hydration {
-			if st != nil && st.Error != "" {
-				t.Fatalf("larger than memory: hydration failed: %s", st.Error)
-			}
-			time.Sleep(time.Second)
-		}
+		m.waitHydrated(t)
 		ourSrv.stop(t)
 		ours.run(t, func() { ourSrv = startServer(t, b.e, m.dir, settings) })
 		ourSrv.waitReady(t, 30*time.Minute)

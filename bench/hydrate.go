@@ -92,14 +92,7 @@ func (b *bench) figHydrateRate(t *benchTB, dir string) {
 		args := append([]string{"mount", "--daemon", "--log", mp + ".mount.log", "--cow", upper, "--hydrate"}, b.chain...)
 		runCmd(t, b.cfs(true, append(args, mp)...))
 		m := b.attach(t, mp)
-		for {
-			if h := m.Stats(t).Hydration; h != nil && h.Complete {
-				break
-			} else if h != nil && h.Error != "" {
-				t.Fatalf("hydration failed: %s", h.Error)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		m.waitHydrated(t)
 		d := time.Since(t0)
 		m.umount(t)
 		b.rm(t, upper)

@@ -60,6 +60,19 @@ func (b *bench) mount(t *benchTB, mp, upper string) (*mnt, time.Duration) {
 // Stats asks the mount process for its counters (SIGUSR1).
 func (m *mnt) Stats(t *benchTB) fusefs.Stats { return integration.MountStats(t, m.pid, m.stats) }
 
+// waitHydrated polls the mount's stats until hydration is complete, and
+// fails the figure if hydration reports an error.
+func (m *mnt) waitHydrated(t *benchTB) {
+	for {
+		if h := m.Stats(t).Hydration; h != nil && h.Complete {
+			return
+		} else if h != nil && h.Error != "" {
+			t.Fatalf("hydration of %s failed: %s", m.dir, h.Error)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // HWM is the mount process's peak RSS (VmHWM) in kB.
 func (m *mnt) HWM(t *benchTB) int64 {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", m.pid))
