@@ -271,11 +271,12 @@ func maxBackground(readOnly bool) int {
 
 // maxRequest is the largest request the kernel sends (max_write, and
 // max_pages for reads). go-fuse reads every request into a buffer of that
-// size from a sync.Pool, which each garbage collection empties: under a
+// size from a sync.Pool, which each garbage collection empties. Under a
 // server's scattered 8 KiB reads and writebacks, 1 MiB buffers made
-// allocation and collection half of the daemon's CPU (31 s over a 25 s
-// replay of a pgbench minute; 16.7 s with 128 KiB) and a promoted server
-// at a target took 2.5x the copy's time (2.0x with 128 KiB). A read-only
+// allocation and collection about a quarter of the daemon's profile: it
+// used 31 s of CPU over a 25 s replay of a pgbench minute (16.7 s with
+// 128 KiB), and a promoted server at a target took 2.5x the copy's time
+// (2.0x with 128 KiB). A read-only
 // mount keeps 1 MiB: its figure is sequential reads, and it has no
 // writeback to churn the pool.
 func maxRequest(readOnly bool) int {
