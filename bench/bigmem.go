@@ -87,7 +87,7 @@ func (b *bench) figBigMem(t *benchTB) {
 		note := fmt.Sprintf("cgroups at %s / %s", human(ours.usage()), human(theirs.usage()))
 		if b.bigmemHydrate {
 			st := m.Stats(t)
-			note += fmt.Sprintf(", hydration %s, %d passthrough opens, %d opens through the page cache, %d files promoted", hydrationState(st.Hydration), st.PassthroughOpens, st.ReconOpens, st.Promoted)
+			note += fmt.Sprintf(", hydration %s, %d passthrough opens, %d direct opens, %d opens through the page cache, %d files promoted", hydrationState(st.Hydration), st.PassthroughOpens, st.DirectOpens, st.ReconOpens, st.Promoted)
 		}
 		return note
 	})

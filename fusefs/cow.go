@@ -267,7 +267,7 @@ func MountCoW(dir string, p *resolver.Tree, upperDir string, opts Options) (*Mou
 		return nil, err
 	}
 	if opts.WritebackAuto {
-		opts.WritebackCache = chooseWriteback(up.hydrated())
+		opts.WritebackCache = chooseWriteback(up.hydrated(), opts.Hydrate)
 	}
 	if opts.WritebackCache {
 		// The kernel offers no passthrough alongside the writeback cache.
@@ -284,7 +284,7 @@ func MountCoW(dir string, p *resolver.Tree, upperDir string, opts Options) (*Mou
 	// caches of names and attributes right for what passes through it:
 	// long timeouts spare the server a round trip per lseek(SEEK_END).
 	timeout := time.Minute
-	server, err := gofs.Mount(dir, c.root, &gofs.Options{
+	server, err := mountGuarded(dir, c.root, &gofs.Options{
 		MountOptions:    m.mountOptions(false),
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -43,6 +45,9 @@ type fileState struct {
 	// file with some is not offered for passthrough (the kernel refuses to
 	// mix the two on one inode).
 	cachedOpens int
+	// directAt: the last direct open of the file while it was not whole;
+	// opens stay direct for directGrace after it (see newHandle).
+	directAt time.Time
 	// whole (kindOverlay): hydration filled every block and removed the
 	// overlay's xattrs while cached opens were open; pending (kindLower):
 	// the whole upper copy hydration installed meanwhile, and
@@ -473,12 +478,12 @@ func (n *cowNode) write(data []byte, off int64) (uint32, syscall.Errno) {
 // server reads gets its overlay at once, and the blocks read from the chain
 // for it are kept there (keep), so that hydration does not read and
 // reconstruct them a second time.
-func (n *cowNode) read(dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+func (n *cowNode) read(dest []byte, off int64, direct bool) (fuse.ReadResult, syscall.Errno) {
 	hydrating := n.c.hyd.active()
 	if hydrating {
 		n.overlayForKeeping()
 	}
-	res, kept, errno := n.readAt(dest, off, hydrating)
+	res, kept, errno := n.readAt(dest, off, hydrating, direct)
 	if errno == 0 {
 		n.c.m.stats.bytesServed.Add(uint64(res.Size()))
 		n.keep(kept)
@@ -558,26 +563,27 @@ func (n *cowNode) keep(runs []keptRun) {
 }
 
 // readAt serves a read; with keeping, it also returns the runs it read
-// from the chain for an overlay (see keep).
-func (n *cowNode) readAt(dest []byte, off int64, keeping bool) (fuse.ReadResult, []keptRun, syscall.Errno) {
+// from the chain for an overlay (see keep). direct: for a handle without
+// the mount's page cache (FOPEN_DIRECT_IO), so the upper file is read
+// through its own.
+func (n *cowNode) readAt(dest []byte, off int64, keeping, direct bool) (fuse.ReadResult, []keptRun, syscall.Errno) {
 	st, errno := n.state()
 	if errno != 0 {
 		return nil, nil, errno
 	}
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	return n.readLocked(st, dest, off, keeping)
+	return n.readLocked(st, dest, off, keeping, direct)
 }
 
 // readLocked is readAt under the node's read lock.
-func (n *cowNode) readLocked(st *fileState, dest []byte, off int64, keeping bool) (fuse.ReadResult, []keptRun, syscall.Errno) {
+func (n *cowNode) readLocked(st *fileState, dest []byte, off int64, keeping, direct bool) (fuse.ReadResult, []keptRun, syscall.Errno) {
 	var kept []keptRun
 	if st.kind != kindWhole {
 		n.c.hyd.note(n)
 	}
 	switch st.kind {
 	case kindLower:
-		n.c.hyd.sawServerRead()
 		le := st.lower
 		if le.file != nil {
 			if plan, err := le.file.Plan(); err == nil && !plan.Whole {
@@ -599,10 +605,7 @@ func (n *cowNode) readLocked(st *fileState, dest []byte, off int64, keeping bool
 		}
 		return bytesResult(dest[:m]), nil, 0
 	case kindWhole:
-		// Uncached: the kernel keeps what it asked for in the mount's
-		// page cache (FOPEN_KEEP_CACHE), and a second copy in the upper
-		// file's would halve the memory the server's reads have.
-		m, err := readFull(st.fd, dest, off)
+		m, err := readUpper(st.fd, dest, off, direct)
 		if err != nil {
 			return nil, nil, n.readErr(err, off)
 		}
@@ -624,7 +627,7 @@ func (n *cowNode) readLocked(st *fileState, dest []byte, off int64, keeping bool
 		chunk := dest[pos-off : runEnd-off]
 		switch {
 		case up:
-			m, err := readFull(st.fd, chunk, pos)
+			m, err := readUpper(st.fd, chunk, pos, direct)
 			if err != nil {
 				return nil, nil, n.readErr(err, pos)
 			}
@@ -632,7 +635,6 @@ func (n *cowNode) readLocked(st *fileState, dest []byte, off int64, keeping bool
 		default:
 			lowEnd := min(runEnd, max(st.limit, pos))
 			if lowEnd > pos {
-				n.c.hyd.sawServerRead()
 				m, err := n.c.readLower(st.lower, chunk[:lowEnd-pos], pos)
 				if err != nil {
 					return nil, nil, n.readErr(err, pos)
@@ -763,8 +765,14 @@ func (n *cowNode) Allocate(ctx context.Context, fh gofs.FileHandle, off, size ui
 }
 
 // Open picks how the file is served: passthrough to its upper file when it
-// is wholly there (and no cached handle is open), else through us with the
-// page cache kept (all changes pass through the kernel).
+// is wholly there (and no cached handle is open), else through us. While
+// hydration runs on a passthrough mount, a file not yet whole is opened
+// without the page cache (FOPEN_DIRECT_IO): the kernel refuses a
+// passthrough open of an inode while a cached open of it lasts, so a
+// server's long-lived handles (its checkpointer holds the hot relations)
+// would otherwise keep every later open of those files off passthrough
+// after hydration made them whole. Otherwise the page cache is kept (all
+// changes pass through the kernel).
 func (n *cowNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_TRUNC != 0 && flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
 		if errno := n.truncate(0); errno != 0 {
@@ -778,14 +786,32 @@ func (n *cowNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 	return h, fl, 0
 }
 
+// directGrace is how long after a direct open of a file not yet whole its
+// opens stay direct. The kernel checks an open's mode after our reply, in
+// the opener's own time, and fails it (EIO) if the file has a passthrough
+// open by then; so a passthrough open must not overtake a direct one
+// decided just before hydration made the file whole.
+var directGrace atomic.Int64 // time.Duration; a variable for the tests
+
+func init() { directGrace.Store(int64(5 * time.Second)) }
+
 func (n *cowNode) newHandle() (gofs.FileHandle, uint32) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st := n.st
 	passthrough := !n.c.m.opts.NoPassthrough
-	if st.kind == kindWhole && st.cachedOpens == 0 && passthrough {
-		n.c.m.stats.wholeOpens.Add(1)
-		return &cowHandle{n: n, passthrough: true}, 0
+	if st.cachedOpens == 0 && passthrough {
+		switch now := time.Now(); {
+		case st.kind != kindWhole && n.c.hyd.active():
+			st.directAt = now
+			fallthrough
+		case st.kind == kindWhole && now.Sub(st.directAt) < time.Duration(directGrace.Load()):
+			n.c.m.stats.directOpens.Add(1)
+			return &cowHandle{n: n, direct: true}, fuse.FOPEN_DIRECT_IO
+		case st.kind == kindWhole:
+			n.c.m.stats.wholeOpens.Add(1)
+			return &cowHandle{n: n, passthrough: true}, 0
+		}
 	}
 	st.cachedOpens++
 	if st.kind == kindWhole && passthrough {
@@ -800,6 +826,7 @@ func (n *cowNode) newHandle() (gofs.FileHandle, uint32) {
 type cowHandle struct {
 	n           *cowNode
 	passthrough bool
+	direct      bool // FOPEN_DIRECT_IO: neither passthrough nor the page cache
 }
 
 var (
@@ -820,7 +847,7 @@ func (h *cowHandle) PassthroughFd() (int, bool) {
 }
 
 func (h *cowHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	return h.n.read(dest, off)
+	return h.n.read(dest, off, h.direct)
 }
 
 func (h *cowHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
@@ -834,7 +861,7 @@ func (h *cowHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 func (h *cowHandle) Flush(ctx context.Context) syscall.Errno { return 0 }
 
 func (h *cowHandle) Release(ctx context.Context) syscall.Errno {
-	if !h.passthrough {
+	if !h.passthrough && !h.direct {
 		h.n.mu.Lock()
 		st := h.n.st
 		st.cachedOpens--
@@ -844,4 +871,20 @@ func (h *cowHandle) Release(ctx context.Context) syscall.Errno {
 		h.n.mu.Unlock()
 	}
 	return 0
+}
+
+// readUpper reads an upper file up to its end. Uncached where the kernel
+// keeps what it asked for in the mount's page cache (FOPEN_KEEP_CACHE): a
+// second copy in the upper file's would halve the memory the server's
+// reads have. Through the upper file's page cache for a direct handle,
+// which has no other.
+func readUpper(f *os.File, b []byte, off int64, direct bool) (int, error) {
+	if !direct {
+		return readFull(f, b, off)
+	}
+	n, err := f.ReadAt(b, off)
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return n, err
 }

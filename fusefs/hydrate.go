@@ -38,8 +38,11 @@ import (
 //   - once every block below the limit is held, the overlay is fsynced and
 //     its origin and limit xattrs removed: from then on it is a whole
 //     upper file, served natively (passthrough where the mount allows it).
-//     A file open through the page cache keeps being served by the daemon
-//     (from the upper file alone) until the last such open is closed
+//     On a passthrough mount, files not yet whole are opened direct (no
+//     page cache; cowNode.Open), so nothing stops their next opens from
+//     going by passthrough. A file open through the page cache (a mount
+//     with the writeback cache) keeps being served by the daemon (from the
+//     upper file alone) until the last such open is closed
 //     (fileState.promote): the kernel refuses passthrough opens of an
 //     inode with cached opens (EIO).
 //     A crash between the fsync and the removal leaves a complete overlay,
@@ -47,7 +50,14 @@ import (
 //
 // Files the server reads from the chain go first (note), then the rest in
 // path order; the chain is read by a bounded number of workers at no more
-// than Options.HydrateRate bytes per second. When nothing is left, tree/'s
+// than Options.HydrateRate bytes per second. Hydration does not pause for
+// the server's own reads of the chain: the sooner a file is whole, the
+// sooner the server's opens of it go by passthrough. Paused after each of
+// the server's reads, it copied 4% of a 1.5 GiB point in the first 15 s of
+// pgbench -S on a cold server, and the server's TPS in that window was no
+// higher (0.59x of a server on the combined copy, against 0.65x with
+// hydration complete within the window; BENCHMARKS.md, "Direct opens
+// while hydrating"). When nothing is left, tree/'s
 // directories are fsynced and hydratedName written (durably): detach
 // requires it. Nothing of hydration's progress is kept but the upper's
 // files, so a remount resumes where a kill stopped it.
@@ -65,11 +75,16 @@ func (u *upper) hydrated() bool {
 // served by passthrough, at native speed for reads and writes alike, which
 // beat the writeback cache there by 1.1x to 1.4x in pgbench -S and TPC-B,
 // cold and warm (BENCHMARKS.md, "writeback cache against passthrough").
-// While files remain that only the daemon can serve (overlays, the
-// chain's), the writeback cache spares the server a round trip per page
-// it writes to those (warm TPC-B half way through hydration: 1.2x), and
-// passthrough would serve only the files already whole.
-func chooseWriteback(hydrated bool) bool { return !hydrated }
+// A hydrating mount takes passthrough too: it outlives its hydration, and
+// its files not yet whole are opened without the page cache meanwhile
+// (cowNode.Open), so a server running through hydration gets passthrough
+// for every file it opens afterwards. In a memory cgroup of a third of
+// the point that lifted pgbench -S from 0.57x to 0.88x of a server on the
+// combined copy (BENCHMARKS.md, "Direct opens while hydrating"). Without
+// hydration, files remain that only the daemon can serve (overlays, the
+// chain's) for the mount's life, and the writeback cache spares the
+// server a round trip per page it writes to those (warm TPC-B: 1.2x).
+func chooseWriteback(hydrated, hydrating bool) bool { return !hydrated && !hydrating }
 
 // hydrateChunk is the most blocks read from the chain in one go;
 // hydrateRange the blocks of a relation file one worker fills, so that the
@@ -96,10 +111,8 @@ type hydrator struct {
 	started time.Time
 
 	total, done, doneAtStart atomic.Int64
-	// serverRead is when (UnixNano) the server last read from the chain.
-	serverRead atomic.Int64
-	complete   atomic.Bool
-	errMsg     atomic.Pointer[string]
+	complete                 atomic.Bool
+	errMsg                   atomic.Pointer[string]
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -148,40 +161,6 @@ func (h *hydrator) note(n *cowNode) {
 		select {
 		case h.prio <- rel:
 		default:
-		}
-	}
-}
-
-// hydrateYield is how long after the server's last read from the chain
-// hydration waits before its next chunk, and hydrateMaxYield the longest
-// it waits in a row: the server's reads come first, but a server that
-// reads all the time still leaves hydration a chunk per worker every
-// hydrateMaxYield.
-const (
-	hydrateYield    = 10 * time.Millisecond
-	hydrateMaxYield = 100 * time.Millisecond
-)
-
-// sawServerRead records that the server read from the chain (h may be
-// nil).
-func (h *hydrator) sawServerRead() {
-	if h != nil {
-		h.serverRead.Store(time.Now().UnixNano())
-	}
-}
-
-// yield waits while the server reads from the chain (see hydrateYield).
-func (h *hydrator) yield(ctx context.Context) error {
-	deadline := time.Now().Add(hydrateMaxYield)
-	for {
-		wait := time.Until(time.Unix(0, h.serverRead.Load()).Add(hydrateYield))
-		if wait <= 0 || time.Now().After(deadline) {
-			return ctx.Err()
-		}
-		select {
-		case <-time.After(min(wait, time.Until(deadline))):
-		case <-ctx.Done():
-			return ctx.Err()
 		}
 	}
 }
@@ -512,9 +491,6 @@ func (h *hydrator) copyThrottled(ctx context.Context, le *lowerEntry, f *os.File
 	buf := make([]byte, min(size, hydrateChunk*format.BlockSize))
 	for off := int64(0); off < size; {
 		n := min(int64(len(buf)), size-off)
-		if err := h.yield(ctx); err != nil {
-			return err
-		}
 		if err := h.lim.wait(ctx, n); err != nil {
 			return err
 		}
@@ -635,9 +611,6 @@ func (h *hydrator) fill(ctx context.Context, it *hydItem) error {
 		n := min(int64(run)*format.BlockSize, origin.size()-off)
 		if n <= 0 {
 			continue
-		}
-		if err := h.yield(ctx); err != nil {
-			return err
 		}
 		if err := h.lim.wait(ctx, n); err != nil {
 			return err

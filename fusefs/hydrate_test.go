@@ -278,18 +278,28 @@ func mountNewUpper(t *testing.T, opts fusefs.Options) (*resolver.Tree, model, st
 }
 
 // TestWritebackAuto: Options.WritebackAuto takes the writeback cache on an
-// upper whose hydration is not complete (no passthrough open then), and
-// passthrough once it is; an explicit WritebackCache still overrides it.
+// upper whose hydration is neither complete nor running (no passthrough
+// open then), and passthrough on one that is hydrating (files not yet
+// whole opened direct) or hydrated; an explicit WritebackCache still
+// overrides it.
 func TestWritebackAuto(t *testing.T) {
-	opts := fusefs.Options{UID: testUID, GID: testGID, WritebackAuto: true, Hydrate: true}
+	opts := fusefs.Options{UID: testUID, GID: testGID, WritebackAuto: true}
 	p, m, upper, mt := mountNewUpper(t, opts)
-	if !mt.Stats().WritebackCache {
-		t.Error("auto on a new upper: no writeback cache")
-	}
-	waitHydrated(t, mt)
 	checkView(t, mt.dir, m)
-	if st := mt.Stats(); st.PassthroughOpens != 0 {
-		t.Errorf("auto, mounted on an incomplete upper: %d passthrough opens", st.PassthroughOpens)
+	if st := mt.Stats(); !st.WritebackCache || st.PassthroughOpens != 0 {
+		t.Errorf("auto on a new upper without hydration: writeback cache %v, %d passthrough opens", st.WritebackCache, st.PassthroughOpens)
+	}
+	mt.unmount(t)
+
+	opts.Hydrate = true
+	mt = mountCoW(t, "", p, upper, opts)
+	if st := mt.Stats(); st.WritebackCache {
+		t.Error("auto on an upper being hydrated: writeback cache")
+	}
+	checkView(t, mt.dir, m)
+	waitHydrated(t, mt)
+	if st := mt.Stats(); st.DirectOpens == 0 {
+		t.Errorf("auto, hydrating: %d direct opens of files not yet whole", st.DirectOpens)
 	}
 	mt.unmount(t)
 
@@ -312,13 +322,102 @@ func TestWritebackAuto(t *testing.T) {
 	mt.unmount(t)
 }
 
-// TestHydratePromotes: a file hydration completes while it is open through
-// the page cache keeps being served through the daemon while that open
-// lasts (a second open too), and by passthrough from the first open after
-// it is closed, for a relation file (filled overlay) and a small one
+// TestHydrateDirectOpens: on a passthrough mount, a file opened while
+// hydration has not made it whole yet is opened without the page cache
+// (FOPEN_DIRECT_IO), so that once whole its next opens go by passthrough
+// while the first open still lasts (a server's checkpointer holds its
+// files for its life), for a relation file (filled overlay) and a small one
 // (copied whole).
-func TestHydratePromotes(t *testing.T) {
+func TestHydrateDirectOpens(t *testing.T) {
+	defer fusefs.SetDirectGrace(fusefs.SetDirectGrace(time.Hour))
 	opts := fusefs.Options{UID: testUID, GID: testGID, Hydrate: true, HydrateRate: 4 << 20, HydrateJobs: 1}
+	_, m, _, mt := mountNewUpper(t, opts)
+	// Last in hydration's path order; opened, not read, so not put first.
+	rels := []string{fusefs.TablespaceDir + "/16385/" + tsVersionDir + "/5/16500", "postgresql.conf"}
+	var open []*os.File
+	for _, rel := range rels {
+		f, err := os.OpenFile(filepath.Join(mt.dir, rel), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		open = append(open, f)
+		if got, err := readFull(f, len(m[rel].data), 0); err != nil || !bytes.Equal(got, m[rel].data) {
+			t.Errorf("%s, open during hydration: %v %s", rel, err, firstDiff(got, m[rel].data))
+		}
+		if n := cachedPages(t, f); n != 0 {
+			t.Errorf("%s, open during hydration: %d pages cached under the mount's inode, want none (direct I/O)", rel, n)
+		}
+	}
+	if st := mt.Stats(); st.PassthroughOpens != 0 || st.DirectOpens != uint64(len(rels)) || st.Hydration.Complete {
+		t.Fatalf("before hydration: %d passthrough opens, %d direct opens (want 0, %d), hydration %+v", st.PassthroughOpens, st.DirectOpens, len(rels), st.Hydration)
+	}
+	waitHydrated(t, mt)
+	// A direct open just before the file became whole may still be on its
+	// way through the kernel: its opens stay direct for the grace.
+	for _, rel := range rels {
+		f, err := os.Open(filepath.Join(mt.dir, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	if st := mt.Stats(); st.PassthroughOpens != 0 || st.DirectOpens != 2*uint64(len(rels)) {
+		t.Errorf("reopened at once after the first direct opens: %d passthrough opens, %d direct (want 0, %d)", st.PassthroughOpens, st.DirectOpens, 2*len(rels))
+	}
+	fusefs.SetDirectGrace(0)
+	reopenAndRead(t, mt.dir, m, rels, open)
+	if st := mt.Stats(); st.PassthroughOpens != uint64(len(rels)) || st.Promoted != 0 {
+		t.Errorf("reopened after hydration, the first opens still open: %d passthrough opens (want %d), %d promoted", st.PassthroughOpens, len(rels), st.Promoted)
+	}
+	// A write through the direct open is seen by a passthrough open, and
+	// the other way round: both go to the upper file.
+	pt, err := os.OpenFile(filepath.Join(mt.dir, rels[0]), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pt.Close()
+	a, b := bytes.Repeat([]byte{0xA5}, 8192), bytes.Repeat([]byte{0x5A}, 8192)
+	if _, err := pt.WriteAt(a, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := open[0].WriteAt(b, 8192); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readFull(open[0], 8192, 0); err != nil || !bytes.Equal(got, a) {
+		t.Errorf("the direct open does not read the passthrough open's write: %v", err)
+	}
+	if got, err := readFull(pt, 8192, 8192); err != nil || !bytes.Equal(got, b) {
+		t.Errorf("the passthrough open does not read the direct open's write: %v", err)
+	}
+	if st := mt.Stats(); st.PassthroughOpens != uint64(len(rels))+1 {
+		t.Errorf("%d passthrough opens, want %d", st.PassthroughOpens, len(rels)+1)
+	}
+	// The direct open closed while the passthrough one lasts: later opens
+	// still go by passthrough on the same backing file (go-fuse counts
+	// every release of a node against its backing file; see
+	// backingGuard).
+	open[0].Close()
+	time.Sleep(100 * time.Millisecond) // the kernel sends the release after close returns
+	for i := range 3 {
+		f, err := os.Open(filepath.Join(mt.dir, rels[0]))
+		if err != nil {
+			t.Fatalf("open %d after the direct open's close, the passthrough one open: %v", i, err)
+		}
+		if got, err := readFull(f, 8192, 0); err != nil || !bytes.Equal(got, a) {
+			t.Errorf("open %d after the direct open's close: %v", i, err)
+		}
+		f.Close()
+	}
+}
+
+// TestHydratePromotes: on a mount without passthrough, a file hydration
+// completes while it is open through the page cache keeps being served as
+// it was while that open lasts (a second open too), and from its whole
+// upper file from the first open after it is closed, for a relation file
+// (filled overlay) and a small one (copied whole).
+func TestHydratePromotes(t *testing.T) {
+	opts := fusefs.Options{UID: testUID, GID: testGID, Hydrate: true, HydrateRate: 4 << 20, HydrateJobs: 1, NoPassthrough: true}
 	_, m, _, mt := mountNewUpper(t, opts)
 	// Last in hydration's path order; opened, not read, so not put first.
 	rels := []string{fusefs.TablespaceDir + "/16385/" + tsVersionDir + "/5/16500", "postgresql.conf"}
@@ -331,24 +430,10 @@ func TestHydratePromotes(t *testing.T) {
 		defer f.Close()
 		open = append(open, f)
 	}
-	if st := mt.Stats(); st.PassthroughOpens != 0 || st.Hydration.Complete {
-		t.Fatalf("before hydration: %d passthrough opens, hydration %+v", st.PassthroughOpens, st.Hydration)
-	}
 	waitHydrated(t, mt)
-	for i, rel := range rels {
-		f, err := os.Open(filepath.Join(mt.dir, rel))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, g := range []*os.File{open[i], f} {
-			if got, err := readFull(g, len(m[rel].data), 0); err != nil || !bytes.Equal(got, m[rel].data) {
-				t.Errorf("%s, open during hydration: %v %s", rel, err, firstDiff(got, m[rel].data))
-			}
-		}
-		f.Close()
-	}
-	if st := mt.Stats(); st.PassthroughOpens != 0 || st.Promoted != 0 {
-		t.Errorf("files open since before hydration: %d passthrough opens, %d promoted", st.PassthroughOpens, st.Promoted)
+	reopenAndRead(t, mt.dir, m, rels, open)
+	if st := mt.Stats(); st.PassthroughOpens != 0 || st.DirectOpens != 0 || st.Promoted != 0 {
+		t.Errorf("files open since before hydration: %d passthrough opens, %d direct opens, %d promoted", st.PassthroughOpens, st.DirectOpens, st.Promoted)
 	}
 	if n := cachedPages(t, open[0]); n == 0 {
 		t.Fatalf("%s read through the page cache: no page of it cached", rels[0])
@@ -369,26 +454,26 @@ func TestHydratePromotes(t *testing.T) {
 			t.Errorf("%s after promotion: %v %s", rel, err, firstDiff(got, m[rel].data))
 		}
 	}
-	if st := mt.Stats(); st.PassthroughOpens != uint64(len(rels)) {
-		t.Errorf("reopened after promotion: %d passthrough opens, want %d", st.PassthroughOpens, len(rels))
-	}
-	// The first passthrough open dropped what the mount's inode cached of
-	// the file (opened without FOPEN_KEEP_CACHE, the kernel invalidates
-	// it), so the pages read before promotion do not linger beside the
-	// upper file's own.
-	f, err := os.Open(filepath.Join(mt.dir, rels[0]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	n := cachedPages(t, f)
-	for deadline := time.Now().Add(10 * time.Second); n != 0 && time.Now().Before(deadline); n = cachedPages(t, f) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n != 0 {
-		t.Errorf("%s served by passthrough: %d pages still cached under the mount's inode", rels[0], n)
-	}
 	checkView(t, mt.dir, m)
+}
+
+// reopenAndRead opens each of rels in mnt again and reads it whole through
+// the new open and through the earlier one, open[i]: both must show the
+// model's data.
+func reopenAndRead(t *testing.T, mnt string, m model, rels []string, open []*os.File) {
+	t.Helper()
+	for i, rel := range rels {
+		f, err := os.Open(filepath.Join(mnt, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, g := range []*os.File{open[i], f} {
+			if got, err := readFull(g, len(m[rel].data), 0); err != nil || !bytes.Equal(got, m[rel].data) {
+				t.Errorf("%s, reopened once hydration completed: %v %s", rel, err, firstDiff(got, m[rel].data))
+			}
+		}
+		f.Close()
+	}
 }
 
 // cachedPages is how many pages of f's own mapping (for a file of the

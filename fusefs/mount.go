@@ -44,8 +44,8 @@ type Options struct {
 	WritebackCache bool
 	// WritebackAuto (copy-on-write mounts) sets WritebackCache at mount by
 	// the upper directory (see chooseWriteback): passthrough when its
-	// hydration is complete, the writeback cache while files are left
-	// that only the daemon can serve.
+	// hydration is complete or runs (Hydrate), the writeback cache
+	// otherwise.
 	WritebackAuto bool
 	Debug         bool
 	// Log receives read errors and other events worth a line.
@@ -90,7 +90,7 @@ type counters struct {
 	wholeOpens, reconOpens, passthroughOpens atomic.Uint64
 	bytesServed, ioErrors                    atomic.Uint64
 	blocksWritten, writeCalls, blocksKept    atomic.Uint64
-	promoted                                 atomic.Uint64
+	promoted, directOpens                    atomic.Uint64
 	cacheDirOpens                            atomic.Uint64
 }
 
@@ -114,6 +114,10 @@ type Stats struct {
 	// cache, served natively from the first open after the last such one
 	// was closed (see fileState.promote).
 	Promoted uint64
+	// DirectOpens are opens without the page cache (FOPEN_DIRECT_IO) of
+	// files not yet whole while hydration ran on a passthrough mount (see
+	// cowNode.Open).
+	DirectOpens uint64
 	// WritebackCache: the kernel's writeback cache is on (copy-on-write
 	// mounts; no passthrough then).
 	WritebackCache bool
@@ -145,6 +149,7 @@ func (m *Mount) Stats() Stats {
 		WriteCalls:       m.stats.writeCalls.Load(),
 		BlocksKept:       m.stats.blocksKept.Load(),
 		Promoted:         m.stats.promoted.Load(),
+		DirectOpens:      m.stats.directOpens.Load(),
 		WritebackCache:   m.opts.WritebackCache,
 		Remote:           m.src.remoteStats(),
 	}

@@ -219,6 +219,20 @@ func hydrateServer(t *testing.T, ch *Chain, last int) {
 	if d := ch.Snapshots[last].Diff(srv.Snapshot(t)); d != "" {
 		t.Fatalf("server on the hydrated mount differs from the live server at the backup:\n%s", d)
 	}
+	// The default (auto) takes passthrough with --hydrate: files not yet
+	// whole were opened direct, and once whole (and 5 s after their last
+	// direct open) every new open goes by passthrough, the server's
+	// earlier opens still open.
+	st := m.Stats(t)
+	if st.WritebackCache || st.ReconOpens != 0 || (sawProgress && st.DirectOpens == 0) {
+		t.Errorf("hydrating mount, default flags: writeback cache %v, %d opens through the page cache, %d direct opens", st.WritebackCache, st.ReconOpens, st.DirectOpens)
+	}
+	time.Sleep(6 * time.Second)
+	srv.Pgbench(t, "-n", "-S", "-T", "1", "-c", "2", "-j", "2", "postgres")
+	if st2 := m.Stats(t); st2.WholeOpens == st.WholeOpens || st2.DirectOpens != st.DirectOpens || st2.ReconOpens != 0 {
+		t.Errorf("new backends once hydration completed: %d passthrough opens, %d direct opens, %d through the page cache; want some, none, none",
+			st2.WholeOpens-st.WholeOpens, st2.DirectOpens-st.DirectOpens, st2.ReconOpens)
+	}
 	srv.Pgbench(t, "-T", "3", "-c", "2", "-j", "2", "postgres")
 	srv.Psql(t, "postgres", "CREATE TABLE after_hydration AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g; CHECKPOINT")
 	want := srv.Snapshot(t)

@@ -80,7 +80,7 @@ func (o *mountOptions) addFlags(f *pflag.FlagSet) {
 	f.BoolVar(&o.hydrate, "hydrate", false, "with --cow: copy every block UPPERDIR lacks from the backups into it in the background, so it becomes a complete data directory (see combinefs status, combinefs detach)")
 	f.StringVar(&o.hydrateRate, "hydrate-rate", "0", "with --hydrate: read at most `BYTES` per second from the backups (e.g. 100MiB; 0: no limit)")
 	f.StringVar(&o.walDir, "waldir", "", "with --cow: keep the server's WAL in local `DIR` (new or empty), pg_wal being a symlink to it, so that WAL never passes through the mount")
-	f.StringVar(&o.writeback, "writeback-cache", "auto", "with --cow: `auto|true|false`: let the kernel cache writes and send them in batches (no passthrough then); auto: true unless UPPERDIR's hydration is complete")
+	f.StringVar(&o.writeback, "writeback-cache", "auto", "with --cow: `auto|true|false`: let the kernel cache writes and send them in batches (no passthrough then); auto: false with --hydrate or once UPPERDIR's hydration is complete, else true")
 	f.Lookup("writeback-cache").NoOptDefVal = "true"
 	o.pitr.addFlags(f, "with --cow --repo", "pause", "what the server does at the target: `pause|promote|shutdown`")
 }
