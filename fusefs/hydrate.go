@@ -53,10 +53,10 @@ import (
 // than Options.HydrateRate bytes per second. Hydration does not pause for
 // the server's own reads of the chain: the sooner a file is whole, the
 // sooner the server's opens of it go by passthrough. Paused after each of
-// the server's reads, it copied 4% of a 1.5 GiB point in the first 15 s of
-// pgbench -S on a cold server, and the server's TPS in that window was no
-// higher (0.59x of a server on the combined copy, against 0.65x with
-// hydration complete within the window; BENCHMARKS.md, "Direct opens
+// the server's reads, it copied 3% of a 5.9 GiB point in the first 15 s of
+// pgbench -S on a cold server and took 105 s in all; the server ran at
+// 0.65x of one on the combined copy in those first 15 s (0.09x unpaused)
+// but did 8 times less work over two minutes (BENCHMARKS.md, "Direct opens
 // while hydrating"). When nothing is left, tree/'s
 // directories are fsynced and hydratedName written (durably): detach
 // requires it. Nothing of hydration's progress is kept but the upper's
