@@ -86,8 +86,7 @@ func (b *bench) figBigMem(t *benchTB) {
 	o, r, windows := b.abbaWindows(t, ourSrv, refSrv, func() string {
 		note := fmt.Sprintf("cgroups at %s / %s", human(ours.usage()), human(theirs.usage()))
 		if b.bigmemHydrate {
-			st := m.Stats(t)
-			note += fmt.Sprintf(", hydration %s, %d passthrough opens, %d direct opens, %d opens through the page cache, %d files promoted", hydrationState(st.Hydration), st.PassthroughOpens, st.DirectOpens, st.ReconOpens, st.Promoted)
+			note += ", " + hydrationNote(m.Stats(t))
 		}
 		return note
 	})

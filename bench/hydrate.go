@@ -51,7 +51,7 @@ func (b *bench) figColdStart(t *benchTB, dir, ref string) {
 	b.progressf(t, "cold start: 8 windows of pgbench -S -T %d, ours and reference ABBA, hydrating", b.tpsSec)
 	ours, refs, windows := b.abbaWindows(t, ourSrv, refSrv, func() string {
 		st := m.Stats(t)
-		return fmt.Sprintf("hydration %s, %d passthrough opens, %d files promoted", hydrationState(st.Hydration), st.PassthroughOpens, st.Promoted)
+		return hydrationNote(st)
 	})
 	c := strconv.Itoa(b.tpsClients)
 	fig := &Figure{ID: "cold-start-hydrate", Name: fmt.Sprintf("cold start, pgbench -S, %s clients, %d s windows ABBA, mount --hydrate (TPS)", c, b.tpsSec),
@@ -67,6 +67,13 @@ func (b *bench) figColdStart(t *benchTB, dir, ref string) {
 }
 
 // hydrationState is a window's note on hydration.
+// hydrationNote is a window's line of a hydrating mount's state: how far
+// hydration is and how the server's files were opened.
+func hydrationNote(st fusefs.Stats) string {
+	return fmt.Sprintf("hydration %s, %d passthrough opens, %d direct opens, %d opens through the page cache, %d files promoted",
+		hydrationState(st.Hydration), st.PassthroughOpens, st.DirectOpens, st.ReconOpens, st.Promoted)
+}
+
 func hydrationState(h *fusefs.HydrationStats) string {
 	switch {
 	case h == nil:
