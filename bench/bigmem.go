@@ -122,8 +122,13 @@ func (b *bench) figBigMem(t *benchTB) {
 // (ours, ref, ref, ours, ...), and returns each side's TPS and a line per
 // window with state's note.
 func (b *bench) abbaWindows(t *benchTB, ourSrv, refSrv *server, state func() string) (ours, refs []float64, windows []string) {
+	return b.windows(t, ourSrv, refSrv, []string{"ours", "ref", "ref", "ours", "ours", "ref", "ref", "ours"}, state)
+}
+
+// windows runs a window of pgbench -S per side ("ours" or "ref"), in order.
+func (b *bench) windows(t *benchTB, ourSrv, refSrv *server, sides []string, state func() string) (ours, refs []float64, windows []string) {
 	c := strconv.Itoa(b.tpsClients)
-	for i, side := range []string{"ours", "ref", "ref", "ours", "ours", "ref", "ref", "ours"} {
+	for i, side := range sides {
 		s := ourSrv
 		if side == "ref" {
 			s = refSrv

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"os"
 	"sync/atomic"
 	"syscall"
@@ -34,6 +35,8 @@ type fileState struct {
 	limit   int64    // kindOverlay: bytes below it show the origin where the upper has no block
 	size    int64    // kindOverlay: the file's length
 	present []uint64 // kindOverlay: a bit per block the upper file holds
+	gen     uint64   // kindOverlay: counts truncations (dropFrom), for hydration's fillBlocks
+	added   uint64   // kindOverlay: counts blocks marked present, for hydration's makeWhole
 	torn    []int64  // kindOverlay, at load: blocks only partly allocated
 
 	// dirSync is the merged path of an upper directory to fsync on the
@@ -83,11 +86,36 @@ func (s *fileState) mark(b int64) {
 	for b>>6 >= int64(len(s.present)) {
 		s.present = append(s.present, 0)
 	}
+	if s.present[b>>6]&(1<<(b&63)) == 0 {
+		s.added++
+	}
 	s.present[b>>6] |= 1 << (b & 63)
+}
+
+// markRange marks the blocks [from, to).
+func (s *fileState) markRange(from, to int64) {
+	for b := from; b < to; b++ {
+		s.mark(b)
+	}
+}
+
+// missingBytes is about how many bytes below the limit an overlay does not
+// hold.
+func (s *fileState) missingBytes() int64 {
+	blocks := (min(s.limit, s.size) + format.BlockSize - 1) / format.BlockSize
+	held := int64(0)
+	for i, w := range s.present {
+		if int64(i)*64 >= blocks {
+			break
+		}
+		held += int64(bits.OnesCount64(w))
+	}
+	return max(blocks-held, 0) * format.BlockSize
 }
 
 // dropFrom forgets the blocks from block b on.
 func (s *fileState) dropFrom(b int64) {
+	s.gen++
 	for i := b; i < int64(len(s.present))*64; i++ {
 		if i&63 == 0 && i>>6 < int64(len(s.present)) {
 			s.present = s.present[:i>>6]
@@ -236,26 +264,56 @@ func (n *cowNode) ensureUpper() syscall.Errno {
 
 // ensureUpperLocked copies a lower file up: block by block (an empty
 // overlay) when it is large, whole when small. Caller holds ns.
-func (n *cowNode) ensureUpperLocked() syscall.Errno {
+func (n *cowNode) ensureUpperLocked() syscall.Errno { return n.ensureUpperWith(nil) }
+
+// preparedUpper is an upper file made in tmp/ for lower file le ahead of
+// its copy-up, without ns held (newUpperTmp fsyncs).
+type preparedUpper struct {
+	le  *lowerEntry
+	tmp string
+	f   *os.File
+}
+
+func (p *preparedUpper) discard() {
+	if p != nil {
+		p.f.Close()
+		os.Remove(p.tmp)
+	}
+}
+
+// ensureUpperWith is ensureUpperLocked with the upper file made already
+// (p, or nil). It takes p: if not used, p is removed.
+func (n *cowNode) ensureUpperWith(p *preparedUpper) syscall.Errno {
 	if _, errno := n.stateNS(); errno != 0 {
+		p.discard()
 		return errno
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st := n.st
 	if st.kind != kindLower {
+		p.discard()
 		return 0
 	}
 	if st.pending != nil {
 		// Hydration copied it whole already.
+		p.discard()
 		st.promote()
 		return 0
 	}
 	c := n.c
 	rel, attached := n.rel()
 	le := st.lower
-	tmp, f, err := c.newUpperTmp(le, func(f *os.File) error { return c.copyLower(le, f) })
-	if err != nil {
+	if p != nil && p.le != le {
+		p.discard()
+		p = nil
+	}
+	var tmp string
+	var f *os.File
+	var err error
+	if p != nil {
+		tmp, f = p.tmp, p.f
+	} else if tmp, f, err = c.newUpperTmp(le, func(f *os.File) error { return c.copyLower(le, f) }); err != nil {
 		c.m.logf("copy-up of %s: %v", rel, err)
 		return n.errno(err)
 	}
@@ -474,45 +532,21 @@ func (n *cowNode) write(data []byte, off int64) (uint32, syscall.Errno) {
 	return uint32(w), 0
 }
 
-// read fills dest from off. While the mount hydrates, a relation file the
-// server reads gets its overlay at once, and the blocks read from the chain
-// for it are kept there (keep), so that hydration does not read and
-// reconstruct them a second time.
+// read fills dest from off. While the mount hydrates, the blocks an
+// overlay reads from the chain for the server are kept there (keep), so
+// that hydration does not read and reconstruct them a second time. A file
+// still wholly in the chain gets its overlay from hydration, which the
+// read puts first in line (hydrator.note): made here, its fsync would be
+// in the server's read, under ns (a tenth of a second and more while
+// hydration writes).
 func (n *cowNode) read(dest []byte, off int64, direct bool) (fuse.ReadResult, syscall.Errno) {
 	hydrating := n.c.hyd.active()
-	if hydrating {
-		n.overlayForKeeping()
-	}
 	res, kept, errno := n.readAt(dest, off, hydrating, direct)
 	if errno == 0 {
 		n.c.m.stats.bytesServed.Add(uint64(res.Size()))
 		n.keep(kept)
 	}
 	return res, errno
-}
-
-// overlayForKeeping copies a lower relation file up as an empty overlay
-// (as its first write would), so that the blocks read from it can be kept.
-// Keeping is an optimisation: if the copy-up fails (a full upper file
-// system), the read is served from the chain as without hydration, and the
-// failure is in the log.
-func (n *cowNode) overlayForKeeping() {
-	if n.keepFailed.Load() {
-		return
-	}
-	st, errno := n.state()
-	if errno != 0 {
-		return // the read answers it
-	}
-	n.mu.RLock()
-	lowerRelation := st.kind == kindLower && !st.lower.wholeCopy()
-	n.mu.RUnlock()
-	if lowerRelation {
-		if errno := n.ensureUpper(); errno != 0 {
-			n.keepFailed.Store(true)
-			n.c.m.logf("keeping blocks of %s read from the chain: copy-up: %v (not tried again for it)", n.Path(nil), errno)
-		}
-	}
 }
 
 // keptRun is bytes of an overlay's origin read at off for the server.
@@ -527,12 +561,16 @@ type keptRun struct {
 // server wrote meanwhile is newer and stays. The bytes are the chain's, as
 // hydration would write them, so a kill during a pwrite leaves a torn
 // block that the next load completes from the chain (repairTorn). Keeping
-// is an optimisation: a failure is logged, and the read stands.
+// is an optimisation: a failure is logged, and the read stands; and it is
+// skipped when the file's lock is busy (hydration writing it), rather than
+// making the read wait.
 func (n *cowNode) keep(runs []keptRun) {
 	if len(runs) == 0 {
 		return
 	}
-	n.mu.Lock()
+	if !n.mu.TryLock() {
+		return // busy: hydration will copy these blocks itself
+	}
 	defer n.mu.Unlock()
 	for _, r := range runs {
 		st := r.st
@@ -782,8 +820,66 @@ func (n *cowNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 	if _, errno := n.state(); errno != 0 {
 		return nil, 0, errno
 	}
+	n.awaitWhole(ctx)
 	h, fl := n.newHandle()
 	return h, fl, 0
+}
+
+// awaitWhole waits, on a passthrough mount while hydrating, for hydration
+// to make the file whole, if its missing bytes at hydration's rate take
+// no longer than Options.HydrateOpenWait: the file goes first in hydration's line, and
+// the open then goes by passthrough rather than direct. A server's
+// backends keep their files open, and every read of a direct open is a
+// round trip to the daemon: at 1.5 GiB a cold server's backends that
+// opened the big relations direct ran pgbench -S at about 5000 TPS once
+// hydration was done, against 15000 for the next backends, which opened
+// them by passthrough. Waiting lifted the first 15 s of pgbench -S on a
+// cold server from 0.65x of one on the combined copy to 1.84x, every open
+// of a file not yet whole awaited (BENCHMARKS.md, "Opens that wait for
+// hydration"). The rate is hydration's since the mount started, so early
+// on it is rough; the wait is bounded either way.
+func (n *cowNode) awaitWhole(ctx context.Context) {
+	h := n.c.hyd
+	if !h.active() || n.c.m.opts.NoPassthrough || h.openWait() <= 0 {
+		return
+	}
+	wait := h.openWait()
+	n.mu.RLock()
+	st := n.st
+	missing := int64(-1)
+	if st.cachedOpens == 0 && time.Since(st.directAt) >= time.Duration(directGrace.Load()) {
+		switch st.kind {
+		case kindLower:
+			missing = st.lower.size()
+		case kindOverlay:
+			missing = st.missingBytes()
+		}
+	}
+	n.mu.RUnlock()
+	rate := h.stats().BytesPerSec
+	if missing < 0 || rate <= 0 || float64(missing) > rate*wait.Seconds() {
+		return
+	}
+	h.note(n)
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	deadline := time.After(wait)
+	for h.active() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline:
+			return
+		case <-t.C:
+		}
+		n.mu.RLock()
+		whole := n.st.kind == kindWhole
+		n.mu.RUnlock()
+		if whole {
+			n.c.m.stats.awaitedOpens.Add(1)
+			return
+		}
+	}
 }
 
 // directGrace is how long after a direct open of a file not yet whole its

@@ -30,9 +30,6 @@ type cowNode struct {
 	st *fileState   // a regular file's storage, loaded on first use
 
 	hydNoted atomic.Bool // hydration was told the server reads it
-	// keepFailed: a copy-up for keeping read blocks failed (a full upper
-	// file system); reads of the node no longer try it again.
-	keepFailed atomic.Bool
 }
 
 var (

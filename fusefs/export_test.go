@@ -6,3 +6,7 @@ import "time"
 func SetDirectGrace(d time.Duration) time.Duration {
 	return time.Duration(directGrace.Swap(int64(d)))
 }
+
+// SetOpenWait sets the mount's Options.HydrateOpenWait for a test (its
+// hydration must be running).
+func (m *Mount) SetOpenWait(d time.Duration) { m.hyd.wait.Store(int64(d)) }

@@ -3,8 +3,10 @@ package fusefs_test
 import (
 	"bytes"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -183,15 +185,22 @@ func TestTornBlock(t *testing.T) {
 }
 
 // TestHydrateKeepsReadBlocks: while hydration runs (stalled here by its
-// rate), the blocks the server reads from the chain are kept in the file's
-// overlay with the chain's bytes, so hydration need not read them again;
-// a block written first is not overwritten by a later read's copy; and the
-// hydration that then completes gives the point's files.
+// rate), the blocks the server reads from the chain into a file's overlay
+// are kept there with the chain's bytes, so hydration need not read them
+// again; a block written first is not overwritten by a later read's copy;
+// and the hydration that then completes gives the point's files. (The
+// overlays are made by a write here: hydration makes them for the files
+// the server reads, but it is stalled.)
 func TestHydrateKeepsReadBlocks(t *testing.T) {
 	opts := fusefs.Options{UID: testUID, GID: testGID, WritebackCache: true, Hydrate: true, HydrateRate: 1, HydrateJobs: 1}
 	p, m, upper, mt := mountNewUpper(t, opts)
 	const bs = 8192
 	reads := map[string][]int64{"base/5/16385": {1, 7, 100}, "base/5/16384": {10}}
+	for rel := range reads {
+		mine := bytes.Repeat([]byte{0xcd}, bs)
+		writeAt(t, filepath.Join(mt.dir, rel), mine, 2*bs)
+		copy(m[rel].data[2*bs:], mine)
+	}
 	for rel, blocks := range reads {
 		f, err := os.Open(filepath.Join(mt.dir, rel))
 		if err != nil {
@@ -250,6 +259,103 @@ func TestHydrateKeepsReadBlocks(t *testing.T) {
 	checkView(t, mt.dir, m)
 	mt.unmount(t)
 	checkHydratedUpper(t, upper, m)
+}
+
+// TestHydrateRacesWrites: hydration at full speed while the server
+// overwrites blocks of the relation files and truncates some. Hydration
+// writes a file's blocks under its read lock (the server's reads go on)
+// and marks them under its write lock, so no write of the server may be
+// lost to a copy of the chain's bytes, and a truncation in between must
+// not be undone: the view and the hydrated upper are the model's.
+func TestHydrateRacesWrites(t *testing.T) {
+	const bs = 8192
+	for _, mode := range []string{"passthrough", "writeback"} {
+		t.Run(mode, func(t *testing.T) {
+			opts := fusefs.Options{UID: testUID, GID: testGID, WritebackCache: mode == "writeback",
+				Hydrate: true, HydrateRate: 32 << 20, HydrateJobs: 4}
+			_, m, upper, mt := mountNewUpper(t, opts)
+			var rels []string
+			for rel, n := range m {
+				if strings.HasPrefix(rel, "base/") && !n.dir && n.link == "" && len(n.data) >= 16*bs {
+					rels = append(rels, rel)
+				}
+			}
+			slices.Sort(rels)
+			if len(rels) < 2 {
+				t.Fatalf("the test chain has %d relation files of 16 blocks or more", len(rels))
+			}
+			r := rand.New(rand.NewPCG(7, 7))
+			writes := 0
+			for ; writes < 300 || !mt.Stats().Hydration.Complete; writes++ {
+				rel := rels[r.IntN(len(rels))]
+				n := m.file(t, rel)
+				if writes%97 == 96 && len(n.data) > 8*bs {
+					size := int64(len(n.data)) - int64(r.IntN(4)+1)*bs - 100
+					must(t, "truncate", os.Truncate(filepath.Join(mt.dir, rel), size))
+					m.truncate(t, rel, size)
+					continue
+				}
+				off := int64(r.IntN(len(n.data)/bs)) * bs
+				data := bytes.Repeat([]byte{byte(writes)}, bs)
+				writeAt(t, filepath.Join(mt.dir, rel), data, off)
+				m.writeAt(t, rel, off, data)
+			}
+			waitHydrated(t, mt)
+			checkView(t, mt.dir, m)
+			if st := mt.Stats(); st.IOErrors != 0 {
+				t.Errorf("%d I/O errors", st.IOErrors)
+			}
+			mt.unmount(t)
+			checkHydratedUpper(t, upper, m)
+			t.Logf("%d writes and truncations while hydrating", writes)
+		})
+	}
+}
+
+// TestHydrateAwaitsOpens: on a passthrough mount while hydrating, an open
+// of a file not yet whole that hydration can finish within the open wait
+// waits for it (the file put first in line), and is then a passthrough
+// open, reading the file's bytes; with no time to wait, it is direct.
+func TestHydrateAwaitsOpens(t *testing.T) {
+	opts := fusefs.Options{UID: testUID, GID: testGID, Hydrate: true, HydrateRate: 4 << 20, HydrateJobs: 1}
+	_, m, _, mt := mountNewUpper(t, opts)
+	for mt.Stats().Hydration.Done < 2<<20 { // for a rate to go by
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Last in hydration's path order, and 1.1 MiB: a quarter of a second
+	// at the rate.
+	rel := fusefs.TablespaceDir + "/16385/" + tsVersionDir + "/5/16500"
+	if st := mt.Stats(); st.Hydration.Complete || st.DirectOpens != 0 {
+		t.Fatalf("before the open: %+v", st)
+	}
+	mt.SetOpenWait(0)
+	f, err := os.Open(filepath.Join(mt.dir, rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	mt.SetOpenWait(2 * time.Second)
+	st := mt.Stats()
+	if st.DirectOpens != 1 || st.AwaitedOpens != 0 {
+		t.Fatalf("opened with no time to wait: %d direct opens, %d awaited (want 1, 0)", st.DirectOpens, st.AwaitedOpens)
+	}
+	// Direct opens of the file stay direct for the grace; none here.
+	defer fusefs.SetDirectGrace(fusefs.SetDirectGrace(0))
+	f, err = os.Open(filepath.Join(mt.dir, rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := readFull(f, len(m[rel].data), 0)
+	f.Close()
+	if err != nil || !bytes.Equal(got, m[rel].data) {
+		t.Errorf("%s, awaited open: %v %s", rel, err, firstDiff(got, m[rel].data))
+	}
+	after := mt.Stats()
+	if after.AwaitedOpens != 1 || after.PassthroughOpens != st.PassthroughOpens+1 || after.DirectOpens != 1 || after.Hydration.Complete {
+		t.Errorf("awaited open: %d awaited, %d passthrough opens (want 1, %d), %d direct (want 1), hydration %+v",
+			after.AwaitedOpens, after.PassthroughOpens, st.PassthroughOpens+1, after.DirectOpens, after.Hydration)
+	}
+	mt.unmount(t)
 }
 
 func writeAt(t *testing.T, path string, data []byte, off int64) {
@@ -330,7 +436,8 @@ func TestWritebackAuto(t *testing.T) {
 // (copied whole).
 func TestHydrateDirectOpens(t *testing.T) {
 	defer fusefs.SetDirectGrace(fusefs.SetDirectGrace(time.Hour))
-	opts := fusefs.Options{UID: testUID, GID: testGID, Hydrate: true, HydrateRate: 4 << 20, HydrateJobs: 1}
+	// No waiting for hydration at open (TestHydrateAwaitsOpens).
+	opts := fusefs.Options{UID: testUID, GID: testGID, Hydrate: true, HydrateRate: 4 << 20, HydrateJobs: 1, HydrateOpenWait: -1}
 	_, m, _, mt := mountNewUpper(t, opts)
 	// Last in hydration's path order; opened, not read, so not put first.
 	rels := []string{fusefs.TablespaceDir + "/16385/" + tsVersionDir + "/5/16500", "postgresql.conf"}

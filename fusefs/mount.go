@@ -64,6 +64,10 @@ type Options struct {
 	Hydrate     bool
 	HydrateRate int64
 	HydrateJobs int
+	// HydrateOpenWait bounds how long an open of a file not yet whole may
+	// wait for hydration to finish it, so that it goes by passthrough
+	// (see cowNode.awaitWhole; 0: 2 s, negative: never).
+	HydrateOpenWait time.Duration
 	// WALDir (copy-on-write mounts), an absolute path, holds the server's
 	// WAL outside the mount: pg_wal becomes a symlink to it (waldir.go).
 	WALDir string
@@ -90,7 +94,7 @@ type counters struct {
 	wholeOpens, reconOpens, passthroughOpens atomic.Uint64
 	bytesServed, ioErrors                    atomic.Uint64
 	blocksWritten, writeCalls, blocksKept    atomic.Uint64
-	promoted, directOpens                    atomic.Uint64
+	promoted, directOpens, awaitedOpens      atomic.Uint64
 	cacheDirOpens                            atomic.Uint64
 }
 
@@ -118,6 +122,9 @@ type Stats struct {
 	// files not yet whole while hydration ran on a passthrough mount (see
 	// cowNode.Open).
 	DirectOpens uint64
+	// AwaitedOpens are opens that waited for hydration to make their file
+	// whole, and then went by passthrough (see cowNode.awaitWhole).
+	AwaitedOpens uint64
 	// WritebackCache: the kernel's writeback cache is on (copy-on-write
 	// mounts; no passthrough then).
 	WritebackCache bool
@@ -150,6 +157,7 @@ func (m *Mount) Stats() Stats {
 		BlocksKept:       m.stats.blocksKept.Load(),
 		Promoted:         m.stats.promoted.Load(),
 		DirectOpens:      m.stats.directOpens.Load(),
+		AwaitedOpens:     m.stats.awaitedOpens.Load(),
 		WritebackCache:   m.opts.WritebackCache,
 		Remote:           m.src.remoteStats(),
 	}

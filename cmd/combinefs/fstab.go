@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 )
@@ -38,7 +39,7 @@ var fstabIgnored = map[string]bool{
 }
 
 // fstabOptions names the options setFstabOption takes, for its error.
-const fstabOptions = "cow=UPPERDIR, owner=, cache_size=, log=, hydrate, hydrate_rate=, waldir=, cache_dir=, cache_dir_size=, s3_endpoint=, allow_other, default_permissions, no_passthrough, writeback_cache[=auto|true|false], no_writeback_cache, ro"
+const fstabOptions = "cow=UPPERDIR, owner=, cache_size=, log=, hydrate, hydrate_rate=, hydrate_open_wait=, waldir=, cache_dir=, cache_dir_size=, s3_endpoint=, allow_other, default_permissions, no_passthrough, writeback_cache[=auto|true|false], no_writeback_cache, ro"
 
 // runFstab mounts as mount.fuse3 asks.
 func runFstab(ctx context.Context, args []string) int {
@@ -132,6 +133,12 @@ func (o *mountOptions) setFstabOption(opt string) error {
 		o.writeback = "true"
 	case opt == "hydrate":
 		o.hydrate = true
+	case k == "hydrate_open_wait" && hasValue:
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return usageError{fmt.Sprintf("mount option %s: %v", opt, err)}
+		}
+		o.hydrateWait = d
 	case hasValue && v != "" && values[k] != nil:
 		*values[k] = v
 	default:

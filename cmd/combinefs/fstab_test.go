@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestParseFstab: the command lines mount.fuse3 makes of an fstab line
@@ -38,8 +39,8 @@ func TestParseFstab(t *testing.T) {
 			t.Errorf("%q: allow_other not set", tt.args)
 		}
 	}
-	o, _, _ := parseFstab([]string{"/b/full", "/m", "-o", "cache_size=1GiB,owner=postgres,log=/var/log/c.log,no_writeback_cache,cow=/u,hydrate,hydrate_rate=50MiB,waldir=/var/lib/pit-wal"})
-	if o.cacheSize != "1GiB" || o.owner != "postgres" || o.logFile != "/var/log/c.log" || o.writeback != "false" || !o.hydrate || o.hydrateRate != "50MiB" || o.walDir != "/var/lib/pit-wal" {
+	o, _, _ := parseFstab([]string{"/b/full", "/m", "-o", "cache_size=1GiB,owner=postgres,log=/var/log/c.log,no_writeback_cache,cow=/u,hydrate,hydrate_rate=50MiB,hydrate_open_wait=500ms,waldir=/var/lib/pit-wal"})
+	if o.cacheSize != "1GiB" || o.owner != "postgres" || o.logFile != "/var/log/c.log" || o.writeback != "false" || !o.hydrate || o.hydrateRate != "50MiB" || o.hydrateWait != 500*time.Millisecond || o.walDir != "/var/lib/pit-wal" {
 		t.Errorf("options not applied: %+v", o)
 	}
 	o, operands, err := parseFstab([]string{"repo=s3://bk/db1,point=2026-01-01_000000-FULL", "/m", "-o", "ro,cache_dir=/var/cache/c,cache_dir_size=20GiB,s3_endpoint=http://127.0.0.1:8333"})

@@ -43,6 +43,7 @@ type mountOptions struct {
 	pitr          pitrOptions
 	hydrate       bool
 	hydrateRate   string
+	hydrateWait   time.Duration
 	walDir        string
 	s3            *repo.S3Options
 	chainOpts     resolver.ChainOptions // set by chainDirs
@@ -79,6 +80,7 @@ func (o *mountOptions) addFlags(f *pflag.FlagSet) {
 	f.BoolVar(&o.noPassthrough, "no-passthrough", false, "serve whole files through combinefs instead of FUSE passthrough")
 	f.BoolVar(&o.hydrate, "hydrate", false, "with --cow: copy every block UPPERDIR lacks from the backups into it in the background, so it becomes a complete data directory (see combinefs status, combinefs detach)")
 	f.StringVar(&o.hydrateRate, "hydrate-rate", "0", "with --hydrate: read at most `BYTES` per second from the backups (e.g. 100MiB; 0: no limit)")
+	f.DurationVar(&o.hydrateWait, "hydrate-open-wait", 2*time.Second, "with --hydrate: an open of a file not yet copied waits up to `DURATION` for hydration to finish it, so that it is served natively (0: never wait)")
 	f.StringVar(&o.walDir, "waldir", "", "with --cow: keep the server's WAL in local `DIR` (new or empty), pg_wal being a symlink to it, so that WAL never passes through the mount")
 	f.StringVar(&o.writeback, "writeback-cache", "auto", "with --cow: `auto|true|false`: let the kernel cache writes and send them in batches (no passthrough then); auto: false with --hydrate or once UPPERDIR's hydration is complete, else true")
 	f.Lookup("writeback-cache").NoOptDefVal = "true"
@@ -275,10 +277,14 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	if err != nil {
 		return err
 	}
+	openWait := o.hydrateWait
+	if openWait <= 0 {
+		openWait = -1 // fusefs: never (0 is its default)
+	}
 	fopts := fusefs.Options{
 		UID: uid, GID: gid, AllowOther: o.allowOther, DefaultPermissions: o.defaultPerms,
 		CacheBytes: cacheBytes, NoPassthrough: o.noPassthrough, WritebackCache: writeback, WritebackAuto: writebackAuto, Debug: o.debugFUSE,
-		Hydrate: o.hydrate, HydrateRate: hydrateRate, WALDir: o.walDir,
+		Hydrate: o.hydrate, HydrateRate: hydrateRate, HydrateOpenWait: openWait, WALDir: o.walDir,
 		Log:    func(msg string) { lg.Print(msg) },
 		FsName: "combinefs:" + filepath.Base(chain.Final().Dir),
 	}
