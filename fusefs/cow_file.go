@@ -864,20 +864,23 @@ func (n *cowNode) awaitWhole(ctx context.Context) {
 	t := time.NewTicker(2 * time.Millisecond)
 	defer t.Stop()
 	deadline := time.After(wait)
-	for h.active() {
-		select {
-		case <-ctx.Done():
-			return
-		case <-deadline:
-			return
-		case <-t.C:
-		}
+	for {
 		n.mu.RLock()
 		whole := n.st.kind == kindWhole
 		n.mu.RUnlock()
 		if whole {
 			n.c.m.stats.awaitedOpens.Add(1)
 			return
+		}
+		if !h.active() {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline:
+			return
+		case <-t.C:
 		}
 	}
 }

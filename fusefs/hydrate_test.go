@@ -397,8 +397,11 @@ func TestWritebackAuto(t *testing.T) {
 	}
 	mt.unmount(t)
 
-	opts.Hydrate = true
+	// Slow, and no open waits for it (TestHydrateAwaitsOpens), for the
+	// view's opens to come while it runs.
+	opts.Hydrate, opts.HydrateRate, opts.HydrateOpenWait = true, 4<<20, -1
 	mt = mountCoW(t, "", p, upper, opts)
+	opts.HydrateRate, opts.HydrateOpenWait = 0, 0
 	if st := mt.Stats(); st.WritebackCache {
 		t.Error("auto on an upper being hydrated: writeback cache")
 	}
