@@ -834,7 +834,7 @@ func (n *cowNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 // opened the big relations direct ran pgbench -S at about 5000 TPS once
 // hydration was done, against 15000 for the next backends, which opened
 // them by passthrough. Waiting lifted the first 15 s of pgbench -S on a
-// cold server from 0.65x of one on the combined copy to 1.84x, every open
+// cold server from 0.60x of one on the combined copy to 1.84x, every open
 // of a file not yet whole awaited (BENCHMARKS.md, "Opens that wait for
 // hydration"). The rate is hydration's since the mount started, so early
 // on it is rough; the wait is bounded either way.

@@ -1124,15 +1124,32 @@ func (m *cowMount) logTail() string {
 
 // Umount runs combinefs umount: afterwards nothing is mounted, the process
 // is gone, and the mount point is empty.
-func (m *cowMount) Umount(t *testing.T) {
+func (m *cowMount) Umount(t *testing.T) { m.umount(t, 0) }
+
+// UmountAfterKill is Umount just after a kill -9 of the server on the
+// mount: while umount finds the mount busy, it is tried again for up to
+// 10 s (once, in CI, the server's killed processes were all gone yet the
+// first umount found the mount busy).
+func (m *cowMount) UmountAfterKill(t *testing.T) { m.umount(t, 10*time.Second) }
+
+func (m *cowMount) umount(t *testing.T, busyFor time.Duration) {
 	t.Helper()
-	if out, code := runCombinefs(t, m.e, "umount", m.mp); code != 0 {
-		t.Fatalf("combinefs umount %s: exit %d\n%s", m.mp, code, out)
+	deadline := time.Now().Add(busyFor)
+	for {
+		out, code := runCombinefs(t, m.e, "umount", m.mp)
+		if code == 0 {
+			break
+		}
+		if !strings.Contains(out, "is busy") || time.Now().After(deadline) {
+			t.Fatalf("combinefs umount %s: exit %d\n%s", m.mp, code, out)
+		}
+		t.Logf("combinefs umount %s: busy, trying again: %s", m.mp, out)
+		time.Sleep(200 * time.Millisecond)
 	}
 	if cowIsMounted(m.e.Host(m.mp)) {
 		t.Fatalf("%s still mounted after combinefs umount", m.mp)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(10 * time.Second)
 	for mountctl.ProcessAlive(m.pid) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the mount's process %d still runs after combinefs umount", m.pid)

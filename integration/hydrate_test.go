@@ -285,7 +285,7 @@ func hydrateServerKill9(t *testing.T, ch *Chain, last int) {
 		t.Fatalf("hydration at 2 MiB/s is not in progress when the server is killed: %+v", h)
 	}
 	srv.Kill9(t)
-	m.Umount(t)
+	m.UmountAfterKill(t)
 
 	m = mountCoWFlags(t, e, []string{"--hydrate"}, upper, mp, ch.Upto(last)...)
 	srv = startOnMount(t, e, mp)
