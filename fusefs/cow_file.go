@@ -840,10 +840,13 @@ func (n *cowNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 // on it is rough; the wait is bounded either way.
 func (n *cowNode) awaitWhole(ctx context.Context) {
 	h := n.c.hyd
-	if !h.active() || n.c.m.opts.NoPassthrough || h.openWait() <= 0 {
+	if !h.active() || n.c.m.opts.NoPassthrough {
 		return
 	}
 	wait := h.openWait()
+	if wait <= 0 {
+		return
+	}
 	n.mu.RLock()
 	st := n.st
 	missing := int64(-1)

@@ -697,9 +697,7 @@ func (c *cowFS) fillBlocks(rel string, origin *lowerEntry, first int64, data []b
 				return errChanged
 			}
 			runs, err := st.writeMissing(first, data)
-			for _, r := range runs {
-				st.markRange(r[0], r[1])
-			}
+			st.markRuns(runs)
 			return err
 		})
 	}
@@ -720,11 +718,16 @@ func (c *cowFS) fillBlocks(rel string, origin *lowerEntry, first int64, data []b
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.st == st && st.kind == kindOverlay && st.gen == gen {
-		for _, r := range runs {
-			st.markRange(r[0], r[1])
-		}
+		st.markRuns(runs)
 	}
 	return err
+}
+
+// markRuns marks the runs [from, to) that writeMissing wrote.
+func (s *fileState) markRuns(runs [][2]int64) {
+	for _, r := range runs {
+		s.markRange(r[0], r[1])
+	}
 }
 
 // writeMissing writes data, the chain's bytes of the blocks from first on,
@@ -768,7 +771,7 @@ func (h *hydrator) makeWhole(rel string) error {
 		var fd int = -1
 		var added uint64
 		err := h.c.withState(rel, func(st *fileState) error {
-			if st.kind != kindOverlay || len(st.missing()) > 0 {
+			if st.kind != kindOverlay || !st.holdsAll() {
 				return errChanged
 			}
 			var err error
@@ -799,7 +802,7 @@ func (h *hydrator) wholeAfterSync(rel string, fd int, added uint64, underLock bo
 		return false, err
 	}
 	err = h.c.withState(rel, func(st *fileState) error {
-		if st.kind != kindOverlay || len(st.missing()) > 0 {
+		if st.kind != kindOverlay || !st.holdsAll() {
 			return errChanged
 		}
 		if st.added != added {
@@ -833,6 +836,18 @@ func (h *hydrator) wholeAfterSync(rel string, fd int, added uint64, underLock bo
 		return false, err
 	}
 	return true, unix.Fsync(fd)
+}
+
+// holdsAll reports whether an overlay holds every block below its limit:
+// missing() would be empty.
+func (s *fileState) holdsAll() bool {
+	end := min(s.limit, s.size)
+	for b := int64(0); b*format.BlockSize < end; b++ {
+		if !s.has(b) {
+			return false
+		}
+	}
+	return true
 }
 
 // missing lists the blocks below the limit an overlay does not hold: those
