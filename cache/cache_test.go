@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"runtime"
 	"sync"
 	"testing"
 	"unsafe"
@@ -243,5 +244,67 @@ func TestTrim(t *testing.T) {
 	}
 	if s := c.Stats(); s.Entries != 4 {
 		t.Errorf("refilled cache holds %d blocks, want its bound 4", s.Entries)
+	}
+}
+
+// TestArenaOutsideHeap: a full cache adds next to nothing to the Go heap,
+// whose collector would otherwise count it against the mount's memory
+// limit and run without end once the cache filled.
+func TestArenaOutsideHeap(t *testing.T) {
+	const size = 64 << 20
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	c := New(size)
+	if c.arena == nil {
+		t.Fatal("the arena was not mapped")
+	}
+	for i := range size / BlockSize {
+		put(c, Key{1, int64(i)}, byte(i))
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if s := c.Stats(); s.Bytes != size {
+		t.Fatalf("cache holds %d bytes, want %d", s.Bytes, size)
+	}
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > size/8 {
+		t.Errorf("the heap grew by %d bytes for a %d-byte cache", grew, size)
+	}
+	for _, i := range []int{0, 4097, size/BlockSize - 1} {
+		if v, ok := get(c, Key{1, int64(i)}); !ok || v[0] != byte(i) || v[BlockSize-1] != byte(i) {
+			t.Errorf("block %d: cached %v, first byte %v", i, ok, v)
+		}
+	}
+	runtime.KeepAlive(c)
+}
+
+// TestClose: Close unmaps the arena only with nothing pinned; a closed
+// cache caches nothing and still hands out buffers.
+func TestClose(t *testing.T) {
+	c := New(4 * BlockSize)
+	put(c, Key{1, 0}, 7)
+	r, b, ok := c.Get(Key{1, 0})
+	if !ok {
+		t.Fatal("block 0 missing")
+	}
+	c.Close()
+	if c.arena == nil || b[0] != 7 {
+		t.Fatalf("Close with a pinned block unmapped the arena or changed the block")
+	}
+	c.Release(r)
+	c.Close()
+	if c.arena != nil {
+		t.Fatal("Close with nothing pinned kept the arena")
+	}
+	if _, ok := get(c, Key{1, 0}); ok {
+		t.Error("a closed cache still returned a block")
+	}
+	r, b = c.Alloc()
+	if r != NoSlot || len(b) != BlockSize {
+		t.Errorf("a closed cache's Alloc: ref %d, %d bytes; want NoSlot, one block", r, len(b))
+	}
+	c.Publish(Key{1, 1}, r)
+	if s := c.Stats(); s.Entries != 0 {
+		t.Errorf("a closed cache holds %d entries", s.Entries)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/combinefs/combinefs/format"
 	"github.com/combinefs/combinefs/internal/dio"
+	"github.com/combinefs/combinefs/internal/safedir"
 )
 
 // Hydration (Options.Hydrate) copies into the upper directory every block
@@ -134,6 +136,28 @@ type hydrator struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	finished chan struct{}
+
+	// bufs holds the workers' chunk buffers, reused rather than made for
+	// each range: garbage made at the copy rate runs the collector (which
+	// also empties a sync.Pool).
+	bufs chan []byte
+}
+
+// buf returns a chunk buffer; putBuf gives it back.
+func (h *hydrator) buf() []byte {
+	select {
+	case b := <-h.bufs:
+		return b
+	default:
+		return dio.AlignedBuf(hydrateChunk * format.BlockSize)
+	}
+}
+
+func (h *hydrator) putBuf(b []byte) {
+	select {
+	case h.bufs <- b:
+	default:
+	}
 }
 
 // newHydrator prepares the hydration of c's upper, before the mount serves
@@ -145,7 +169,7 @@ func (m *Mount) newHydrator(c *cowFS) {
 		jobs = 4
 	}
 	h := &hydrator{c: c, jobs: jobs, lim: rateLimiter{rate: m.opts.HydrateRate}, prio: make(chan string, 256),
-		started: time.Now(), ctx: ctx, cancel: cancel, finished: make(chan struct{})}
+		started: time.Now(), ctx: ctx, cancel: cancel, finished: make(chan struct{}), bufs: make(chan []byte, jobs)}
 	h.doneAtStart.Store(-1)
 	switch w := m.opts.HydrateOpenWait; {
 	case w == 0:
@@ -632,11 +656,7 @@ func (h *hydrator) fill(ctx context.Context, it *hydItem) error {
 			return errChanged
 		}
 		origin = st.lower
-		for _, b := range st.missing() {
-			if b >= it.from && b < it.to {
-				missing = append(missing, b)
-			}
-		}
+		missing = st.missingIn(it.from, it.to)
 		return nil
 	})
 	if errors.Is(err, errChanged) || errors.Is(err, os.ErrNotExist) {
@@ -645,7 +665,12 @@ func (h *hydrator) fill(ctx context.Context, it *hydItem) error {
 	if err != nil {
 		return err
 	}
-	buf := make([]byte, hydrateChunk*format.BlockSize)
+	buf := h.buf()
+	defer h.putBuf(buf)
+	direct := c.openDirect(rel, origin.size())
+	if direct >= 0 {
+		defer unix.Close(direct)
+	}
 	for len(missing) > 0 {
 		// A run of consecutive missing blocks, read from the chain
 		// without any lock (the chain never changes).
@@ -667,7 +692,7 @@ func (h *hydrator) fill(ctx context.Context, it *hydItem) error {
 		if err != nil {
 			return err
 		}
-		err = c.fillBlocks(rel, origin, first, buf[:m])
+		err = c.fillBlocks(rel, origin, first, buf[:m], direct)
 		if errors.Is(err, errChanged) || errors.Is(err, os.ErrNotExist) {
 			return nil
 		}
@@ -687,7 +712,7 @@ func (h *hydrator) fill(ctx context.Context, it *hydItem) error {
 // the same bytes from the chain. The blocks are marked afterwards under the
 // write lock, unless a truncation came in between (gen). A file without a
 // node is written under ns, which keeps one from being made.
-func (c *cowFS) fillBlocks(rel string, origin *lowerEntry, first int64, data []byte) error {
+func (c *cowFS) fillBlocks(rel string, origin *lowerEntry, first int64, data []byte, direct int) error {
 	c.ns.Lock()
 	n := c.nodeAt(rel)
 	if e := c.resolve(rel); e.mode != syscall.S_IFREG || !e.upper || n == nil || n.Mode()&syscall.S_IFMT != syscall.S_IFREG {
@@ -696,7 +721,7 @@ func (c *cowFS) fillBlocks(rel string, origin *lowerEntry, first int64, data []b
 			if st.kind != kindOverlay || st.lower != origin {
 				return errChanged
 			}
-			runs, err := st.writeMissing(first, data)
+			runs, err := st.writeMissing(first, data, direct)
 			st.markRuns(runs)
 			return err
 		})
@@ -713,13 +738,67 @@ func (c *cowFS) fillBlocks(rel string, origin *lowerEntry, first int64, data []b
 		return errChanged
 	}
 	gen := st.gen
-	runs, err := st.writeMissing(first, data)
+	runs, err := st.writeMissing(first, data, direct)
 	n.mu.RUnlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.st == st && st.kind == kindOverlay && st.gen == gen {
 		st.markRuns(runs)
 	}
+	return err
+}
+
+// openDirect opens the upper file at rel for direct writes, for hydration
+// to write a file of size bytes past the page cache: -1 for a small file
+// or where the file system refuses it. Buffered, each write copies into
+// fresh page cache that must then be written back (package dio): a 6 GB
+// point hydrated in 19.7 s that way and in 13.2 s direct (flatten, which
+// writes direct, 12.6 s). The page cache is also left to the server's own
+// reads.
+func (c *cowFS) openDirect(rel string, size int64) int {
+	if size < directMin.Load() {
+		return -1
+	}
+	fd, err := safedir.OpenBeneath(c.up.treeFD, rel, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return -1
+	}
+	return fd
+}
+
+// directMin is the size from which hydration writes a file direct: a direct
+// write waits for the device, which the many small files of a data
+// directory would pay once each (a variable for the tests).
+var directMin atomic.Int64
+
+func init() { directMin.Store(dio.MinSize) }
+
+// sameFile reports whether two descriptors are of one inode: the direct
+// descriptor hydration opened by name, and the state's, which a rename may
+// have parted since.
+func sameFile(a, b int) bool {
+	var sa, sb unix.Stat_t
+	return unix.Fstat(a, &sa) == nil && unix.Fstat(b, &sb) == nil && sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
+
+// writeRun writes p at off: through direct where p and off allow it.
+func writeRun(f *os.File, direct int, p []byte, off int64) error {
+	if direct >= 0 && len(p)%dio.Align == 0 && off%dio.Align == 0 {
+		for len(p) > 0 {
+			n, err := unix.Pwrite(direct, p, off)
+			if err == unix.EINVAL && n <= 0 {
+				break // the device wants more alignment: buffered
+			}
+			if err != nil {
+				return &os.PathError{Op: "write", Path: f.Name(), Err: err}
+			}
+			p, off = p[n:], off+int64(n)
+		}
+		if len(p) == 0 {
+			return nil
+		}
+	}
+	_, err := f.WriteAt(p, off)
 	return err
 }
 
@@ -736,7 +815,10 @@ func (s *fileState) markRuns(runs [][2]int64) {
 // write are zeros, as a hole reads). It returns the runs [from, to) it
 // wrote, for the caller to mark. Caller holds the node's mu, for reading
 // at least.
-func (s *fileState) writeMissing(first int64, data []byte) (runs [][2]int64, err error) {
+func (s *fileState) writeMissing(first int64, data []byte, direct int) (runs [][2]int64, err error) {
+	if direct >= 0 && !sameFile(direct, int(s.fd.Fd())) {
+		direct = -1
+	}
 	off := first * format.BlockSize
 	last := first + (int64(len(data))+format.BlockSize-1)/format.BlockSize
 	end := min(s.size, s.limit, off+int64(len(data)))
@@ -750,7 +832,7 @@ func (s *fileState) writeMissing(first int64, data []byte) (runs [][2]int64, err
 			e++
 		}
 		start, stop := b*format.BlockSize, min(e*format.BlockSize, end)
-		if _, err := s.fd.WriteAt(data[start-off:stop-off], start); err != nil {
+		if err := writeRun(s.fd, direct, data[start-off:stop-off], start); err != nil {
 			return runs, err
 		}
 		runs = append(runs, [2]int64{b, e})
@@ -852,10 +934,14 @@ func (s *fileState) holdsAll() bool {
 
 // missing lists the blocks below the limit an overlay does not hold: those
 // still read from the chain.
-func (s *fileState) missing() []int64 {
+func (s *fileState) missing() []int64 { return s.missingIn(0, math.MaxInt64) }
+
+// missingIn lists those of blocks [from, to): a range's, without going
+// over the whole file under the locks for each of its ranges.
+func (s *fileState) missingIn(from, to int64) []int64 {
 	var out []int64
 	end := min(s.limit, s.size)
-	for b := int64(0); b*format.BlockSize < end; b++ {
+	for b := from; b < to && b*format.BlockSize < end; b++ {
 		if !s.has(b) {
 			out = append(out, b)
 		}

@@ -416,5 +416,6 @@ func (m *Mount) release() {
 			m.fills.close()
 		}
 		m.src.close()
+		m.cache.Close()
 	})
 }

@@ -248,8 +248,9 @@ func runMount(ctx context.Context, o *mountOptions, args []string) (err error) {
 	if err != nil {
 		return err
 	}
-	// Keep the process near what the cache is allowed: the Go heap would
-	// otherwise grow to twice the live cache before collecting.
+	// A backstop for the Go heap: the block cache's arena is mapped outside
+	// it, so the heap is the mount's working set, collected at the usual
+	// pace well below this.
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(cacheBytes + memOverhead)
 	}
@@ -618,9 +619,9 @@ func openCacheDir(dir string, limit int64, p *resolver.Tree) (*cachedir.Dir, err
 	return cachedir.Open(dir, limit)
 }
 
-// memOverhead is the Go heap a mount may use beyond its block cache: request
-// buffers, per-file maps (read blocks go straight into the cache, which
-// bounds itself).
+// memOverhead is the Go heap a mount may use beyond its block cache's size:
+// request buffers, per-file maps and plans (read blocks go straight into
+// the cache's arena, which bounds itself).
 const memOverhead = 48 << 20
 
 // Daemon mode: the parent re-executes itself with daemonEnv set and a pipe
