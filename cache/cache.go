@@ -69,6 +69,7 @@ type Cache struct {
 	maxSlots int32
 	maxBytes int64
 	arena    []byte // mapped for maxSlots blocks; nil: chunks from the heap
+	closed   bool   // Close unmapped the slots' buffers
 	chunks   [][]byte
 	index    map[Key]int32
 	slots    []slot
@@ -110,9 +111,9 @@ func (c *Cache) newChunk(n int32, k int) []byte {
 	return c.arena[off : off+k*BlockSize : off+k*BlockSize]
 }
 
-// Close empties the cache and unmaps its arena, unless a block is still
-// pinned (the arena then stays until the process exits). Later calls
-// cache nothing.
+// Close unmaps the arena, unless a block is still pinned (the arena then
+// stays until the process exits). Later calls cache nothing; Stats keep
+// their last figures, for the mount's final stats.
 func (c *Cache) Close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -121,10 +122,8 @@ func (c *Cache) Close() {
 			return
 		}
 	}
-	c.chunks, c.slots, c.free = nil, nil, nil
-	c.index = map[Key]int32{}
-	c.head, c.tail = -1, -1
-	c.maxSlots = 0
+	c.closed = true
+	c.chunks, c.free = nil, nil
 	if c.arena != nil {
 		unix.Munmap(c.arena)
 		c.arena = nil
@@ -142,6 +141,7 @@ func (c *Cache) data(s int32) []byte {
 func (c *Cache) Get(k Key) (Ref, []byte, bool) {
 	c.mu.Lock()
 	s, ok := c.index[k]
+	ok = ok && !c.closed
 	var b []byte
 	if ok {
 		c.slots[s].pins++
@@ -175,6 +175,9 @@ func (c *Cache) Alloc() (Ref, []byte) {
 }
 
 func (c *Cache) takeSlot() int32 {
+	if c.closed {
+		return -1
+	}
 	if n := len(c.free); n > 0 {
 		s := c.free[n-1]
 		c.free = c.free[:n-1]
